@@ -1,0 +1,188 @@
+"""One self-describing checkpoint file: config, vocabulary, weights and what resuming needs.
+
+Files are written to a temporary name, flushed, fsynced and renamed, so a crash at any instant
+leaves either the old file or the new one. They are read with ``torch.load(weights_only=True)``,
+which refuses any pickle that would construct arbitrary objects or run code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charrnn.config import RunConfig
+from charrnn.data import Vocab
+from charrnn.errors import CheckpointError, TrainingError, UsageError
+from charrnn.model import CharRNN
+
+FORMAT_NAME = "charrnn-checkpoint"
+FORMAT_VERSION = 1
+BEST_NAME, LAST_NAME = "best.pt", "last.pt"
+LOCK_NAME = ".lock"
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds. `progress` counts steps, characters, time and best loss."""
+
+    config: RunConfig
+    vocab: Vocab
+    model_state: dict[str, torch.Tensor]
+    progress: dict[str, Any] = field(default_factory=dict)
+    resume: dict[str, Any] = field(default_factory=dict)  # optimizer, RNG and hidden state
+    corpus: dict[str, Any] = field(default_factory=dict)  # sources and split, for `eval`
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "vocab": self.vocab.to_dict(),
+            "model": self.model_state,
+            "progress": self.progress,
+            "resume": self.resume,
+            "corpus": self.corpus,
+        }
+
+    def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
+        """The network with these weights, in eval mode, on `device`."""
+        model = CharRNN(self.config.model, self.vocab.size)
+        model.load_state_dict(self.model_state)
+        return model.to(device).eval()
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def atomic_save(payload: Any, path: Path) -> None:
+    """`torch.save` to a temporary file in the same directory, fsync, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"cannot save {path}: {exc.strerror or exc}; the previous checkpoint is unchanged"
+        ) from None
+    fsync_directory(path.parent)
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
+    """Write `checkpoint` to `path` atomically."""
+    atomic_save(checkpoint.to_payload(), path)
+
+
+def resolve_checkpoint_path(path: Path) -> Path:
+    """A checkpoint file, or a run directory's best.pt (else last.pt)."""
+    if path.is_dir():
+        for name in (BEST_NAME, LAST_NAME):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"run directory {path} has no checkpoint yet (no {BEST_NAME})")
+    if not path.exists():
+        raise UsageError(f"checkpoint not found: {path}")
+    return path
+
+
+def _read_payload(path: Path, map_location: str | torch.device) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain data "
+            "(loading such a file could run code)"
+        ) from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read and check a checkpoint file (or a run directory's best one)."""
+    path = resolve_checkpoint_path(Path(path))
+    payload = _read_payload(path, map_location)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a charrnn checkpoint")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} is newer than this charrnn reads "
+            f"({FORMAT_VERSION}); upgrade charrnn"
+        )
+    try:
+        return Checkpoint(
+            config=RunConfig.from_dict(payload["config"]),
+            vocab=Vocab.from_dict(payload["vocab"]),
+            model_state=payload["model"],
+            progress=payload.get("progress", {}),
+            resume=payload.get("resume", {}),
+            corpus=payload.get("corpus", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[CharRNN, Checkpoint]:
+    """The model and checkpoint at `path`, weights on `device`."""
+    checkpoint = load_checkpoint(path)
+    try:
+        model = checkpoint.build_model(device)
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: weights do not match its configuration ({exc})") from None
+    return model, checkpoint
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory; a second trainer there fails at once.
+
+    The lock is an OS file lock (flock), released by the kernel when the process dies, so a
+    killed run never leaves it stuck. Where flock does not exist (Windows) it does nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = run_dir / LOCK_NAME
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise TrainingError(
+                f"run directory {run_dir} is in use by another charrnn train (pid {owner}); "
+                "wait for it or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()

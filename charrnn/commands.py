@@ -1,0 +1,290 @@
+"""One function per command: they wire config -> data -> model -> train -> checkpoint.
+
+The CLI parses options, calls one of these and prints what it returns; tests and library users
+call them directly with the same config objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from charrnn.checkpoint import LAST_NAME, Checkpoint, load_checkpoint, load_model, run_lock
+from charrnn.config import DataConfig, RunConfig, resume_config
+from charrnn.data import (
+    Corpus,
+    StreamBatches,
+    Vocab,
+    fit_batch_shape,
+    format_symbols,
+    prepare_corpus,
+    split_train_val,
+)
+from charrnn.errors import CheckpointError, CorpusError, UsageError
+from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
+from charrnn.generate import SampleConfig, generate, validate_sample_config
+from charrnn.model import CharRNN
+from charrnn.train import Progress, Reporter, Trainer, select_device, write_json
+
+CACHE_DIR_NAME = ".cache"
+
+
+@dataclass
+class TrainOutcome:
+    """Where a run was written, how far it got, and what the user should be told."""
+
+    run_dir: Path
+    progress: Progress
+    config: RunConfig
+    corpus: Corpus
+    parameters: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def default_run_dir(specs: Sequence[str | Path], runs_root: Path = Path("runs")) -> Path:
+    """runs/<first corpus name>-<date>-<time>."""
+    stem = Path(str(specs[0]).rstrip("/")).stem or "corpus"
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:40]
+    return runs_root / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def default_cache_dir(run_dir: Path) -> Path:
+    """Corpus caches live beside the runs that use them."""
+    return run_dir.parent / CACHE_DIR_NAME
+
+
+def prepare_command(specs: Sequence[str | Path], data: DataConfig, cache_dir: Path) -> Corpus:
+    """Read, build the vocabulary, encode and cache a corpus (what `train` does first)."""
+    return prepare_corpus(specs, data, cache_dir)
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and any(run_dir.glob("*.pt")):
+        raise UsageError(
+            f"run directory {run_dir} already holds checkpoints; use --resume {run_dir} to "
+            "continue it or choose another --out"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+
+
+def _corpus_info(corpus: Corpus, n_train: int, n_val: int) -> dict[str, Any]:
+    return {
+        "sources": [str(Path(s).resolve()) for s in corpus.sources],
+        "n_chars": corpus.n_chars,
+        "n_train": n_train,
+        "n_val": n_val,
+    }
+
+
+@dataclass
+class _Job:
+    """Everything a training run needs once the corpus and model are ready."""
+
+    config: RunConfig
+    corpus: Corpus
+    vocab: Vocab
+    ids: np.ndarray
+    model: CharRNN
+    run_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    restore_from: Checkpoint | None = None
+
+
+def _run(
+    job: _Job,
+    reporter: Reporter | None,
+    should_stop: Callable[[], bool],
+    on_start: Callable[[TrainOutcome], None] | None,
+) -> TrainOutcome:
+    """Split, batch and train `job` under the run directory's lock."""
+    config = job.config
+    train_ids, val_ids = split_train_val(job.ids, config.data.val_frac)
+    outcome = TrainOutcome(
+        job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings
+    )
+    corpus_info = _corpus_info(job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0]))
+    with run_lock(job.run_dir):
+        trainer = Trainer(
+            job.model,
+            StreamBatches(train_ids, config.train.batch_size, config.train.seq_len),
+            np.asarray(val_ids),
+            config,
+            job.vocab,
+            job.run_dir,
+            select_device(config.train.device),
+            reporter=reporter,
+            corpus_info=corpus_info,
+            should_stop=should_stop,
+        )
+        if job.restore_from is not None:
+            trainer.restore(job.restore_from)
+            if trainer.fraction_done() >= 1.0:
+                raise UsageError(
+                    f"the run in {job.run_dir} already finished at step {trainer.progress.step:,}; "
+                    "pass a larger --max-steps, --max-epochs or --max-time to extend it"
+                )
+            trainer.metrics.truncate_after(trainer.progress.step)
+        else:
+            write_json(job.run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info})
+        if on_start:
+            on_start(outcome)
+        outcome.progress = trainer.run()
+    return outcome
+
+
+def _fit_batches(config: RunConfig, n_chars: int, warnings: list[str]) -> RunConfig:
+    n_train = int(n_chars * (1.0 - config.data.val_frac))
+    batch_size, seq_len, warning = fit_batch_shape(
+        n_train, config.train.batch_size, config.train.seq_len
+    )
+    if warning is None:
+        return config
+    warnings.append(warning)
+    return config.replace(batch_size=batch_size, seq_len=seq_len)
+
+
+def train_command(
+    specs: Sequence[str | Path],
+    config: RunConfig,
+    out: Path | None = None,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_start: Callable[[TrainOutcome], None] | None = None,
+    init_from: Path | None = None,
+) -> TrainOutcome:
+    """Prepare the corpus, build the model (fresh, or from `init_from`) and train it."""
+    run_dir = out or default_run_dir(specs)
+    cache_dir = cache_dir or default_cache_dir(run_dir)
+    select_device(config.train.device)  # fail before the corpus work, not after
+    corpus = prepare_corpus(specs, config.data, cache_dir)
+    warnings: list[str] = []
+    vocab, ids = corpus.vocab, corpus.ids
+    base = None
+    if init_from is not None:
+        base = load_checkpoint(init_from)
+        if base.vocab.is_bytes != config.data.bytes:
+            raise UsageError(
+                "--init-from: the checkpoint and --bytes disagree on bytes vs characters"
+            )
+        config = dataclasses.replace(config, model=base.config.model)
+        vocab = base.vocab.extended_with(corpus.vocab)
+        if vocab.size > base.vocab.size:
+            added = [
+                chr(s) if not vocab.is_bytes else f"0x{s:02x}"
+                for s in vocab.symbols[base.vocab.size :]
+            ]
+            warnings.append(
+                f"vocabulary extended with {len(added)} new symbol(s) "
+                f"(new rows freshly initialised): {format_symbols(added)}"
+            )
+        ids = corpus.vocab.remap(ids, vocab)
+    config = _fit_batches(config, corpus.n_chars, warnings)
+    _make_run_dir(run_dir)
+    torch.manual_seed(config.train.seed)
+    model = CharRNN(config.model, vocab.size)
+    if base is not None:
+        model = base.build_model()
+        model.resize_vocab(vocab.size)
+    job = _Job(config, corpus, vocab, ids, model, run_dir, warnings)
+    return _run(job, reporter, should_stop, on_start)
+
+
+def resume_command(
+    run_dir: Path,
+    overrides: dict[str, Any],
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_start: Callable[[TrainOutcome], None] | None = None,
+) -> TrainOutcome:
+    """Continue a run from its last.pt exactly where it stopped (or extend a finished one)."""
+    if not run_dir.is_dir():
+        raise UsageError(f"--resume needs a run directory; not found: {run_dir}")
+    last = run_dir / LAST_NAME
+    if not last.is_file():
+        raise CheckpointError(f"run directory {run_dir} has no {LAST_NAME} to resume from")
+    checkpoint = load_checkpoint(last)
+    config = resume_config(checkpoint.config, overrides)
+    sources = checkpoint.corpus.get("sources") or []
+    corpus = prepare_corpus(sources, config.data, cache_dir or default_cache_dir(run_dir))
+    if not set(corpus.vocab.symbols) <= set(checkpoint.vocab.symbols):
+        raise CorpusError(
+            f"the corpus of {run_dir} changed since the run started: {', '.join(sources)}"
+        )
+    ids = corpus.vocab.remap(corpus.ids, checkpoint.vocab)
+    model = checkpoint.build_model().train()
+    job = _Job(config, corpus, checkpoint.vocab, ids, model, run_dir, restore_from=checkpoint)
+    return _run(job, reporter, should_stop, on_start)
+
+
+def sample_command(
+    checkpoint_path: Path,
+    prime: str,
+    config: SampleConfig,
+    device_name: str = "cpu",
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """Generate text from a saved model."""
+    validate_sample_config(config)
+    model, checkpoint = load_model(checkpoint_path, select_device(device_name))
+    return generate(model, checkpoint.vocab, prime, config, on_text)
+
+
+def eval_command(
+    checkpoint_path: Path,
+    files: Sequence[Path],
+    encoding: str | None = None,
+    device_name: str = "cpu",
+    streams: int | None = None,
+) -> EvalResult:
+    """Score the given files, or the validation split of the training corpus."""
+    device = select_device(device_name)
+    model, checkpoint = load_model(checkpoint_path, device)
+    streams = streams or checkpoint.config.train.eval_streams
+    if streams < 1:
+        raise UsageError(f"streams must be >= 1, got {streams}")
+    if files:
+        return evaluate_files(model, checkpoint, list(files), encoding, streams, device)
+    cache_dir = default_cache_dir(_run_dir_of(checkpoint_path))
+    return score_ids(model, validation_ids(checkpoint, cache_dir), streams, device)
+
+
+def _run_dir_of(checkpoint_path: Path) -> Path:
+    return checkpoint_path if checkpoint_path.is_dir() else checkpoint_path.parent
+
+
+def info_command(checkpoint_path: Path) -> dict[str, Any]:
+    """What a checkpoint holds, as plain data."""
+    model, checkpoint = load_model(checkpoint_path)
+    return describe_checkpoint(checkpoint, model)
+
+
+def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any]:
+    """Config, vocabulary, size and progress of a checkpoint."""
+    vocab = checkpoint.vocab
+    preview_text = "".join(f"\\x{s:02x}" if vocab.is_bytes else chr(s) for s in vocab.symbols[:96])
+    progress = checkpoint.progress
+    return {
+        "config": checkpoint.config.to_dict(),
+        "vocab_size": vocab.size,
+        "vocab_kind": "bytes" if vocab.is_bytes else "characters",
+        "vocab_preview": preview_text,
+        "parameters": model.num_parameters(),
+        "step": progress.get("step"),
+        "chars_seen": progress.get("chars_seen"),
+        "best_val_loss": progress.get("best_val_loss"),
+        "val_loss": progress.get("val_loss"),
+        "training_seconds": progress.get("elapsed"),
+        "corpus": checkpoint.corpus,
+    }

@@ -1,0 +1,446 @@
+"""Corpora to integer arrays: vocabulary, reading, encoding with a cache, splits and batches.
+
+A corpus is encoded once into a compact array (uint8/uint16/uint32 by vocabulary size), written
+as a ``.npy`` file keyed by the corpus contents and memory-mapped afterwards, so training starts
+fast on any corpus size and never holds the text as Python objects.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.config import DataConfig
+from charrnn.errors import CorpusError, UsageError
+
+CACHE_FORMAT = 1
+CHUNK_CHARS = 1 << 22  # characters decoded per read; bounds the memory of preprocessing
+UNICODE_LIMIT = 0x110000
+_SNIFF_BYTES = 8192
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """The sorted symbols a model knows: Unicode code points, or byte values with `is_bytes`."""
+
+    symbols: tuple[int, ...]
+    is_bytes: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.symbols)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The smallest unsigned integer type that holds every id."""
+        return id_dtype(self.size)
+
+    def lookup_table(self) -> np.ndarray:
+        """Array mapping symbol -> id + 1 (0 marks symbols outside the vocabulary)."""
+        table = np.zeros(256 if self.is_bytes else UNICODE_LIMIT, dtype=np.uint32)
+        table[np.asarray(self.symbols, dtype=np.int64)] = np.arange(1, self.size + 1)
+        return table
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of `text`; raises `UsageError` listing symbols the vocabulary lacks."""
+        ids, unknown = self.encode_known(text)
+        if unknown:
+            raise UsageError(f"characters not in the model's vocabulary: {format_symbols(unknown)}")
+        return ids
+
+    def encode_known(self, text: str) -> tuple[np.ndarray, list[str]]:
+        """Ids of the known symbols of `text`, and the distinct unknown ones (in order seen)."""
+        points = symbols_of(text, self.is_bytes)
+        plus_one = self.lookup_table()[points]
+        known = plus_one > 0
+        unknown_points = dict.fromkeys(points[~known].tolist())
+        unknown = [_symbol_text(p, self.is_bytes) for p in unknown_points]
+        return (plus_one[known] - 1).astype(np.int64), unknown
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of `ids` (bytes are decoded as UTF-8 with replacement)."""
+        symbols = [self.symbols[i] for i in np.asarray(ids).tolist()]
+        if self.is_bytes:
+            return bytes(symbols).decode("utf-8", errors="replace")
+        return "".join(map(chr, symbols))
+
+    def to_dict(self) -> dict:
+        return {"symbols": list(self.symbols), "is_bytes": self.is_bytes}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vocab:
+        return cls(tuple(int(s) for s in data["symbols"]), bool(data["is_bytes"]))
+
+    def remap(self, ids: np.ndarray, target: Vocab) -> np.ndarray:
+        """`ids` of this vocabulary as ids of `target`, which must hold all its symbols."""
+        table = target.lookup_table().astype(np.int64) - 1
+        mapping = table[np.asarray(self.symbols, dtype=np.int64)].astype(target.dtype)
+        return mapping[np.asarray(ids)]
+
+    def extended_with(self, other: Vocab) -> Vocab:
+        """This vocabulary with the symbols of `other` it lacks appended (ids stay stable)."""
+        have = set(self.symbols)
+        return Vocab(self.symbols + tuple(s for s in other.symbols if s not in have), self.is_bytes)
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """uint8, uint16 or uint32: the smallest that holds `vocab_size` ids."""
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint32)
+
+
+def symbols_of(text: str | bytes, is_bytes: bool) -> np.ndarray:
+    """Code points (or byte values) of `text` as an integer array, without Python loops."""
+    if is_bytes:
+        raw = text if isinstance(text, bytes) else text.encode("utf-8")
+        return np.frombuffer(raw, dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
+
+
+def _symbol_text(point: int, is_bytes: bool) -> str:
+    return f"0x{point:02x}" if is_bytes else chr(point)
+
+
+def format_symbols(symbols: Sequence[str], limit: int = 20) -> str:
+    """Readable list of symbols, e.g. ``'é' (U+00E9), '\\t' (U+0009)``."""
+    shown = [f"{s!r}" if len(s) != 1 else f"{s!r} (U+{ord(s):04X})" for s in list(symbols)[:limit]]
+    more = f" and {len(symbols) - limit} more" if len(symbols) > limit else ""
+    return ", ".join(shown) + more
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def _looks_like_text(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return b"\x00" not in handle.read(_SNIFF_BYTES)
+
+
+def _directory_files(directory: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            if not name.startswith(".") and path.is_file() and _looks_like_text(path):
+                found.append(path)
+    return sorted(found)
+
+
+def resolve_corpus_paths(specs: Sequence[str | Path]) -> list[Path]:
+    """Files named by `specs`: files as given, directories' text files sorted, globs expanded."""
+    if not specs:
+        raise UsageError("no corpus given")
+    paths: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_file():
+            paths.append(path)
+        elif path.is_dir():
+            found = _directory_files(path)
+            if not found:
+                raise UsageError(f"no text files in directory {path}")
+            paths.extend(found)
+        elif _GLOB_CHARS & set(str(spec)):
+            matches = sorted(Path(m) for m in glob.glob(str(spec), recursive=True))
+            files = [m for m in matches if m.is_file()]
+            if not files:
+                raise UsageError(f"no files match {spec}")
+            paths.extend(files)
+        else:
+            raise UsageError(f"corpus not found: {spec}")
+    return paths
+
+
+def _decode_error_offset(path: Path, encoding: str) -> tuple[int, str]:
+    """Byte offset and reason of the first undecodable byte of `path`."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    consumed = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                return consumed - pending + exc.start, exc.reason
+            consumed += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            return consumed - len(decoder.getstate()[0]) + exc.start, exc.reason
+    return consumed, "undecodable input"
+
+
+def read_text_chunks(path: Path, encoding: str, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
+    """Decoded text of `path` in pieces, with CRLF and CR line ends turned into LF."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UsageError(f"unknown encoding '{encoding}'") from None
+    try:
+        with path.open("r", encoding=encoding, errors="strict", newline=None) as handle:
+            while chunk := handle.read(chunk_chars):
+                yield chunk
+    except UnicodeDecodeError:
+        offset, reason = _decode_error_offset(path, encoding)
+        raise CorpusError(
+            f"{path}: not valid {encoding} at byte {offset} ({reason}); "
+            "pass --encoding NAME for another text encoding, or --bytes to model raw bytes"
+        ) from None
+    except OSError as exc:
+        raise CorpusError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_byte_chunks(path: Path, chunk_bytes: int = CHUNK_CHARS) -> Iterator[bytes]:
+    """Raw bytes of `path` in pieces."""
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(chunk_bytes):
+                yield chunk
+    except OSError as exc:
+        raise CorpusError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def corpus_symbol_chunks(paths: Sequence[Path], config: DataConfig) -> Iterator[np.ndarray]:
+    """Symbol arrays of all files in order; a newline joins text files that lack a final one."""
+    newline = np.array([ord("\n")], dtype=np.uint32)
+    for index, path in enumerate(paths):
+        last = None
+        if config.bytes:
+            for block in read_byte_chunks(path):
+                yield symbols_of(block, True)
+            continue
+        for chunk in read_text_chunks(path, config.encoding):
+            last = chunk[-1]
+            yield symbols_of(chunk, False)
+        if index + 1 < len(paths) and last is not None and last != "\n":
+            yield newline
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """An encoded corpus: its vocabulary and ids (memory-mapped from the cache)."""
+
+    vocab: Vocab
+    ids: np.ndarray
+    cache_path: Path
+    sources: tuple[str, ...]
+    cached: bool  # True when the cache already held it
+
+    @property
+    def n_chars(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def corpus_key(paths: Sequence[Path], config: DataConfig) -> str:
+    """Hex digest of the files' contents, their order and how they are decoded."""
+    digest = hashlib.sha256(f"charrnn-corpus-{CACHE_FORMAT}".encode())
+    digest.update(f"{config.encoding}|{config.bytes}|{len(paths)}".encode())
+    for path in paths:
+        file_digest = hashlib.sha256()
+        for block in read_byte_chunks(path, 1 << 22):
+            file_digest.update(block)
+        digest.update(file_digest.digest())
+    return digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _count_symbols(paths: Sequence[Path], config: DataConfig) -> np.ndarray:
+    counts = np.zeros(256 if config.bytes else UNICODE_LIMIT, dtype=np.int64)
+    for chunk in corpus_symbol_chunks(paths, config):
+        counts += np.bincount(chunk, minlength=counts.shape[0])
+    return counts
+
+
+def _encode_to_file(
+    paths: Sequence[Path], config: DataConfig, vocab: Vocab, n_symbols: int, target: Path
+) -> None:
+    table = (vocab.lookup_table() - 1).astype(vocab.dtype, copy=False)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(n_symbols,))
+        position = 0
+        for chunk in corpus_symbol_chunks(paths, config):
+            out[position : position + chunk.shape[0]] = table[chunk]
+            position += chunk.shape[0]
+        out.flush()
+        del out
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_cached(npy: Path, meta: Path) -> tuple[Vocab, np.ndarray, list[str]] | None:
+    if not (npy.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text("utf-8"))
+        ids = np.load(npy, mmap_mode="r")
+        if info.get("format") != CACHE_FORMAT or ids.shape[0] != info["n_chars"]:
+            return None
+        return Vocab.from_dict(info["vocab"]), ids, info["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def prepare_corpus(specs: Sequence[str | Path], config: DataConfig, cache_dir: Path) -> Corpus:
+    """Read, build the vocabulary, encode and cache a corpus; reuse the cache when it matches."""
+    paths = resolve_corpus_paths(specs)
+    key = corpus_key(paths, config)[:20]
+    npy, meta = cache_dir / f"corpus-{key}.npy", cache_dir / f"corpus-{key}.json"
+    sources = [str(p) for p in paths]
+    hit = _load_cached(npy, meta)
+    if hit is not None:
+        vocab, ids, _ = hit
+        return Corpus(vocab, ids, npy, tuple(sources), cached=True)
+    counts = _count_symbols(paths, config)
+    n_symbols = int(counts.sum())
+    if n_symbols == 0:
+        raise CorpusError(f"the corpus is empty: {', '.join(sources)}")
+    vocab = Vocab(tuple(np.flatnonzero(counts).tolist()), config.bytes)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _encode_to_file(paths, config, vocab, n_symbols, npy)
+        info = {
+            "format": CACHE_FORMAT,
+            "n_chars": n_symbols,
+            "vocab": vocab.to_dict(),
+            "sources": sources,
+            "config": {"encoding": config.encoding, "bytes": config.bytes},
+        }
+        _atomic_write_text(meta, json.dumps(info))
+    except OSError as exc:
+        raise CorpusError(f"cannot write the corpus cache in {cache_dir}: {exc}") from None
+    ids = np.load(npy, mmap_mode="r")
+    return Corpus(vocab, ids, npy, tuple(sources), cached=False)
+
+
+def encode_text_file(path: Path, vocab: Vocab, encoding: str) -> tuple[np.ndarray, int]:
+    """Ids of a file under an existing vocabulary, and how many symbols it lacked (dropped)."""
+    config = DataConfig(encoding=encoding, bytes=vocab.is_bytes)
+    table = vocab.lookup_table()
+    pieces, unknown = [], 0
+    for chunk in corpus_symbol_chunks([path], config):
+        plus_one = table[chunk]
+        known = plus_one > 0
+        unknown += int(chunk.shape[0] - known.sum())
+        pieces.append((plus_one[known] - 1).astype(vocab.dtype))
+    ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=vocab.dtype)
+    return ids, unknown
+
+
+# ----------------------------------------------------------------------------- splits and batches
+
+
+def split_train_val(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """First (1 - val_frac) for training, the rest for validation (the nanoGPT split)."""
+    n_train = int(ids.shape[0] * (1.0 - val_frac))
+    train, val = ids[:n_train], ids[n_train:]
+    if train.shape[0] < 2:
+        raise CorpusError(
+            f"val_frac {val_frac} leaves {train.shape[0]} training characters; "
+            "use a longer corpus or a smaller --val-frac"
+        )
+    if val.shape[0] < 2:
+        raise CorpusError(
+            f"val_frac {val_frac} leaves {val.shape[0]} validation characters (need 2); "
+            "use a longer corpus or a larger --val-frac"
+        )
+    return train, val
+
+
+def fit_batch_shape(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, str | None]:
+    """Batch size and window that fit `n_train` characters, and a warning when they shrank."""
+    usable = n_train - 1  # the last character is only ever a target
+    if batch_size * seq_len <= usable:
+        return batch_size, seq_len, None
+    fitted_batch = max(1, usable // seq_len)
+    fitted_len = min(seq_len, usable // fitted_batch)
+    warning = (
+        f"the training text ({n_train} characters) is shorter than one batch of "
+        f"{batch_size} x {seq_len}; using batch_size {fitted_batch} and seq_len {fitted_len}"
+    )
+    return fitted_batch, fitted_len, warning
+
+
+class StreamBatches:
+    """B contiguous streams over the training ids, read in windows of T (truncated BPTT).
+
+    Step k of an epoch reads columns [k*T, (k+1)*T) of every stream, so the hidden state of
+    stream b carries over from one window to the next. Positions are a function of the global
+    step alone, which makes resuming exact.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int) -> None:
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.stream_len = (ids.shape[0] - 1) // batch_size
+        if self.stream_len < seq_len:
+            raise CorpusError(f"{ids.shape[0]} characters cannot fill {batch_size} x {seq_len}")
+        span = batch_size * self.stream_len
+        self.inputs = ids[:span].reshape(batch_size, self.stream_len)
+        self.targets = ids[1 : span + 1].reshape(batch_size, self.stream_len)
+        self.steps_per_epoch = self.stream_len // seq_len
+
+    @property
+    def chars_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def starts_epoch(self, step: int) -> bool:
+        """True when `step` is the first window of an epoch (the hidden state resets there)."""
+        return step % self.steps_per_epoch == 0
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs and targets (B, T) as int64 for global optimiser step `step`."""
+        start = (step % self.steps_per_epoch) * self.seq_len
+        window = slice(start, start + self.seq_len)
+        return (
+            self.inputs[:, window].astype(np.int64),
+            self.targets[:, window].astype(np.int64),
+        )
+
+
+IGNORE_INDEX = -100
+
+
+def eval_streams(ids: np.ndarray, streams: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and targets (S, L) scoring every next-character prediction of `ids`.
+
+    The predictions are cut into S contiguous streams; the last is padded with targets of
+    IGNORE_INDEX so no character is scored twice or dropped.
+    """
+    predictions = ids.shape[0] - 1
+    if predictions < 1:
+        return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.int64)
+    count = min(streams, predictions)
+    length = math.ceil(predictions / count)
+    inputs = np.zeros(count * length, dtype=np.int64)
+    targets = np.full(count * length, IGNORE_INDEX, dtype=np.int64)
+    inputs[:predictions] = ids[:-1]
+    targets[:predictions] = ids[1:]
+    return inputs.reshape(count, length), targets.reshape(count, length)

@@ -1,0 +1,27 @@
+"""Errors a user can cause. The CLI catches `CharRNNError` in one place and prints one line."""
+
+from __future__ import annotations
+
+
+class CharRNNError(Exception):
+    """Base class of every failure the user can fix; `exit_code` is what the process returns."""
+
+    exit_code = 1
+
+
+class UsageError(CharRNNError):
+    """A wrong argument, option or configuration value (exit code 2, like Click's usage errors)."""
+
+    exit_code = 2
+
+
+class CorpusError(CharRNNError):
+    """A corpus that cannot be read or used for training."""
+
+
+class CheckpointError(CharRNNError):
+    """A checkpoint that is missing, corrupt, unsafe or from an incompatible version."""
+
+
+class TrainingError(CharRNNError):
+    """Training cannot go on (non-finite losses, a failed save, a locked run directory)."""

@@ -1,0 +1,125 @@
+"""Scoring text: mean loss (nats/char), bits per character and perplexity."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn.checkpoint import Checkpoint
+from charrnn.data import (
+    IGNORE_INDEX,
+    Corpus,
+    encode_text_file,
+    eval_streams,
+    prepare_corpus,
+    split_train_val,
+)
+from charrnn.errors import CorpusError, UsageError
+from charrnn.model import CharRNN
+
+EVAL_WINDOW = 512  # characters per forward call; bounds memory, not the result
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Total loss over `chars` scored predictions, and symbols the vocabulary lacked."""
+
+    loss_sum: float
+    chars: int
+    unknown_chars: int = 0
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy in nats per character."""
+        return self.loss_sum / self.chars if self.chars else math.nan
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "loss": self.loss,
+            "bpc": self.bpc,
+            "perplexity": self.perplexity,
+            "chars": self.chars,
+            "unknown_chars": self.unknown_chars,
+        }
+
+
+def score_ids(
+    model: CharRNN, ids: np.ndarray, streams: int, device: torch.device | str = "cpu"
+) -> EvalResult:
+    """Stateful next-character loss over `ids`, cut into `streams` parallel streams."""
+    inputs, targets = eval_streams(ids, streams)
+    if inputs.size == 0:
+        return EvalResult(0.0, 0)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    state = None
+    with torch.inference_mode():
+        for start in range(0, inputs.shape[1], EVAL_WINDOW):
+            window = slice(start, start + EVAL_WINDOW)
+            x = torch.from_numpy(np.ascontiguousarray(inputs[:, window])).to(device)
+            y = torch.from_numpy(np.ascontiguousarray(targets[:, window])).to(device)
+            logits, state = model(x, state)
+            total += F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                y.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            ).double()
+    model.train(was_training)
+    return EvalResult(float(total), int((targets != IGNORE_INDEX).sum()))
+
+
+def validation_ids(checkpoint: Checkpoint, cache_dir: Path) -> np.ndarray:
+    """The validation split of the corpus the checkpoint was trained on."""
+    sources = checkpoint.corpus.get("sources")
+    if not sources:
+        raise UsageError("the checkpoint does not name its corpus; give files to evaluate")
+    corpus: Corpus = prepare_corpus(sources, checkpoint.config.data, cache_dir)
+    ids = corpus.ids
+    if corpus.vocab != checkpoint.vocab:
+        # A fine-tuned model's vocabulary extends its corpus': re-map through the symbols.
+        ids = corpus.vocab.remap(ids, checkpoint.vocab)
+    return split_train_val(ids, checkpoint.config.data.val_frac)[1]
+
+
+def evaluate_files(
+    model: CharRNN,
+    checkpoint: Checkpoint,
+    files: list[Path],
+    encoding: str | None,
+    streams: int,
+    device: torch.device | str = "cpu",
+) -> EvalResult:
+    """Score each file as its own text and sum; unknown symbols are counted and left out."""
+    loss_sum, chars, unknown = 0.0, 0, 0
+    for path in files:
+        if not path.is_file():
+            raise UsageError(f"file not found: {path}")
+        ids, missing = encode_text_file(
+            path, checkpoint.vocab, encoding or checkpoint.config.data.encoding
+        )
+        result = score_ids(model, ids, streams, device)
+        loss_sum, chars, unknown = (
+            loss_sum + result.loss_sum,
+            chars + result.chars,
+            unknown + missing,
+        )
+    if chars == 0:
+        raise CorpusError(
+            "nothing to score: the text has fewer than two characters the model knows"
+        )
+    return EvalResult(loss_sum, chars, unknown)

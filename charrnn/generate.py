@@ -1,0 +1,175 @@
+"""Sampling from a trained model: temperature, top-k, top-p, greedy, priming and stop strings.
+
+The prime is run through the fused layers once; after that every new character costs exactly one
+`Stepper.step`, never a re-run of the prefix.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from charrnn.data import Vocab
+from charrnn.errors import UsageError
+from charrnn.model import CharRNN, Stepper
+
+UNKNOWN_POLICIES = ("error", "skip")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to draw characters."""
+
+    length: int = 500  # new characters per sample (the prime is not counted)
+    temperature: float = 0.8  # < 1 is more conservative, > 1 more surprising
+    top_k: int | None = None  # keep only the k most likely characters
+    top_p: float | None = None  # keep the smallest set whose probability reaches p
+    greedy: bool = False  # always take the most likely character
+    seed: int | None = None  # None draws a fresh seed
+    num_samples: int = 1  # samples generated together as one batch
+    stop: str | None = None  # end a sample where this text appears (not included)
+    unknown: str = "error"  # prime characters outside the vocabulary: error | skip
+
+
+def validate_sample_config(config: SampleConfig) -> None:
+    """Raise `UsageError` for the first value out of range."""
+    if config.length < 0:
+        raise UsageError(f"length cannot be negative, got {config.length}")
+    if not config.temperature > 0:
+        raise UsageError(f"temperature must be > 0, got {config.temperature}")
+    if config.top_k is not None and config.top_k < 1:
+        raise UsageError(f"top-k must be >= 1, got {config.top_k}")
+    if config.top_p is not None and not 0 < config.top_p <= 1:
+        raise UsageError(f"top-p must be in (0, 1], got {config.top_p}")
+    if not 1 <= config.num_samples <= 4096:
+        raise UsageError(f"num-samples must be between 1 and 4096, got {config.num_samples}")
+    if config.stop == "":
+        raise UsageError("stop text cannot be empty")
+    if config.unknown not in UNKNOWN_POLICIES:
+        raise UsageError(f"unknown policy '{config.unknown}'; choose error or skip")
+
+
+def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
+    """Temperature-scaled logits with everything outside top-k / top-p set to -inf."""
+    logits = logits.float() / config.temperature
+    if config.top_k is not None and config.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, config.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p is not None and config.top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a character when the ones more likely than it already reach top_p.
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= config.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def draw(logits: torch.Tensor, config: SampleConfig, generator: torch.Generator) -> torch.Tensor:
+    """One id per row of `logits` (B, V)."""
+    if config.greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(filter_logits(logits, config), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def prime_ids(vocab: Vocab, prime: str, policy: str) -> torch.Tensor:
+    """Ids of the prime; unknown characters raise (policy error) or are dropped (skip)."""
+    if policy == "skip":
+        ids, _ = vocab.encode_known(prime)
+    else:
+        ids = vocab.encode(prime)
+    return torch.as_tensor(ids, dtype=torch.long)
+
+
+class _StopWatcher:
+    """Holds back text that could be the start of the stop string, per sample."""
+
+    def __init__(self, stop: str | None) -> None:
+        self.stop = stop
+        self.pending = ""
+        self.done = False
+
+    def feed(self, text: str) -> str:
+        """Text safe to emit now; sets `done` when the stop string has appeared."""
+        if self.done:
+            return ""
+        if self.stop is None:
+            return text
+        self.pending += text
+        cut = self.pending.find(self.stop)
+        if cut >= 0:
+            out, self.pending, self.done = self.pending[:cut], "", True
+            return out
+        keep = len(self.stop) - 1
+        out = self.pending[: len(self.pending) - keep] if keep else self.pending
+        self.pending = self.pending[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return "" if self.done and not out else out
+
+
+def _decoders(vocab: Vocab, count: int) -> list[Callable[[list[int]], str]]:
+    """Per-sample functions from new ids to text (bytes models decode UTF-8 incrementally)."""
+    if not vocab.is_bytes:
+        return [vocab.decode] * count
+    result = []
+    for _ in range(count):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        result.append(lambda ids, d=decoder: d.decode(bytes(vocab.symbols[i] for i in ids)))
+    return result
+
+
+def generate(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str,
+    config: SampleConfig,
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """Generate `num_samples` texts that begin with `prime`; `on_text(i, piece)` streams them."""
+    validate_sample_config(config)
+    device = model.head.weight.device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed if config.seed is not None else int.from_bytes(os.urandom(6)))
+    count = config.num_samples
+    texts = [""] * count
+    emit = on_text or (lambda index, piece: None)
+    ids = prime_ids(vocab, prime, config.unknown).to(device)
+    prime_text = vocab.decode(ids.tolist()) if config.unknown == "skip" else prime
+    for index in range(count):
+        texts[index] = prime_text
+        if prime_text:
+            emit(index, prime_text)
+    model.eval()
+    watchers = [_StopWatcher(config.stop) for _ in range(count)]
+    decoders = _decoders(vocab, count)
+    with torch.inference_mode():
+        stepper = Stepper(model)
+        if ids.numel():
+            logits, state = model(ids.unsqueeze(0).expand(count, -1))
+            logits = logits[:, -1].float()
+        else:
+            logits, state = model.start_logits(count).float(), model.initial_state(count)
+        for _ in range(config.length):
+            next_ids = draw(logits, config, generator)
+            for index, symbol in enumerate(next_ids.tolist()):
+                piece = watchers[index].feed(decoders[index]([symbol]))
+                if piece:
+                    texts[index] += piece
+                    emit(index, piece)
+            if all(w.done for w in watchers):
+                break
+            logits, state = stepper.step(next_ids, state)
+    for index, watcher in enumerate(watchers):
+        tail = watcher.flush()
+        if tail:
+            texts[index] += tail
+            emit(index, tail)
+    return texts

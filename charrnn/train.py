@@ -1,0 +1,424 @@
+"""The training loop: AdamW, warmup + cosine schedule, clipping, evaluation, metrics, checkpoints.
+
+`Trainer` takes a built model and batches rather than constructing them, so the CLI, tests and
+a future Python API share it. Positions in the data are a function of the step, and every piece
+of state the loop carries (optimizer, RNG, hidden state, counters) goes into ``last.pt``, so a
+resumed run continues exactly where the saved one stood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    Checkpoint,
+    atomic_save,
+    fsync_directory,
+    save_checkpoint,
+)
+from charrnn.config import RunConfig, TrainConfig
+from charrnn.data import StreamBatches, Vocab
+from charrnn.errors import TrainingError, UsageError
+from charrnn.evaluate import score_ids
+from charrnn.model import CharRNN, State, detach_state
+
+MAX_BAD_STEPS = 5  # consecutive non-finite steps before training stops
+
+
+@dataclass
+class Progress:
+    """Counters of a run; saved in every checkpoint and restored on resume."""
+
+    step: int = 0
+    chars_seen: int = 0
+    elapsed: float = 0.0
+    best_val_loss: float | None = None
+    val_loss: float | None = None
+    train_loss: float | None = None
+    skipped_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Progress:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Reporter(Protocol):
+    """Where the loop reports to (a progress bar, or nothing)."""
+
+    def update(self, fraction: float, fields: dict[str, Any]) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    """Reports nothing (for `--quiet`, tests and library use)."""
+
+    def update(self, fraction: float, fields: dict[str, Any]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+def select_device(name: str) -> torch.device:
+    """The device for `name`; `auto` picks CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device cuda: no CUDA device is available (this torch build: {torch.__version__})"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise UsageError("--device mps: MPS is not available on this machine")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def lr_at(step: int, fraction: float, config: TrainConfig) -> float:
+    """Linear warmup over `warmup_steps`, then cosine from `lr` to `min_lr` as `fraction` -> 1."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, fraction)))
+    return warm * (config.min_lr + (config.lr - config.min_lr) * cosine)
+
+
+def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
+    """The step budget from max_steps and max_epochs (None when only time limits the run)."""
+    limits = []
+    if config.max_steps is not None:
+        limits.append(config.max_steps)
+    if config.max_epochs is not None:
+        limits.append(max(1, math.ceil(config.max_epochs * steps_per_epoch)))
+    return min(limits) if limits else None
+
+
+def make_optimizer(model: CharRNN, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay applies to matrices only, not biases."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **fused)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _state_to_cpu(state: State | None) -> Any:
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return [state[0].detach().cpu(), state[1].detach().cpu()]
+    return state.detach().cpu()
+
+
+def _state_from_saved(saved: Any, device: torch.device) -> State | None:
+    if saved is None:
+        return None
+    if isinstance(saved, list | tuple):
+        return (saved[0].to(device), saved[1].to(device))
+    return saved.to(device)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def weights_are_finite(model: CharRNN) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per log line, flushed as written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines past `step` and any half-written last line (before resuming at `step`)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text("utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line + "\n")
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise TrainingError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise TrainingError(f"cannot write {path}: {exc.strerror or exc}") from None
+    fsync_directory(path.parent)
+
+
+class Trainer:
+    """Runs truncated-BPTT training of `model` on `batches`, scoring on `val_ids`."""
+
+    def __init__(
+        self,
+        model: CharRNN,
+        batches: StreamBatches,
+        val_ids: np.ndarray,
+        config: RunConfig,
+        vocab: Vocab,
+        run_dir: Path,
+        device: torch.device,
+        reporter: Reporter | None = None,
+        corpus_info: dict[str, Any] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.model, self.batches, self.val_ids = model.to(device), batches, val_ids
+        self.config, self.vocab, self.run_dir, self.device = config, vocab, run_dir, device
+        self.reporter = reporter or SilentReporter()
+        self.corpus_info = corpus_info or {}
+        self.should_stop = should_stop
+        self.optimizer = make_optimizer(self.model, config.train, device)
+        self.amp_dtype = autocast_dtype(config.train.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self.forward = torch.compile(self.model) if config.train.compile else self.model
+        self.progress = Progress()
+        self.state: State | None = None
+        self.total_steps = planned_steps(config.train, batches.steps_per_epoch)
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+
+    # ------------------------------------------------------------------ resume
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Continue from a checkpoint written by `save_last` (same model shape)."""
+        resume = checkpoint.resume
+        self.progress = Progress.from_dict(checkpoint.progress)
+        if "optimizer" in resume:
+            self.optimizer.load_state_dict(resume["optimizer"])
+        _restore_rng(resume.get("rng", {}))
+        self.state = _state_from_saved(resume.get("hidden"), self.device)
+
+    # ------------------------------------------------------------------ schedule
+
+    def fraction_done(self) -> float:
+        """How far through its budget the run is, from 0 to 1 (steps or time, whichever leads)."""
+        t = self.config.train
+        parts = [0.0]
+        if self.total_steps is not None:
+            parts.append(self.progress.step / self.total_steps)
+        if t.max_time is not None:
+            parts.append(self.progress.elapsed / t.max_time)
+        return max(parts)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            inputs, targets = self.batches.batch(self.progress.step)
+            yield _to_device(inputs, self.device), _to_device(targets, self.device)
+
+    def train_step(
+        self, inputs: torch.Tensor, targets: torch.Tensor, lr: float
+    ) -> torch.Tensor | None:
+        """One optimiser step; returns the loss, or None when the step was skipped (non-finite)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.batches.starts_epoch(self.progress.step):
+            self.state = None
+        with self._autocast():
+            logits, state = self.forward(inputs, self.state)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.config.train.grad_clip or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if not bool(torch.isfinite(grad_norm)):  # the one host sync per step; free on the CPU
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()
+            self.state = None
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state = detach_state(state)
+        return loss.detach()
+
+    def run(self) -> Progress:
+        """Train until the step, epoch or time budget is spent, or `should_stop()` says so."""
+        t = self.config.train
+        self.model.train()
+        chars_per_step = self.batches.chars_per_step
+        loss_sum = torch.zeros((), device=self.device)
+        logged_steps, bad_in_a_row = 0, 0
+        window_start, window_chars = time.perf_counter(), 0
+        clock = time.perf_counter() - self.progress.elapsed
+        batches = self._batches()
+        evaluated_at = -1
+        while self.fraction_done() < 1.0 and not self.should_stop():
+            lr = lr_at(self.progress.step, self.fraction_done(), t)
+            inputs, targets = next(batches)
+            loss = self.train_step(inputs, targets, lr)
+            if loss is None:
+                bad_in_a_row += 1
+                self.progress.skipped_steps += 1
+                if bad_in_a_row >= MAX_BAD_STEPS:
+                    raise TrainingError(
+                        f"loss or gradients were not finite for {bad_in_a_row} steps in a row "
+                        f"at step {self.progress.step}; try a lower --lr (now {t.lr:g})"
+                    )
+            else:
+                bad_in_a_row = 0
+                loss_sum += loss
+                logged_steps += 1
+            self.progress.step += 1
+            self.progress.chars_seen += chars_per_step
+            window_chars += chars_per_step
+            self.progress.elapsed = time.perf_counter() - clock
+            step = self.progress.step
+            at_eval = step % t.eval_every == 0
+            if step % t.log_every == 0 or at_eval:
+                now = time.perf_counter()
+                speed = window_chars / max(now - window_start, 1e-9)
+                train_loss = float(loss_sum) / logged_steps if logged_steps else math.nan
+                self.progress.train_loss = train_loss
+                record = {"train_loss": train_loss, "lr": lr, "chars_per_s": speed}
+                if at_eval:
+                    record["val_loss"] = self.evaluate_and_save()
+                    evaluated_at = step
+                self.log(record)
+                self.reporter.update(self.fraction_done(), {**record, "step": step})
+                loss_sum.zero_()
+                logged_steps, window_chars = 0, 0
+                window_start = time.perf_counter()
+        if self.should_stop():
+            self.progress.elapsed = time.perf_counter() - clock
+            self.save_last()
+            return self.progress
+        if evaluated_at != self.progress.step and self.progress.step > 0:
+            self.progress.elapsed = time.perf_counter() - clock
+            val_loss = self.evaluate_and_save()
+            self.log({"val_loss": val_loss, "lr": lr_at(self.progress.step, 1.0, t)})
+        return self.progress
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append a metrics line stamped with the step, characters and elapsed time."""
+        stamped = {
+            "step": self.progress.step,
+            "chars": self.progress.chars_seen,
+            **record,
+            "elapsed_s": round(self.progress.elapsed, 3),
+        }
+        self.metrics.append(stamped)
+
+    # ------------------------------------------------------------------ evaluation and saving
+
+    def evaluate_and_save(self) -> float:
+        """Score the validation split, then write last.pt and (when it improved) best.pt."""
+        if not weights_are_finite(self.model):
+            raise TrainingError(
+                f"the weights became non-finite at step {self.progress.step}; the saved "
+                "checkpoints are left as they were; try a lower --lr"
+            )
+        result = score_ids(self.model, self.val_ids, self.config.train.eval_streams, self.device)
+        self.progress.val_loss = result.loss
+        improved = self.progress.best_val_loss is None or result.loss < self.progress.best_val_loss
+        if improved:
+            self.progress.best_val_loss = result.loss
+        if improved:
+            save_checkpoint(self.checkpoint(with_resume=False), self.run_dir / BEST_NAME)
+        self.save_last()
+        return result.loss
+
+    def checkpoint(self, with_resume: bool) -> Checkpoint:
+        """The current model and progress as a `Checkpoint` (resume state optional)."""
+        resume: dict[str, Any] = {}
+        if with_resume:
+            resume = {
+                "optimizer": self.optimizer.state_dict(),
+                "rng": _rng_state(),
+                "hidden": _state_to_cpu(self.state),
+            }
+        model_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        return Checkpoint(
+            config=self.config,
+            vocab=self.vocab,
+            model_state=model_state,
+            progress=self.progress.to_dict(),
+            resume=resume,
+            corpus=self.corpus_info,
+        )
+
+    def save_last(self) -> None:
+        """Write last.pt with everything resuming needs."""
+        atomic_save(self.checkpoint(with_resume=True).to_payload(), self.run_dir / LAST_NAME)
