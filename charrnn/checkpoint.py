@@ -110,7 +110,9 @@ def resolve_checkpoint_path(path: Path) -> Path:
 def _read_payload(path: Path, map_location: str | torch.device) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise CheckpointError(f"{path}: not a readable checkpoint (not a torch file)") from None
         raise CheckpointError(
             f"{path}: refused to load: it holds objects other than tensors and plain data "
             "(loading such a file could run code)"

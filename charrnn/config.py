@@ -133,7 +133,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return parse_duration(value)
     expected = int if key in _INT_KEYS else float if key in _FLOAT_KEYS else _field_types()[key]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise UsageError(f"{source}: '{key}' is too large: {value}") from None
     if expected is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -297,7 +300,10 @@ def validate(config: RunConfig) -> None:
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
     _check(t.grad_clip >= 0, f"grad_clip cannot be negative (0 turns it off), got {t.grad_clip}")
     _check(t.max_steps is None or t.max_steps >= 1, f"max_steps must be >= 1, got {t.max_steps}")
-    _check(t.max_epochs is None or t.max_epochs > 0, f"max_epochs must be > 0, got {t.max_epochs}")
+    _check(
+        t.max_epochs is None or 0 < t.max_epochs < math.inf,  # inf would overflow the step budget
+        f"max_epochs must be a positive number, got {t.max_epochs}",
+    )
     _check(t.max_time is None or t.max_time > 0, f"max_time must be > 0, got {t.max_time}")
     _check(
         not (t.max_steps is None and t.max_epochs is None and t.max_time is None),
@@ -306,6 +312,8 @@ def validate(config: RunConfig) -> None:
     _check(t.eval_every >= 1, f"eval_every must be >= 1, got {t.eval_every}")
     _check(t.eval_streams >= 1, f"eval_streams must be >= 1, got {t.eval_streams}")
     _check(t.log_every >= 1, f"log_every must be >= 1, got {t.log_every}")
+    # The range torch.manual_seed accepts.
+    _check(-(2**63) <= t.seed < 2**64, f"seed must be between -2**63 and 2**64 - 1, got {t.seed}")
     _check(t.device in DEVICES, f"unknown device '{t.device}'; choose from {', '.join(DEVICES)}")
     _check(
         t.precision in PRECISIONS,

@@ -27,16 +27,23 @@ class ProgressBar:
     """A tqdm bar over the run's budget showing step, loss, val loss and chars/s."""
 
     def __init__(self, disable: bool = False) -> None:
-        self.bar = tqdm(
-            total=BAR_STEPS,
-            disable=disable,
-            file=sys.stderr,
-            dynamic_ncols=True,
-            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
-            desc="train",
-        )
         self.disabled = disable
         self.last_val: float | None = None
+        self._bar: tqdm | None = None
+
+    @property
+    def bar(self) -> tqdm:
+        """The tqdm bar, created on first use so failures before training print no bar."""
+        if self._bar is None:
+            self._bar = tqdm(
+                total=BAR_STEPS,
+                disable=self.disabled,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+                desc="train",
+            )
+        return self._bar
 
     def update(self, fraction: float, fields: dict[str, Any]) -> None:
         target = min(BAR_STEPS, int(fraction * BAR_STEPS))
@@ -55,7 +62,8 @@ class ProgressBar:
             self.bar.write(text, file=sys.stderr)
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def print_table(title: str, rows: list[tuple[str, Any]], console: Console | None = None) -> None:

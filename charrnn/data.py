@@ -188,12 +188,14 @@ def read_text_chunks(path: Path, encoding: str, chunk_chars: int = CHUNK_CHARS) 
     """Decoded text of `path` in pieces, with CRLF and CR line ends turned into LF."""
     try:
         codecs.lookup(encoding)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a name with NUL or unencodable characters
         raise UsageError(f"unknown encoding '{encoding}'") from None
     try:
         with path.open("r", encoding=encoding, errors="strict", newline=None) as handle:
             while chunk := handle.read(chunk_chars):
                 yield chunk
+    except LookupError:  # a codec that is not a text encoding, e.g. base64
+        raise UsageError(f"unknown encoding '{encoding}': not a text encoding") from None
     except UnicodeDecodeError:
         offset, reason = _decode_error_offset(path, encoding)
         raise CorpusError(

@@ -51,6 +51,8 @@ def validate_sample_config(config: SampleConfig) -> None:
         raise UsageError("stop text cannot be empty")
     if config.unknown not in UNKNOWN_POLICIES:
         raise UsageError(f"unknown policy '{config.unknown}'; choose error or skip")
+    if config.seed is not None and not -(2**63) <= config.seed < 2**64:
+        raise UsageError(f"seed must be between -2**63 and 2**64 - 1, got {config.seed}")
 
 
 def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
@@ -105,8 +107,8 @@ class _StopWatcher:
         if cut >= 0:
             out, self.pending, self.done = self.pending[:cut], "", True
             return out
-        keep = len(self.stop) - 1
-        out = self.pending[: len(self.pending) - keep] if keep else self.pending
+        # Hold back the last len(stop) - 1 characters: they may begin the stop string.
+        out = self.pending[: max(0, len(self.pending) - (len(self.stop) - 1))]
         self.pending = self.pending[len(out) :]
         return out
 
@@ -137,7 +139,8 @@ def generate(
     validate_sample_config(config)
     device = model.head.weight.device
     generator = torch.Generator(device=device)
-    generator.manual_seed(config.seed if config.seed is not None else int.from_bytes(os.urandom(6)))
+    seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(6), "little")
+    generator.manual_seed(seed)
     count = config.num_samples
     texts = [""] * count
     emit = on_text or (lambda index, piece: None)

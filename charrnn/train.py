@@ -367,8 +367,16 @@ class Trainer:
             return self.progress
         if evaluated_at != self.progress.step and self.progress.step > 0:
             self.progress.elapsed = time.perf_counter() - clock
-            val_loss = self.evaluate_and_save()
-            self.log({"val_loss": val_loss, "lr": lr_at(self.progress.step, 1.0, t)})
+            speed = window_chars / max(time.perf_counter() - window_start, 1e-9)
+            if logged_steps:
+                self.progress.train_loss = float(loss_sum) / logged_steps
+            record = {
+                "train_loss": self.progress.train_loss,
+                "lr": lr_at(self.progress.step - 1, self.fraction_done(), t),
+                "chars_per_s": speed,
+            }
+            record["val_loss"] = self.evaluate_and_save()
+            self.log(record)
         return self.progress
 
     def log(self, record: dict[str, Any]) -> None:

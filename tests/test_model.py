@@ -1,0 +1,136 @@
+"""The network and its hand-written generation step (charrnn.model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from charrnn.config import ModelConfig
+from charrnn.model import CharRNN, Stepper, detach_state, select_streams
+
+VOCAB = 11
+CELLS = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]
+CELL_IDS = ["lstm", "gru", "rnn-tanh", "rnn-relu"]
+
+
+def make_model(cell: str, nonlinearity: str = "tanh", layers: int = 1, seed: int = 0) -> CharRNN:
+    torch.manual_seed(seed)
+    config = ModelConfig(cell=cell, nonlinearity=nonlinearity, layers=layers, hidden=24, embed=10)
+    return CharRNN(config, VOCAB).eval()
+
+
+def random_state(model: CharRNN, batch: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    shape = (model.config.layers, batch, model.config.hidden)
+    if model.config.cell == "lstm":
+        return (torch.randn(shape) * 0.5, torch.randn(shape) * 0.5)
+    return torch.randn(shape) * 0.5
+
+
+def as_tuple(state) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def max_diff(a, b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(as_tuple(a), as_tuple(b), strict=True))
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize(("cell", "nonlinearity"), CELLS, ids=CELL_IDS)
+def test_forward_shapes(cell, nonlinearity, layers):
+    model = make_model(cell, nonlinearity, layers)
+    ids = torch.randint(0, VOCAB, (3, 7))
+    logits, state = model(ids)
+    assert logits.shape == (3, 7, VOCAB)
+    for part in as_tuple(state):
+        assert part.shape == (layers, 3, 24)
+    assert isinstance(state, tuple) == (cell == "lstm")
+    assert (
+        max_diff(model.initial_state(3), tuple(torch.zeros(p.shape) for p in as_tuple(state))) == 0
+    )
+    # A state passed back in continues the sequence: two halves equal the whole.
+    first, middle = model(ids[:, :4])
+    second, _ = model(ids[:, 4:], middle)
+    assert torch.allclose(torch.cat([first, second], dim=1), logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize(("cell", "nonlinearity"), CELLS, ids=CELL_IDS)
+def test_stepper_equals_the_fused_layers(cell, nonlinearity, layers, batch):
+    model = make_model(cell, nonlinearity, layers, seed=layers * 10 + batch)
+    stepper = Stepper(model)
+    steps = 9
+    ids = torch.randint(0, VOCAB, (batch, steps))
+    start = random_state(model, batch)
+    with torch.no_grad():
+        whole_logits, whole_state = model(ids, start)
+        fused_state, stepped_state = start, start
+        for t in range(steps):
+            fused_logits, fused_state = model(ids[:, t : t + 1], fused_state)
+            stepped_logits, stepped_state = stepper.step(ids[:, t], stepped_state)
+            assert stepped_logits.shape == (batch, VOCAB)
+            assert (stepped_logits - fused_logits[:, 0]).abs().max().item() < 1e-5
+            assert (stepped_logits - whole_logits[:, t]).abs().max().item() < 1e-5
+            assert max_diff(stepped_state, fused_state) < 1e-5
+    assert max_diff(stepped_state, whole_state) < 1e-5
+
+
+def test_stepper_sees_weights_after_training_changes_them():
+    # The stepper copies weights at construction; a fresh one must follow updated weights.
+    model = make_model("lstm")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3)
+    ids = torch.tensor([1, 2])
+    state = model.initial_state(2)
+    logits, _ = Stepper(model).step(ids, state)
+    with torch.no_grad():
+        expected, _ = model(ids[:, None], state)
+    assert (logits - expected[:, 0]).abs().max().item() < 1e-5
+
+
+def test_resize_vocab_keeps_old_rows_and_grows_the_rest():
+    model = make_model("gru")
+    old_embed = model.embed.weight.detach().clone()
+    old_head = model.head.weight.detach().clone()
+    old_bias = model.head.bias.detach().clone()
+    model.resize_vocab(VOCAB + 4)
+    assert model.vocab_size == VOCAB + 4
+    assert model.embed.weight.shape == (VOCAB + 4, 10)
+    assert model.head.weight.shape == (VOCAB + 4, 24)
+    assert torch.equal(model.embed.weight[:VOCAB], old_embed)
+    assert torch.equal(model.head.weight[:VOCAB], old_head)
+    assert torch.equal(model.head.bias[:VOCAB], old_bias)
+    logits, _ = model(torch.tensor([[VOCAB + 3, 0]]))
+    assert logits.shape == (1, 2, VOCAB + 4)
+    # Growing is the only direction: a smaller size changes nothing.
+    model.resize_vocab(3)
+    assert model.vocab_size == VOCAB + 4
+
+
+def test_start_logits_are_the_output_of_a_zero_hidden_state():
+    model = make_model("rnn")
+    logits = model.start_logits(2)
+    assert logits.shape == (2, VOCAB)
+    expected = model.head(torch.zeros(1, 24))
+    assert torch.allclose(logits, expected.expand(2, -1))
+
+
+def test_dropout_is_used_only_in_training_mode():
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(layers=2, hidden=16, embed=8, dropout=0.5), VOCAB)
+    ids = torch.randint(0, VOCAB, (2, 5))
+    model.eval()
+    assert torch.equal(model(ids)[0], model(ids)[0])
+    model.train()
+    assert not torch.equal(model(ids)[0], model(ids)[0])
+
+
+def test_detach_and_select_streams():
+    h = torch.randn(2, 4, 24, requires_grad=True)
+    state = (h * 2, h * 3)
+    detached = detach_state(state)
+    assert all(not part.requires_grad for part in detached)
+    picked = select_streams(state, torch.tensor([3, 1]))
+    assert torch.equal(picked[0], state[0][:, [3, 1]])
+    assert torch.equal(picked[1], state[1][:, [3, 1]])
