@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import struct
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,10 +85,11 @@ def atomic_save(payload: Any, path: Path) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(
             f"cannot save {path}: {exc.strerror or exc}; the previous checkpoint is unchanged"
         ) from None
+    finally:  # also on a second Ctrl-C (SystemExit) mid-save
+        tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
 
 
@@ -107,17 +110,27 @@ def resolve_checkpoint_path(path: Path) -> Path:
     return path
 
 
+# What torch.load raises on files that are not checkpoints (text, garbage, cut-off pickles).
+_UNREADABLE = (
+    zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, IndexError, KeyError,
+    struct.error,
+)  # fmt: skip
+
+
 def _read_payload(path: Path, map_location: str | torch.device) -> Any:
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # garbage warns about "pickle protocol N"
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():
+        # The weights-only unpickler names a class or function it refused as a GLOBAL.
+        if "GLOBAL" not in str(exc):
             raise CheckpointError(f"{path}: not a readable checkpoint (not a torch file)") from None
         raise CheckpointError(
             f"{path}: refused to load: it holds objects other than tensors and plain data "
             "(loading such a file could run code)"
         ) from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+    except _UNREADABLE as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
 

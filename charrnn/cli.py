@@ -13,7 +13,13 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from charrnn import __version__, commands
-from charrnn.config import DEFAULT_PRESET, preset_names, resolve_config
+from charrnn.config import (
+    DEFAULT_PRESET,
+    MODEL_KEYS,
+    given_keys,
+    preset_names,
+    resolve_config,
+)
 from charrnn.console import ProgressBar, error_line, notice_line, print_table, warning_line
 from charrnn.errors import CharRNNError, UsageError
 from charrnn.generate import SampleConfig
@@ -305,6 +311,10 @@ def train(
         )
     if resume is None and not corpus:
         raise UsageError("give a CORPUS to train on (or --resume RUN_DIR)")
+    shape_flags = sorted(given_keys(overrides) & MODEL_KEYS)
+    if init_from is not None and shape_flags:
+        flags = ", ".join("--" + key.replace("_", "-") for key in shape_flags)
+        raise UsageError(f"--init-from keeps the checkpoint's network; {flags} cannot change")
     bar = ProgressBar(disable=quiet)
 
     def started(outcome: commands.TrainOutcome) -> None:

@@ -114,6 +114,8 @@ def _run(
     )
     corpus_info = _corpus_info(job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0]))
     with run_lock(job.run_dir):
+        for stale in job.run_dir.glob(".*.tmp-*"):  # left by a killed save; the lock is ours
+            stale.unlink(missing_ok=True)
         trainer = Trainer(
             job.model,
             StreamBatches(train_ids, config.train.batch_size, config.train.seq_len),
@@ -142,8 +144,9 @@ def _run(
     return outcome
 
 
-def _fit_batches(config: RunConfig, n_chars: int, warnings: list[str]) -> RunConfig:
-    n_train = int(n_chars * (1.0 - config.data.val_frac))
+def _fit_batches(config: RunConfig, ids: np.ndarray, warnings: list[str]) -> RunConfig:
+    # Split first: a split with no training or validation text is the error to report.
+    n_train = int(split_train_val(ids, config.data.val_frac)[0].shape[0])
     batch_size, seq_len, warning = fit_batch_shape(
         n_train, config.train.batch_size, config.train.seq_len
     )
@@ -189,7 +192,7 @@ def train_command(
                 f"(new rows freshly initialised): {format_symbols(added)}"
             )
         ids = corpus.vocab.remap(ids, vocab)
-    config = _fit_batches(config, corpus.n_chars, warnings)
+    config = _fit_batches(config, ids, warnings)
     _make_run_dir(run_dir)
     torch.manual_seed(config.train.seed)
     model = CharRNN(config.model, vocab.size)

@@ -184,18 +184,35 @@ def _decode_error_offset(path: Path, encoding: str) -> tuple[int, str]:
     return consumed, "undecodable input"
 
 
-def read_text_chunks(path: Path, encoding: str, chunk_chars: int = CHUNK_CHARS) -> Iterator[str]:
-    """Decoded text of `path` in pieces, with CRLF and CR line ends turned into LF."""
+def _text_codec(encoding: str) -> codecs.CodecInfo:
+    """The codec for `encoding`; a `UsageError` for unknown names and non-text codecs."""
     try:
-        codecs.lookup(encoding)
+        info = codecs.lookup(encoding)
     except (LookupError, ValueError):  # ValueError: a name with NUL or unencodable characters
         raise UsageError(f"unknown encoding '{encoding}'") from None
+    if not getattr(info, "_is_text_encoding", True):  # e.g. base64
+        raise UsageError(f"unknown encoding '{encoding}': not a text encoding")
+    return info
+
+
+def read_text_chunks(path: Path, encoding: str, chunk_bytes: int = CHUNK_CHARS) -> Iterator[str]:
+    """Decoded text of `path` in pieces, with CRLF and CR line ends turned into LF."""
+    decoder = _text_codec(encoding).incrementaldecoder("strict")
+    carry = ""  # a final "\r" waits for the next block: it may be half of a "\r\n"
     try:
-        with path.open("r", encoding=encoding, errors="strict", newline=None) as handle:
-            while chunk := handle.read(chunk_chars):
-                yield chunk
-    except LookupError:  # a codec that is not a text encoding, e.g. base64
-        raise UsageError(f"unknown encoding '{encoding}': not a text encoding") from None
+        with path.open("rb") as handle:
+            while True:
+                block = handle.read(chunk_bytes)
+                text = carry + decoder.decode(block, final=not block)
+                carry = ""
+                if block and text.endswith("\r"):
+                    text, carry = text[:-1], "\r"
+                if "\r" in text:
+                    text = text.replace("\r\n", "\n").replace("\r", "\n")
+                if text:
+                    yield text
+                if not block:
+                    return
     except UnicodeDecodeError:
         offset, reason = _decode_error_offset(path, encoding)
         raise CorpusError(
@@ -274,25 +291,34 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _count_symbols(paths: Sequence[Path], config: DataConfig) -> np.ndarray:
     counts = np.zeros(256 if config.bytes else UNICODE_LIMIT, dtype=np.int64)
     for chunk in corpus_symbol_chunks(paths, config):
-        counts += np.bincount(chunk, minlength=counts.shape[0])
+        if chunk.shape[0]:
+            chunk_counts = np.bincount(chunk)  # only as long as the chunk's largest symbol
+            counts[: chunk_counts.shape[0]] += chunk_counts
     return counts
 
 
 def _encode_to_file(
     paths: Sequence[Path], config: DataConfig, vocab: Vocab, n_symbols: int, target: Path
 ) -> None:
+    """Write the ids as a .npy file chunk by chunk (plain writes: no pages held in memory)."""
     table = (vocab.lookup_table() - 1).astype(vocab.dtype, copy=False)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    header = {
+        "descr": np.lib.format.dtype_to_descr(vocab.dtype),
+        "fortran_order": False,
+        "shape": (n_symbols,),
+    }
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(n_symbols,))
-        position = 0
-        for chunk in corpus_symbol_chunks(paths, config):
-            out[position : position + chunk.shape[0]] = table[chunk]
-            position += chunk.shape[0]
-        out.flush()
-        del out
-        with tmp.open("rb") as handle:
+        with tmp.open("wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            written = 0
+            for chunk in corpus_symbol_chunks(paths, config):
+                handle.write(table[chunk].tobytes())
+                written += chunk.shape[0]
+            handle.flush()
             os.fsync(handle.fileno())
+        if written != n_symbols:  # a file changed between the two passes
+            raise CorpusError("the corpus changed while it was being read; run again")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -71,12 +71,18 @@ def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
     return logits
 
 
-def draw(logits: torch.Tensor, config: SampleConfig, generator: torch.Generator) -> torch.Tensor:
-    """One id per row of `logits` (B, V)."""
+def draw(logits: torch.Tensor, config: SampleConfig, uniforms: torch.Tensor) -> torch.Tensor:
+    """One id per row of `logits` (B, V), by inverting the CDF at `uniforms` (B, 1) in [0, 1).
+
+    Cheaper per step than `torch.multinomial` at batch size 1, and the uniforms are drawn for
+    the whole sample up front, so the seed alone fixes the text.
+    """
     if config.greedy:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(filter_logits(logits, config), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = torch.softmax(filter_logits(logits, config), dim=-1).cumsum_(dim=-1)
+    # right=True: a character of probability 0 has cdf equal to its predecessor's: never picked.
+    picked = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True)
+    return picked.squeeze_(-1).clamp_(max=logits.shape[-1] - 1)
 
 
 def prime_ids(vocab: Vocab, prime: str, policy: str) -> torch.Tensor:
@@ -160,14 +166,15 @@ def generate(
             logits = logits[:, -1].float()
         else:
             logits, state = model.start_logits(count).float(), model.initial_state(count)
-        for _ in range(config.length):
-            next_ids = draw(logits, config, generator)
+        uniforms = torch.rand(config.length, count, 1, generator=generator, device=device)
+        for position in range(config.length):
+            next_ids = draw(logits, config, uniforms[position])
             for index, symbol in enumerate(next_ids.tolist()):
                 piece = watchers[index].feed(decoders[index]([symbol]))
                 if piece:
                     texts[index] += piece
                     emit(index, piece)
-            if all(w.done for w in watchers):
+            if position + 1 == config.length or all(w.done for w in watchers):
                 break
             logits, state = stepper.step(next_ids, state)
     for index, watcher in enumerate(watchers):

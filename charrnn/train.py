@@ -118,7 +118,9 @@ def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
     if config.max_steps is not None:
         limits.append(config.max_steps)
     if config.max_epochs is not None:
-        limits.append(max(1, math.ceil(config.max_epochs * steps_per_epoch)))
+        epoch_steps = config.max_epochs * steps_per_epoch
+        if math.isfinite(epoch_steps):  # an absurd --max-epochs overflows: no limit, not a crash
+            limits.append(max(1, math.ceil(epoch_steps)))
     return min(limits) if limits else None
 
 
@@ -216,8 +218,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise TrainingError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
 
 
@@ -393,11 +396,7 @@ class Trainer:
 
     def evaluate_and_save(self) -> float:
         """Score the validation split, then write last.pt and (when it improved) best.pt."""
-        if not weights_are_finite(self.model):
-            raise TrainingError(
-                f"the weights became non-finite at step {self.progress.step}; the saved "
-                "checkpoints are left as they were; try a lower --lr"
-            )
+        self.check_weights_finite()
         result = score_ids(self.model, self.val_ids, self.config.train.eval_streams, self.device)
         self.progress.val_loss = result.loss
         improved = self.progress.best_val_loss is None or result.loss < self.progress.best_val_loss
@@ -427,6 +426,15 @@ class Trainer:
             corpus=self.corpus_info,
         )
 
+    def check_weights_finite(self) -> None:
+        """Stop before NaN or inf weights can overwrite a good checkpoint."""
+        if not weights_are_finite(self.model):
+            raise TrainingError(
+                f"the weights became non-finite at step {self.progress.step}; the saved "
+                "checkpoints are left as they were; try a lower --lr"
+            )
+
     def save_last(self) -> None:
         """Write last.pt with everything resuming needs."""
+        self.check_weights_finite()
         atomic_save(self.checkpoint(with_resume=True).to_payload(), self.run_dir / LAST_NAME)

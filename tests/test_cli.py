@@ -146,6 +146,7 @@ class _Result:
 
     def __init__(self, result) -> None:
         self.returncode, self.stderr = result.exit_code, result.stderr
+        self.stdout = result.stdout
         self.exception = result.exception
 
 

@@ -225,3 +225,19 @@ def test_invalid_settings_are_usage_errors(model, keys):
 def test_random_seed_when_none_is_given(model):
     texts = {sample(model, seed=None, length=40, temperature=2.0)[0] for _ in range(3)}
     assert len(texts) > 1
+
+
+def test_draw_follows_the_model_probabilities():
+    # Inverting the CDF must reproduce the softmax distribution (and never pick a masked one).
+    from charrnn.generate import draw
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.clamp_min(1e-30).log().expand(20000, -1)
+    generator = torch.Generator().manual_seed(0)
+    uniforms = torch.rand(20000, 1, generator=generator)
+    picked = draw(logits, SampleConfig(temperature=1.0), uniforms)
+    freq = torch.bincount(picked, minlength=5).float() / 20000
+    assert (freq - probs).abs().max().item() < 0.015
+    top2 = draw(logits, SampleConfig(temperature=1.0, top_k=2), uniforms)
+    assert set(top2.tolist()) == {0, 1}
+    assert abs((top2 == 0).float().mean().item() - 0.5 / 0.8) < 0.015
