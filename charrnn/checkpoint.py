@@ -131,7 +131,12 @@ def _read_payload(path: Path, map_location: str | torch.device) -> Any:
             "(loading such a file could run code)"
         ) from None
     except _UNREADABLE as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename:  # the file itself could not be read
+            reason = exc.strerror or type(exc).__name__
+        elif isinstance(exc, zipfile.BadZipFile | RuntimeError | ValueError) and str(exc):
+            reason = str(exc).splitlines()[0]
+        else:  # the unpickler's words for garbled bytes ("pop from empty list") mean nothing here
+            reason = "not a torch file, or cut short"
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
 
 
@@ -192,7 +197,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             owner = handle.read().strip() or "unknown"
             raise TrainingError(
                 f"run directory {run_dir} is in use by another charrnn train (pid {owner}); "
-                "wait for it or choose another --out"
+                "wait for it to finish or use another run directory"
             ) from None
         handle.seek(0)
         handle.truncate()

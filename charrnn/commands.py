@@ -66,7 +66,8 @@ def prepare_command(specs: Sequence[str | Path], data: DataConfig, cache_dir: Pa
 
 
 def _make_run_dir(run_dir: Path) -> None:
-    if run_dir.exists() and any(run_dir.glob("*.pt")):
+    # Only a resumable run is protected: a run killed before its first last.pt starts over.
+    if (run_dir / LAST_NAME).exists():
         raise UsageError(
             f"run directory {run_dir} already holds checkpoints; use --resume {run_dir} to "
             "continue it or choose another --out"

@@ -267,6 +267,18 @@ def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return apply_overrides(saved, given, "command line")
 
 
+MAX_PARAMETERS = 2_000_000_000  # beyond this a model cannot train on any single machine
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def recurrent_parameters(model: ModelConfig) -> int:
+    """Weights and biases of the recurrent layers (the embedding and output are extra)."""
+    gates = GATES.get(model.cell, 1)
+    first = gates * model.hidden * (model.embed + model.hidden + 2)
+    rest = gates * model.hidden * (2 * model.hidden + 2) * (model.layers - 1)
+    return first + rest
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UsageError(message)
@@ -284,6 +296,12 @@ def validate(config: RunConfig) -> None:
     _check(1 <= m.hidden <= 16384, f"hidden must be between 1 and 16384, got {m.hidden}")
     _check(1 <= m.embed <= 16384, f"embed must be between 1 and 16384, got {m.embed}")
     _check(0.0 <= m.dropout < 1.0, f"dropout must be in [0, 1), got {m.dropout}")
+    parameters = recurrent_parameters(m)
+    _check(
+        parameters <= MAX_PARAMETERS,
+        f"a {m.layers} x {m.hidden} {m.cell} has {parameters:,} recurrent parameters; "
+        f"the limit is {MAX_PARAMETERS:,} (use fewer --layers or a smaller --hidden)",
+    )
     _check(bool(d.encoding), "encoding cannot be empty")
     _check(0.0 < d.val_frac < 1.0, f"val_frac must be in (0, 1), got {d.val_frac}")
     _check(
