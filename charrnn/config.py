@@ -37,7 +37,7 @@ class ModelConfig:
     cell: str = "lstm"  # lstm | gru | rnn
     nonlinearity: str = "tanh"  # rnn only: tanh | relu
     layers: int = 1  # stacked recurrent layers
-    hidden: int = 512  # units per recurrent layer
+    hidden: int = 256  # units per recurrent layer
     embed: int = 64  # character embedding size
     dropout: float = 0.0  # between layers and before the output layer
 
@@ -55,19 +55,19 @@ class DataConfig:
 class TrainConfig:
     """Optimisation, run length, evaluation and hardware."""
 
-    batch_size: int = 64  # parallel streams over the training text
-    seq_len: int = 128  # characters per window of truncated backprop through time
-    lr: float = 4e-3  # peak learning rate (AdamW)
-    min_lr: float = 4e-4  # learning rate at the end of the cosine decay
-    warmup_steps: int = 50  # linear warmup before the cosine decay
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    batch_size: int = 32  # parallel streams over the training text
+    seq_len: int = 32  # characters per window of truncated backprop through time
+    lr: float = 6e-3  # peak learning rate (AdamW)
+    min_lr: float = 0.0  # learning rate at the end of the cosine decay
+    warmup_steps: int = 20  # linear warmup before the cosine decay
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (recurrent and output matrices)
     beta1: float = 0.9  # AdamW first-moment decay
     beta2: float = 0.99  # AdamW second-moment decay
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 turns clipping off)
     max_steps: int | None = None  # stop after this many optimiser steps
     max_epochs: float | None = 10.0  # stop after this many passes over the training text
     max_time: float | None = None  # stop after this many seconds; the schedule spans the time
-    eval_every: int = 500  # evaluate on the validation split every N steps (and at the end)
+    eval_every: int = 2000  # evaluate on the validation split every N steps (and at the end)
     eval_streams: int = 16  # validation is scored as this many stateful streams
     log_every: int = 50  # write a metrics line every N steps
     seed: int = 1337  # seeds every random number generator

@@ -126,7 +126,8 @@ class _StopWatcher:
 def _decoders(vocab: Vocab, count: int) -> list[Callable[[list[int]], str]]:
     """Per-sample functions from new ids to text (bytes models decode UTF-8 incrementally)."""
     if not vocab.is_bytes:
-        return [vocab.decode] * count
+        chars = [chr(symbol) for symbol in vocab.symbols]
+        return [lambda ids: "".join(chars[i] for i in ids)] * count
     result = []
     for _ in range(count):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -166,6 +167,7 @@ def generate(
             logits = logits[:, -1].float()
         else:
             logits, state = model.start_logits(count).float(), model.initial_state(count)
+        flat_state = stepper.begin(state)
         uniforms = torch.rand(config.length, count, 1, generator=generator, device=device)
         for position in range(config.length):
             next_ids = draw(logits, config, uniforms[position])
@@ -176,7 +178,7 @@ def generate(
                     emit(index, piece)
             if position + 1 == config.length or all(w.done for w in watchers):
                 break
-            logits, state = stepper.step(next_ids, state)
+            logits = stepper.advance(next_ids, flat_state)
     for index, watcher in enumerate(watchers):
         tail = watcher.flush()
         if tail:

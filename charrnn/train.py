@@ -125,9 +125,11 @@ def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
 
 
 def make_optimizer(model: CharRNN, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay applies to matrices only, not biases."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    """AdamW; weight decay applies to the recurrent and output matrices, not to biases or
+    the embedding (decaying a rare character's embedding only erases it)."""
+    embedding = {id(p) for p in model.embed.parameters()}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embedding]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embedding]
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

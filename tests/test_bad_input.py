@@ -162,7 +162,8 @@ def test_bad_input_is_one_error_line_and_leaves_nothing_behind(workdir, args, ex
 
 def test_a_corpus_shorter_than_one_batch_shrinks_it_with_a_warning(workdir):
     result = invoke("train", "short.txt", "--out", "out", "--hidden", "8", "--max-steps", "2",
-                    "--device", "cpu", "-q", cwd=workdir)  # fmt: skip
+                    "--batch-size", "64", "--seq-len", "128", "--device", "cpu", "-q",
+                    cwd=workdir)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stderr == (
         "charrnn: warning: the training text (270 characters) is shorter than one batch of "
