@@ -578,22 +578,30 @@ class ChildRun:
     stdout: str
 
 
+# A forked child's peak RSS starts at its parent's (the fork shares the parent's pages), and this
+# process holds torch: so the measured command is started by a small Python process that times
+# it and reads its rusage, then reports both on its last stderr line.
+_MEASURE = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+seconds = time.perf_counter() - start
+code = os.waitstatus_to_exitcode(status)
+print(json.dumps({"seconds": seconds, "rss": usage.ru_maxrss, "code": code}), file=sys.stderr)
+"""
+
+
 def run_child(args: list[str]) -> ChildRun:
-    """Run `args`, timing it and reading its peak RSS from os.wait4; raise if it fails."""
-    with tempfile.TemporaryFile() as errors:
-        start = time.perf_counter()
-        child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, cwd=REPO)
-        assert child.stdout is not None
-        out = child.stdout.read().decode("utf-8", errors="replace")
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        child.stdout.close()
-        if child.returncode != 0:
-            errors.seek(0)
-            tail = errors.read().decode("utf-8", errors="replace").strip().splitlines()[-3:]
-            raise RuntimeError(f"{' '.join(args[2:4])} exited {child.returncode}: {tail}")
-    return ChildRun(seconds, int(usage.ru_maxrss), out)
+    """Run `args` from a small launcher that measures its wall time and peak RSS."""
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *args], capture_output=True, text=True, cwd=REPO
+    )
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    if report["code"] != 0:
+        tail = done.stderr.strip().splitlines()[-4:-1]
+        raise RuntimeError(f"{' '.join(args[2:4])} exited {report['code']}: {tail}")
+    return ChildRun(report["seconds"], int(report["rss"]), done.stdout)
 
 
 def charrnn_args(*args: str) -> list[str]:
