@@ -28,12 +28,19 @@ TRAIN_FLAGS = [
 ]  # fmt: skip
 
 
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+
+
+def charrnn_argv(*args: str | Path) -> list[str]:
+    """The command line of `charrnn ARGS` under this interpreter."""
+    return [sys.executable, "-m", "charrnn", *map(str, args)]
+
+
 def charrnn(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
     return subprocess.run(
-        [sys.executable, "-m", "charrnn", *map(str, args)],
+        charrnn_argv(*args),
         cwd=cwd,
-        env=env,
+        env=CHILD_ENV,
         capture_output=True,
         text=True,
         timeout=120,

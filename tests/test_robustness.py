@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cli import invoke
+from test_cli import CHILD_ENV, charrnn_argv, invoke
 
 import charrnn.checkpoint
 import charrnn.train
@@ -48,11 +48,10 @@ CLI_FLAGS = [
 
 
 def charrnn_process(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
     return subprocess.Popen(
-        [sys.executable, "-m", "charrnn", *map(str, args)],
+        charrnn_argv(*args),
         cwd=cwd,
-        env=env,
+        env=CHILD_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
