@@ -226,6 +226,32 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     fsync_directory(path.parent)
 
 
+class _LogWindow:
+    """Loss and speed since the last metrics line, summed on the device (no per-step sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.steps, self.chars, self.start = 0, 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor | None, chars: int) -> None:
+        if loss is not None:
+            self.loss_sum += loss
+            self.steps += 1
+        self.chars += chars
+
+    def close(self, lr: float) -> dict[str, Any]:
+        """The window's record (train_loss None when every step was skipped); starts anew."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        record = {
+            "train_loss": float(self.loss_sum) / self.steps if self.steps else None,
+            "lr": lr,
+            "chars_per_s": self.chars / elapsed,
+        }
+        self.loss_sum.zero_()
+        self.steps, self.chars, self.start = 0, 0, time.perf_counter()
+        return record
+
+
 class Trainer:
     """Runs truncated-BPTT training of `model` on `batches`, scoring on `val_ids`."""
 
@@ -323,66 +349,45 @@ class Trainer:
         """Train until the step, epoch or time budget is spent, or `should_stop()` says so."""
         t = self.config.train
         self.model.train()
-        chars_per_step = self.batches.chars_per_step
-        loss_sum = torch.zeros((), device=self.device)
-        logged_steps, bad_in_a_row = 0, 0
-        window_start, window_chars = time.perf_counter(), 0
+        window = _LogWindow(self.device)
+        bad_in_a_row, evaluated_at, lr = 0, -1, t.lr
         clock = time.perf_counter() - self.progress.elapsed
         batches = self._batches()
-        evaluated_at = -1
         while self.fraction_done() < 1.0 and not self.should_stop():
             lr = lr_at(self.progress.step, self.fraction_done(), t)
-            inputs, targets = next(batches)
-            loss = self.train_step(inputs, targets, lr)
+            loss = self.train_step(*next(batches), lr)
+            bad_in_a_row = 0 if loss is not None else bad_in_a_row + 1
             if loss is None:
-                bad_in_a_row += 1
                 self.progress.skipped_steps += 1
                 if bad_in_a_row >= MAX_BAD_STEPS:
                     raise TrainingError(
                         f"loss or gradients were not finite for {bad_in_a_row} steps in a row "
                         f"at step {self.progress.step}; try a lower --lr (now {t.lr:g})"
                     )
-            else:
-                bad_in_a_row = 0
-                loss_sum += loss
-                logged_steps += 1
+            window.add(loss, self.batches.chars_per_step)
             self.progress.step += 1
-            self.progress.chars_seen += chars_per_step
-            window_chars += chars_per_step
+            self.progress.chars_seen += self.batches.chars_per_step
             self.progress.elapsed = time.perf_counter() - clock
-            step = self.progress.step
-            at_eval = step % t.eval_every == 0
-            if step % t.log_every == 0 or at_eval:
-                now = time.perf_counter()
-                speed = window_chars / max(now - window_start, 1e-9)
-                train_loss = float(loss_sum) / logged_steps if logged_steps else math.nan
-                self.progress.train_loss = train_loss
-                record = {"train_loss": train_loss, "lr": lr, "chars_per_s": speed}
-                if at_eval:
-                    record["val_loss"] = self.evaluate_and_save()
-                    evaluated_at = step
-                self.log(record)
-                self.reporter.update(self.fraction_done(), {**record, "step": step})
-                loss_sum.zero_()
-                logged_steps, window_chars = 0, 0
-                window_start = time.perf_counter()
+            at_eval = self.progress.step % t.eval_every == 0
+            if at_eval or self.progress.step % t.log_every == 0:
+                self.write_metrics(window, lr, evaluate=at_eval)
+                evaluated_at = self.progress.step if at_eval else evaluated_at
+        self.progress.elapsed = time.perf_counter() - clock
         if self.should_stop():
-            self.progress.elapsed = time.perf_counter() - clock
             self.save_last()
-            return self.progress
-        if evaluated_at != self.progress.step and self.progress.step > 0:
-            self.progress.elapsed = time.perf_counter() - clock
-            speed = window_chars / max(time.perf_counter() - window_start, 1e-9)
-            if logged_steps:
-                self.progress.train_loss = float(loss_sum) / logged_steps
-            record = {
-                "train_loss": self.progress.train_loss,
-                "lr": lr_at(self.progress.step - 1, self.fraction_done(), t),
-                "chars_per_s": speed,
-            }
-            record["val_loss"] = self.evaluate_and_save()
-            self.log(record)
+        elif evaluated_at != self.progress.step and self.progress.step > 0:
+            self.write_metrics(window, lr, evaluate=True)
         return self.progress
+
+    def write_metrics(self, window: _LogWindow, lr: float, evaluate: bool) -> None:
+        """One metrics line for the window since the last; with `evaluate`, score and save."""
+        record = window.close(lr)
+        if record["train_loss"] is not None:
+            self.progress.train_loss = record["train_loss"]
+        if evaluate:
+            record["val_loss"] = self.evaluate_and_save()
+        self.log(record)
+        self.reporter.update(self.fraction_done(), {**record, "step": self.progress.step})
 
     def log(self, record: dict[str, Any]) -> None:
         """Append a metrics line stamped with the step, characters and elapsed time."""
