@@ -1,0 +1,58 @@
+"""The CUDA path: cuDNN layers, bf16 autocast, pinned transfers (skipped without a GPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from charrnn.checkpoint import load_checkpoint
+from charrnn.commands import eval_command, sample_command, train_command
+from charrnn.generate import SampleConfig
+from charrnn.model import CharRNN, Stepper
+from charrnn.train import autocast_dtype, select_device
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_auto_device_is_the_cpu_without_an_accelerator():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        pytest.skip("an MPS device is present")
+    assert select_device("auto") == torch.device("cpu")
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_training_on_cuda_learns_and_saves_cpu_loadable_checkpoints(
+    write_corpus, tmp_path, tiny_config, precision
+):
+    config = tiny_config(device="cuda", precision=precision, max_steps=60, lr=0.02)
+    outcome = train_command([write_corpus()], config, out=tmp_path / "run")
+    assert outcome.progress.val_loss < math.log(outcome.corpus.vocab.size) - 0.5
+    checkpoint = load_checkpoint(tmp_path / "run")  # mapped to the CPU
+    assert all(t.device.type == "cpu" for t in checkpoint.model_state.values())
+    result = eval_command(tmp_path / "run", [], device_name="cuda")
+    assert abs(result.loss - outcome.progress.best_val_loss) < 1e-3
+
+
+@needs_cuda
+def test_cuda_sampling_is_seeded_and_stepper_matches_cudnn(tmp_path, write_corpus, tiny_config):
+    train_command([write_corpus()], tiny_config(device="cuda"), out=tmp_path / "run")
+    config = SampleConfig(length=40, seed=3)
+    first = sample_command(tmp_path / "run", "the ", config, "cuda")
+    assert first == sample_command(tmp_path / "run", "the ", config, "cuda")
+    model = load_checkpoint(tmp_path / "run").build_model("cuda")
+    ids = torch.randint(0, model.vocab_size, (2, 7), device="cuda")
+    with torch.inference_mode():
+        fused, _ = model(ids)
+        stepper, state = Stepper(model), model.initial_state(2)
+        flat = stepper.begin(state)
+        for t in range(7):
+            logits = stepper.advance(ids[:, t], flat)
+            assert (logits - fused[:, t]).abs().max().item() < 1e-4
+    assert isinstance(model, CharRNN)
