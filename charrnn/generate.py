@@ -167,7 +167,6 @@ def generate(
             logits = logits[:, -1].float()
         else:
             logits, state = model.start_logits(count).float(), model.initial_state(count)
-        flat_state = stepper.begin(state)
         uniforms = torch.rand(config.length, count, 1, generator=generator, device=device)
         for position in range(config.length):
             next_ids = draw(logits, config, uniforms[position])
@@ -178,7 +177,7 @@ def generate(
                     emit(index, piece)
             if position + 1 == config.length or all(w.done for w in watchers):
                 break
-            logits = stepper.advance(next_ids, flat_state)
+            logits, state = stepper.step(next_ids, state)
     for index, watcher in enumerate(watchers):
         tail = watcher.flush()
         if tail:

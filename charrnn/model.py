@@ -98,119 +98,94 @@ def _layer_weights(rnn: nn.RNNBase, layer: int) -> tuple[Tensor, Tensor, Tensor,
 class Stepper:
     """One recurrent step at a time with the model's weights, for fast generation.
 
-    Precomputes the first layer's input projection for every symbol (a table lookup replaces
-    the embedding and a matrix product) and stores each weight transposed. For the LSTM the
-    gates are reordered (i, f, o, g) and the candidate's rows doubled, so that one sigmoid
-    covers all four gates: tanh(x) = 2 sigmoid(2x) - 1. Fewer, larger operations matter here:
-    at batch size 1 each one costs more in dispatch than in arithmetic.
+    At batch size 1 a step is a few matrix-vector products that stream the weights from memory,
+    plus many tiny operations whose dispatch costs more than their arithmetic. So:
+    - the hidden-to-hidden products of all layers are one batched call (each depends only on
+      the previous state);
+    - the first layer's input projection is a table lookup per symbol (embedding x W_ih);
+    - for the LSTM the gates are reordered (i, f, o, g) and the candidate's rows doubled, so one
+      sigmoid covers all four gates: tanh(x) = 2 sigmoid(2x) - 1.
     """
 
     def __init__(self, model: CharRNN) -> None:
         config = model.config
         self.cell, self.hidden, self.layers = config.cell, config.hidden, config.layers
         self.activation = torch.relu if config.nonlinearity == "relu" else torch.tanh
-        hidden = config.hidden
-        order = (
-            torch.cat(
-                [
-                    torch.arange(0, 2 * hidden),
-                    torch.arange(3 * hidden, 4 * hidden),
-                    torch.arange(2 * hidden, 3 * hidden),
-                ]
-            )
-            if self.cell == "lstm"
-            else None
-        )
         with torch.no_grad():
-            embedded = model.embed.weight.float()
-            self.weights: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-            for layer in range(config.layers):
-                w_ih, w_hh, b_ih, b_hh = (
-                    t.detach().float() for t in _layer_weights(model.rnn, layer)
-                )
-                if order is not None:
-                    scale = torch.ones(4 * hidden, 1)
-                    scale[3 * hidden :] = 2.0
-                    w_ih, w_hh = w_ih[order] * scale, w_hh[order] * scale
-                    b_ih, b_hh = b_ih[order] * scale[:, 0], b_hh[order] * scale[:, 0]
-                self.weights.append(self._pack(layer, w_ih, w_hh, b_ih, b_hh, embedded))
+            layers = [self._layer(model, layer) for layer in range(config.layers)]
+            fold = self.cell != "gru"  # the GRU's candidate needs the hidden bias on its own
+            self.hidden_weight = torch.stack([w_hh.t() for _, w_hh, _, _ in layers]).contiguous()
+            self.hidden_bias = torch.stack(
+                [(b_hh + b_ih if fold else b_hh).unsqueeze(0) for _, _, b_ih, b_hh in layers]
+            )
+            w_ih0, _, b_ih0, _ = layers[0]
+            table = model.embed.weight.detach().float() @ w_ih0.t()
+            self.input_table = table if fold else table + b_ih0
+            self.input_weights = [w_ih.t().contiguous() for w_ih, _, _, _ in layers[1:]]
+            self.input_biases = [None if fold else b_ih for _, _, b_ih, _ in layers[1:]]
             self.head_weight = model.head.weight.detach().float().t().contiguous()
             self.head_bias = model.head.bias.detach().float().clone()
 
-    def _pack(
-        self, layer: int, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, embedded: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-layer tensors: (input weight or table, hidden weight, input bias, hidden bias)."""
-        if self.cell == "gru":
-            # The GRU's candidate gate needs the hidden part separately: keep biases apart.
-            first = embedded @ w_ih.t() + b_ih if layer == 0 else w_ih.t().contiguous()
-            return first, w_hh.t().contiguous(), b_ih.clone(), b_hh.clone()
-        bias = b_ih + b_hh
-        if layer == 0:
-            return embedded @ w_ih.t() + bias, w_hh.t().contiguous(), bias, bias
-        stacked = torch.cat([w_ih, w_hh], dim=1).t().contiguous()
-        return stacked, stacked, bias, bias
-
-    def begin(self, state: State) -> list[Tensor]:
-        """The state as a flat list [h_0 .. h_L-1] (then [c_0 .. c_L-1] for the LSTM)."""
-        if isinstance(state, tuple):
-            return list(state[0].unbind(0)) + list(state[1].unbind(0))
-        return list(state.unbind(0))
-
-    def finish(self, flat: list[Tensor]) -> State:
-        """The flat list of `begin` back in the model's (layers, batch, hidden) form."""
-        if self.cell == "lstm":
-            return (torch.stack(flat[: self.layers]), torch.stack(flat[self.layers :]))
-        return torch.stack(flat)
-
-    def advance(self, ids: Tensor, flat: list[Tensor]) -> Tensor:
-        """Feed `ids` (B,), updating the flat state in place; returns logits (B, V)."""
-        layers = self.layers
-        below = ids
-        for layer, (first, w_hh, b_ih, b_hh) in enumerate(self.weights):
-            h = flat[layer]
-            if self.cell == "gru":
-                below = self._gru(layer, below, h, first, w_hh, b_ih, b_hh)
-            else:
-                if layer == 0:
-                    gates = torch.addmm(first.index_select(0, below), h, w_hh)
-                else:
-                    gates = torch.addmm(b_ih, torch.cat([below, h], dim=1), first)
-                if self.cell == "lstm":
-                    below, flat[layers + layer] = self._lstm(gates, flat[layers + layer])
-                else:
-                    below = self.activation(gates)
-            flat[layer] = below
-        return torch.addmm(self.head_bias, below, self.head_weight)
+    def _layer(self, model: CharRNN, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(w_ih, w_hh, b_ih, b_hh) of one layer in fp32, LSTM gates reordered and scaled."""
+        w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in _layer_weights(model.rnn, layer))
+        if self.cell != "lstm":
+            return w_ih, w_hh, b_ih, b_hh
+        hidden = self.hidden
+        order = torch.cat(
+            [
+                torch.arange(0, 2 * hidden),
+                torch.arange(3 * hidden, 4 * hidden),
+                torch.arange(2 * hidden, 3 * hidden),
+            ]
+        )
+        scale = torch.ones(4 * hidden)
+        scale[3 * hidden :] = 2.0
+        return (
+            w_ih[order] * scale[:, None],
+            w_hh[order] * scale[:, None],
+            b_ih[order] * scale,
+            b_hh[order] * scale,
+        )
 
     def step(self, ids: Tensor, state: State) -> tuple[Tensor, State]:
         """Logits (B, V) after feeding `ids` (B,) from `state`; returns the new state."""
-        flat = self.begin(state)
-        logits = self.advance(ids, flat)
-        return logits, self.finish(flat)
+        h_all, c_all = state if isinstance(state, tuple) else (state, None)
+        from_hidden = torch.baddbmm(self.hidden_bias, h_all, self.hidden_weight).unbind(0)
+        new_h, new_c = [], []
+        below = ids
+        for layer in range(self.layers):
+            hidden_part = from_hidden[layer]
+            if self.cell == "gru":
+                if layer == 0:
+                    from_input = self.input_table.index_select(0, ids)
+                else:
+                    weight, bias = self.input_weights[layer - 1], self.input_biases[layer - 1]
+                    from_input = torch.addmm(bias, below, weight)
+                below = self._gru(from_input, hidden_part, h_all[layer])
+            else:
+                if layer == 0:
+                    gates = self.input_table.index_select(0, ids) + hidden_part
+                else:
+                    gates = torch.addmm(hidden_part, below, self.input_weights[layer - 1])
+                if c_all is not None:
+                    below, c = self._lstm(gates, c_all[layer])
+                    new_c.append(c)
+                else:
+                    below = self.activation(gates)
+            new_h.append(below)
+        logits = torch.addmm(self.head_bias, below, self.head_weight)
+        h_next = torch.stack(new_h)
+        return logits, ((h_next, torch.stack(new_c)) if c_all is not None else h_next)
 
     def _lstm(self, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         inputs, forget, output, half = torch.sigmoid(gates).view(-1, 4, self.hidden).unbind(1)
-        # c' = f c + i g with g = 2 sigmoid(2x) - 1 = 2 half - 1 (rows doubled in __init__)
+        # c' = f c + i g with g = 2 sigmoid(2x) - 1 = 2 half - 1 (rows doubled in _layer)
         c = torch.addcmul(forget * c - inputs, inputs, half, value=2.0)
         return output * torch.tanh(c), c
 
-    def _gru(
-        self,
-        layer: int,
-        below: Tensor,
-        h: Tensor,
-        first: Tensor,
-        w_hh: Tensor,
-        b_ih: Tensor,
-        b_hh: Tensor,
-    ) -> Tensor:
+    def _gru(self, from_input: Tensor, from_hidden: Tensor, h: Tensor) -> Tensor:
         hidden = self.hidden
-        if layer == 0:
-            from_input = first.index_select(0, below)  # layer 0: `below` holds the ids
-        else:
-            from_input = torch.addmm(b_ih, below, first)
-        from_hidden = torch.addmm(b_hh, h, w_hh)
         reset_update = torch.sigmoid(from_input[:, : 2 * hidden] + from_hidden[:, : 2 * hidden])
         candidate = torch.tanh(
             torch.addcmul(
