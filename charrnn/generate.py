@@ -123,15 +123,14 @@ class _StopWatcher:
         return "" if self.done and not out else out
 
 
-def _decoders(vocab: Vocab, count: int) -> list[Callable[[list[int]], str]]:
-    """Per-sample functions from new ids to text (bytes models decode UTF-8 incrementally)."""
+def _decoders(vocab: Vocab, count: int) -> list[Callable[[int], str]]:
+    """Per-sample functions from a new id to text (bytes models decode UTF-8 incrementally)."""
     if not vocab.is_bytes:
-        chars = [chr(symbol) for symbol in vocab.symbols]
-        return [lambda ids: "".join(chars[i] for i in ids)] * count
+        return [[chr(symbol) for symbol in vocab.symbols].__getitem__] * count
     result = []
     for _ in range(count):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        result.append(lambda ids, d=decoder: d.decode(bytes(vocab.symbols[i] for i in ids)))
+        result.append(lambda i, d=decoder: d.decode(bytes((vocab.symbols[i],))))
     return result
 
 
@@ -149,16 +148,14 @@ def generate(
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(6), "little")
     generator.manual_seed(seed)
     count = config.num_samples
-    texts = [""] * count
-    emit = on_text or (lambda index, piece: None)
     ids = prime_ids(vocab, prime, config.unknown).to(device)
     prime_text = vocab.decode(ids.tolist()) if config.unknown == "skip" else prime
-    for index in range(count):
-        texts[index] = prime_text
-        if prime_text:
-            emit(index, prime_text)
+    pieces: list[list[str]] = [[prime_text] for _ in range(count)]
+    if on_text and prime_text:
+        for index in range(count):
+            on_text(index, prime_text)
     model.eval()
-    watchers = [_StopWatcher(config.stop) for _ in range(count)]
+    watchers = [_StopWatcher(config.stop) for _ in range(count)] if config.stop else None
     decoders = _decoders(vocab, count)
     with torch.inference_mode():
         stepper = Stepper(model)
@@ -168,19 +165,24 @@ def generate(
         else:
             logits, state = model.start_logits(count).float(), model.initial_state(count)
         uniforms = torch.rand(config.length, count, 1, generator=generator, device=device)
-        for position in range(config.length):
-            next_ids = draw(logits, config, uniforms[position])
+        # The per-character loop is the hot path: no tensor indexing or string copies in it.
+        for position, uniform in enumerate(uniforms.unbind(0)):
+            next_ids = draw(logits, config, uniform)
             for index, symbol in enumerate(next_ids.tolist()):
-                piece = watchers[index].feed(decoders[index]([symbol]))
+                piece = decoders[index](symbol)
+                if watchers is not None:
+                    piece = watchers[index].feed(piece)
                 if piece:
-                    texts[index] += piece
-                    emit(index, piece)
-            if position + 1 == config.length or all(w.done for w in watchers):
+                    pieces[index].append(piece)
+                    if on_text:
+                        on_text(index, piece)
+            if position + 1 == config.length or (watchers and all(w.done for w in watchers)):
                 break
             logits, state = stepper.step(next_ids, state)
-    for index, watcher in enumerate(watchers):
+    for index, watcher in enumerate(watchers or []):
         tail = watcher.flush()
         if tail:
-            texts[index] += tail
-            emit(index, tail)
-    return texts
+            pieces[index].append(tail)
+            if on_text:
+                on_text(index, tail)
+    return ["".join(sample) for sample in pieces]
