@@ -456,19 +456,30 @@ class StreamBatches:
 IGNORE_INDEX = -100
 
 
-def eval_streams(ids: np.ndarray, streams: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and targets (S, L) scoring every next-character prediction of `ids`.
+def eval_windows(
+    ids: np.ndarray, streams: int, width: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Inputs and targets (S, <= width), window by window, scoring every next-character
+    prediction of `ids` exactly once.
 
-    The predictions are cut into S contiguous streams; the last is padded with targets of
-    IGNORE_INDEX so no character is scored twice or dropped.
+    The predictions are cut into S contiguous streams of equal length (the state carries from
+    one window to the next within a stream); the last stream is padded with targets of
+    IGNORE_INDEX. Windows are cut from `ids` as they are needed, so a memory-mapped validation
+    split larger than memory is never loaded whole.
     """
     predictions = ids.shape[0] - 1
     if predictions < 1:
-        return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.int64)
+        return
     count = min(streams, predictions)
     length = math.ceil(predictions / count)
-    inputs = np.zeros(count * length, dtype=np.int64)
-    targets = np.full(count * length, IGNORE_INDEX, dtype=np.int64)
-    inputs[:predictions] = ids[:-1]
-    targets[:predictions] = ids[1:]
-    return inputs.reshape(count, length), targets.reshape(count, length)
+    for start in range(0, length, width):
+        stop = min(start + width, length)
+        inputs = np.zeros((count, stop - start), dtype=np.int64)
+        targets = np.full((count, stop - start), IGNORE_INDEX, dtype=np.int64)
+        for stream in range(count):
+            first = stream * length + start
+            last = min(stream * length + stop, predictions)
+            if last > first:
+                inputs[stream, : last - first] = ids[first:last]
+                targets[stream, : last - first] = ids[first + 1 : last + 1]
+        yield inputs, targets

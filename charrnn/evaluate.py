@@ -15,7 +15,7 @@ from charrnn.data import (
     IGNORE_INDEX,
     Corpus,
     encode_text_file,
-    eval_streams,
+    eval_windows,
     prepare_corpus,
     split_train_val,
 )
@@ -60,18 +60,14 @@ def score_ids(
     model: CharRNN, ids: np.ndarray, streams: int, device: torch.device | str = "cpu"
 ) -> EvalResult:
     """Stateful next-character loss over `ids`, cut into `streams` parallel streams."""
-    inputs, targets = eval_streams(ids, streams)
-    if inputs.size == 0:
-        return EvalResult(0.0, 0)
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    state = None
+    scored, state = 0, None
     with torch.inference_mode():
-        for start in range(0, inputs.shape[1], EVAL_WINDOW):
-            window = slice(start, start + EVAL_WINDOW)
-            x = torch.from_numpy(np.ascontiguousarray(inputs[:, window])).to(device)
-            y = torch.from_numpy(np.ascontiguousarray(targets[:, window])).to(device)
+        for inputs, targets in eval_windows(ids, streams, EVAL_WINDOW):
+            x = torch.from_numpy(inputs).to(device)
+            y = torch.from_numpy(targets).to(device)
             logits, state = model(x, state)
             total += F.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]),
@@ -79,8 +75,9 @@ def score_ids(
                 ignore_index=IGNORE_INDEX,
                 reduction="sum",
             ).double()
+            scored += int((targets != IGNORE_INDEX).sum())
     model.train(was_training)
-    return EvalResult(float(total), int((targets != IGNORE_INDEX).sum()))
+    return EvalResult(float(total), scored)
 
 
 def validation_ids(checkpoint: Checkpoint, cache_dir: Path) -> np.ndarray:

@@ -16,7 +16,7 @@ from charrnn.data import (
     StreamBatches,
     Vocab,
     encode_text_file,
-    eval_streams,
+    eval_windows,
     fit_batch_shape,
     id_dtype,
     prepare_corpus,
@@ -385,9 +385,13 @@ def test_fit_batch_shape_shrinks_and_warns(n_train, batch, seq):
 
 @pytest.mark.parametrize("n", [2, 3, 10, 50, 101])
 @pytest.mark.parametrize("streams", [1, 2, 3, 7, 16, 200])
-def test_eval_streams_score_every_prediction_exactly_once(n, streams):
+@pytest.mark.parametrize("width", [3, 512])
+def test_eval_windows_score_every_prediction_exactly_once(n, streams, width):
     ids = np.arange(n)
-    inputs, targets = eval_streams(ids, streams)
+    windows = list(eval_windows(ids, streams, width))
+    assert all(x.shape[1] <= width and x.shape == y.shape for x, y in windows)
+    inputs = np.concatenate([x for x, _ in windows], axis=1)
+    targets = np.concatenate([y for _, y in windows], axis=1)
     scored = targets != IGNORE_INDEX
     pairs = list(zip(inputs[scored].tolist(), targets[scored].tolist(), strict=True))
     assert sorted(pairs) == [(i, i + 1) for i in range(n - 1)]
@@ -398,6 +402,5 @@ def test_eval_streams_score_every_prediction_exactly_once(n, streams):
         assert (np.diff(run) == 1).all()
 
 
-def test_eval_streams_of_one_character_score_nothing():
-    inputs, targets = eval_streams(np.arange(1), 4)
-    assert inputs.size == 0 and targets.size == 0
+def test_eval_windows_of_one_character_score_nothing():
+    assert list(eval_windows(np.arange(1), 4, 512)) == []
