@@ -79,13 +79,6 @@ def detach_state(state: State) -> State:
     return state.detach()
 
 
-def select_streams(state: State, keep: Tensor) -> State:
-    """The state of the streams picked by index tensor `keep`."""
-    if isinstance(state, tuple):
-        return (state[0][:, keep], state[1][:, keep])
-    return state[:, keep]
-
-
 def _layer_weights(rnn: nn.RNNBase, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return (
         getattr(rnn, f"weight_ih_l{layer}"),
