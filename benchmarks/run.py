@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charrnn.config import ModelConfig, RunConfig
+from charrnn.config import GATES, ModelConfig, RunConfig
 from charrnn.data import StreamBatches, Vocab
 from charrnn.evaluate import score_ids
 from charrnn.generate import SampleConfig, generate
@@ -41,7 +41,6 @@ from charrnn.train import Trainer
 SECTIONS = ("matmul", "train", "sample", "eval", "prepare", "quality")
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 ASSUMED_EFFICIENCY = 0.25  # fraction of the matmul peak a training step reaches (sizes windows)
 SAMPLE_VOCAB = 65  # tiny shakespeare's vocabulary size

@@ -26,7 +26,6 @@ from charrnn.checkpoint import (
     BEST_NAME,
     LAST_NAME,
     Checkpoint,
-    atomic_save,
     fsync_directory,
     save_checkpoint,
 )
@@ -406,12 +405,10 @@ class Trainer:
         self.check_weights_finite()
         result = score_ids(self.model, self.val_ids, self.config.train.eval_streams, self.device)
         self.progress.val_loss = result.loss
-        improved = self.progress.best_val_loss is None or result.loss < self.progress.best_val_loss
-        if improved:
+        if self.progress.best_val_loss is None or result.loss < self.progress.best_val_loss:
             self.progress.best_val_loss = result.loss
-        if improved:
             save_checkpoint(self.checkpoint(with_resume=False), self.run_dir / BEST_NAME)
-        self.save_last()
+        save_checkpoint(self.checkpoint(with_resume=True), self.run_dir / LAST_NAME)
         return result.loss
 
     def checkpoint(self, with_resume: bool) -> Checkpoint:
@@ -444,4 +441,4 @@ class Trainer:
     def save_last(self) -> None:
         """Write last.pt with everything resuming needs."""
         self.check_weights_finite()
-        atomic_save(self.checkpoint(with_resume=True).to_payload(), self.run_dir / LAST_NAME)
+        save_checkpoint(self.checkpoint(with_resume=True), self.run_dir / LAST_NAME)
