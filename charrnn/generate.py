@@ -1,7 +1,8 @@
 """Sampling from a trained model: temperature, top-k, top-p, greedy, priming and stop strings.
 
 The prime is run through the fused layers once; after that every new character costs exactly one
-`Stepper.step`, never a re-run of the prefix.
+`Stepper.advance` and one draw, never a re-run of the prefix. Draws use the Gumbel-max trick with
+noise drawn from the seeded generator, so the seed alone fixes the text.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import codecs
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -71,18 +72,57 @@ def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
     return logits
 
 
-def draw(logits: torch.Tensor, config: SampleConfig, uniforms: torch.Tensor) -> torch.Tensor:
-    """One id per row of `logits` (B, V), by inverting the CDF at `uniforms` (B, 1) in [0, 1).
+# Noise is drawn this many floats at a time: the whole sample at once for one stream.
+NOISE_CHUNK = 1 << 18
 
-    Cheaper per step than `torch.multinomial` at batch size 1, and the uniforms are drawn for
-    the whole sample up front, so the seed alone fixes the text.
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel noise, -log(-log(u)), always finite.
+
+    argmax(logits + noise) is a draw from softmax(logits) (the Gumbel-max trick): a masked
+    (-inf) logit can never win, and one addition replaces the softmax, cumulative sum and search.
     """
-    if config.greedy:
-        return logits.argmax(dim=-1)
-    cdf = torch.softmax(filter_logits(logits, config), dim=-1).cumsum_(dim=-1)
-    # right=True: a character of probability 0 has cdf equal to its predecessor's: never picked.
-    picked = torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True)
-    return picked.squeeze_(-1).clamp_(max=logits.shape[-1] - 1)
+    tiny = torch.finfo(torch.float32).tiny
+    uniforms = torch.rand(shape, generator=generator, device=generator.device)
+    return uniforms.clamp_(min=tiny).log_().neg_().log_().neg_()
+
+
+class _Drawer:
+    """Draws the next ids from the top layer's output, one position at a time.
+
+    Temperature is folded into the output layer. Without top-k / top-p the noise is folded into
+    its bias as well, so a draw is one matrix product and an argmax.
+    """
+
+    def __init__(self, stepper: Stepper, config: SampleConfig, generator: torch.Generator):
+        self.config, self.generator = config, generator
+        self.filtered = config.top_k is not None or config.top_p is not None
+        self.weight = stepper.head_weight / config.temperature
+        self.bias = stepper.head_bias / config.temperature
+        self.shape = (stepper.h.shape[1], self.bias.shape[0])
+        self.rows: list[torch.Tensor] = []
+
+    def __call__(self, top: torch.Tensor) -> torch.Tensor:
+        """Ids (batch,) for the next position."""
+        if self.config.greedy:
+            return torch.addmm(self.bias, top, self.weight).argmax(dim=-1)
+        if not self.rows:
+            self._refill()
+        noise = self.rows.pop()
+        if not self.filtered:
+            return torch.addmm(noise, top, self.weight).argmax(dim=-1)
+        logits = torch.addmm(self.bias, top, self.weight)
+        filtered = filter_logits(logits, replace(self.config, temperature=1.0))
+        return filtered.add_(noise).argmax(dim=-1)
+
+    def _refill(self) -> None:
+        """Noise for the next chunk of positions, as a stack to pop from."""
+        batch, vocab = self.shape
+        positions = max(1, NOISE_CHUNK // (batch * vocab))
+        noise = gumbel_noise((positions, batch, vocab), self.generator)
+        if not self.filtered:
+            noise += self.bias
+        self.rows = list(noise.unbind(0))[::-1]
 
 
 def prime_ids(vocab: Vocab, prime: str, policy: str) -> torch.Tensor:
@@ -158,16 +198,16 @@ def generate(
     watchers = [_StopWatcher(config.stop) for _ in range(count)] if config.stop else None
     decoders = _decoders(vocab, count)
     with torch.inference_mode():
-        stepper = Stepper(model)
         if ids.numel():
-            logits, state = model(ids.unsqueeze(0).expand(count, -1))
-            logits = logits[:, -1].float()
+            _, state = model(ids.unsqueeze(0).expand(count, -1))
         else:
-            logits, state = model.start_logits(count).float(), model.initial_state(count)
-        uniforms = torch.rand(config.length, count, 1, generator=generator, device=device)
+            state = model.initial_state(count)
+        stepper = Stepper(model, state)
+        next_ids_for = _Drawer(stepper, config, generator)
+        top = stepper.top
         # The per-character loop is the hot path: no tensor indexing or string copies in it.
-        for position, uniform in enumerate(uniforms.unbind(0)):
-            next_ids = draw(logits, config, uniform)
+        for position in range(config.length):
+            next_ids = next_ids_for(top)
             for index, symbol in enumerate(next_ids.tolist()):
                 piece = decoders[index](symbol)
                 if watchers is not None:
@@ -178,7 +218,7 @@ def generate(
                         on_text(index, piece)
             if position + 1 == config.length or (watchers and all(w.done for w in watchers)):
                 break
-            logits, state = stepper.step(next_ids, state)
+            top = stepper.advance(next_ids)
     for index, watcher in enumerate(watchers or []):
         tail = watcher.flush()
         if tail:

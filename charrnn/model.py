@@ -50,11 +50,6 @@ class CharRNN(nn.Module):
         features, state = self.rnn(self.embed(ids), state)
         return self.head(self.drop(features)), state
 
-    def start_logits(self, batch_size: int) -> Tensor:
-        """The model's prediction from an all-zero state, used to draw a first character."""
-        zeros = torch.zeros(batch_size, self.config.hidden, device=self.head.weight.device)
-        return self.head(zeros)
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -93,38 +88,61 @@ class Stepper:
 
     At batch size 1 a step is a few matrix-vector products that stream the weights from memory,
     plus many tiny operations whose dispatch costs more than their arithmetic. So:
+    - the state lives in buffers that each step updates in place (no allocation or stacking),
+      and the views into them are made once, since indexing a tensor is an operation too;
     - the hidden-to-hidden products of all layers are one batched call (each depends only on
       the previous state);
     - the first layer's input projection is a table lookup per symbol (embedding x W_ih);
     - for the LSTM the gates are reordered (i, f, o, g) and the candidate's rows doubled, so one
       sigmoid covers all four gates: tanh(x) = 2 sigmoid(2x) - 1.
+    The output layer is `head_weight` (hidden, vocab) and `head_bias`: `step` applies it, and a
+    sampler may fold temperature and noise into it and call `advance` instead.
     """
 
-    def __init__(self, model: CharRNN) -> None:
+    def __init__(self, model: CharRNN, state: State) -> None:
         config = model.config
-        self.cell, self.hidden, self.layers = config.cell, config.hidden, config.layers
-        self.activation = torch.relu if config.nonlinearity == "relu" else torch.tanh
+        self.cell, self.layers, self.relu = (
+            config.cell,
+            config.layers,
+            config.nonlinearity == "relu",
+        )
         with torch.no_grad():
-            layers = [self._layer(model, layer) for layer in range(config.layers)]
+            weights = [self._layer(model, layer) for layer in range(config.layers)]
             fold = self.cell != "gru"  # the GRU's candidate needs the hidden bias on its own
-            self.hidden_weight = torch.stack([w_hh.t() for _, w_hh, _, _ in layers]).contiguous()
+            self.hidden_weight = torch.stack([w_hh.t() for _, w_hh, _, _ in weights]).contiguous()
             self.hidden_bias = torch.stack(
-                [(b_hh + b_ih if fold else b_hh).unsqueeze(0) for _, _, b_ih, b_hh in layers]
+                [(b_hh + b_ih if fold else b_hh).unsqueeze(0) for _, _, b_ih, b_hh in weights]
             )
-            w_ih0, _, b_ih0, _ = layers[0]
+            w_ih0, _, b_ih0, _ = weights[0]
             table = model.embed.weight.detach().float() @ w_ih0.t()
             self.input_table = table if fold else table + b_ih0
-            self.input_weights = [w_ih.t().contiguous() for w_ih, _, _, _ in layers[1:]]
-            self.input_biases = [None if fold else b_ih for _, _, b_ih, _ in layers[1:]]
+            self.input_weights = [w_ih.t().contiguous() for w_ih, _, _, _ in weights[1:]]
+            self.input_biases = [b_ih.unsqueeze(0) for _, _, b_ih, _ in weights[1:]]
             self.head_weight = model.head.weight.detach().float().t().contiguous()
             self.head_bias = model.head.bias.detach().float().clone()
+            h, c = state if isinstance(state, tuple) else (state, None)
+            self.h = h.detach().float().clone()  # (layers, batch, hidden)
+            self.c = None if c is None else c.detach().float().clone()
+        batch, width = self.h.shape[1], self.hidden_weight.shape[-1]
+        self.gates = self.h.new_empty(self.layers, batch, width)
+        self.from_input = self.h.new_empty(self.layers, batch, width)  # GRU only
+        self.scratch = torch.empty_like(self.h[0])
+        self._h, self._gates = self.h.unbind(0), self.gates.unbind(0)
+        self._c = None if self.c is None else self.c.unbind(0)
+        self._from_input = self.from_input.unbind(0)
+        self._split = [gates.view(batch, -1, config.hidden).unbind(1) for gates in self._gates]
+        # GRU: the reset and update gates together, and the candidate, of both parts.
+        self._rz = [gates[:, : 2 * config.hidden] for gates in self._gates]
+        self._rz_input = [part[:, : 2 * config.hidden] for part in self._from_input]
+        self._n_input = [part[:, 2 * config.hidden :] for part in self._from_input]
 
-    def _layer(self, model: CharRNN, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    @staticmethod
+    def _layer(model: CharRNN, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(w_ih, w_hh, b_ih, b_hh) of one layer in fp32, LSTM gates reordered and scaled."""
         w_ih, w_hh, b_ih, b_hh = (t.detach().float() for t in _layer_weights(model.rnn, layer))
-        if self.cell != "lstm":
+        if model.config.cell != "lstm":
             return w_ih, w_hh, b_ih, b_hh
-        hidden = self.hidden
+        hidden = model.config.hidden
         order = torch.cat(
             [
                 torch.arange(0, 2 * hidden),
@@ -141,49 +159,61 @@ class Stepper:
             b_hh[order] * scale,
         )
 
-    def step(self, ids: Tensor, state: State) -> tuple[Tensor, State]:
-        """Logits (B, V) after feeding `ids` (B,) from `state`; returns the new state."""
-        h_all, c_all = state if isinstance(state, tuple) else (state, None)
-        from_hidden = torch.baddbmm(self.hidden_bias, h_all, self.hidden_weight).unbind(0)
-        new_h, new_c = [], []
-        below = ids
+    @property
+    def state(self) -> State:
+        """A copy of the current state, shaped as the fused layers return it."""
+        return self.h.clone() if self.c is None else (self.h.clone(), self.c.clone())
+
+    @property
+    def top(self) -> Tensor:
+        """The top layer's output (batch, hidden) after the last symbol fed; updated in place."""
+        return self._h[-1]
+
+    def step(self, ids: Tensor) -> Tensor:
+        """Feed `ids` (batch,) and return the logits (batch, vocab) of what comes next."""
+        return torch.addmm(self.head_bias, self.advance(ids), self.head_weight)
+
+    def advance(self, ids: Tensor) -> Tensor:
+        """Feed `ids` (batch,) and return `top`, a view that the next call overwrites."""
+        torch.baddbmm(self.hidden_bias, self.h, self.hidden_weight, out=self.gates)
         for layer in range(self.layers):
-            hidden_part = from_hidden[layer]
             if self.cell == "gru":
-                if layer == 0:
-                    from_input = self.input_table.index_select(0, ids)
-                else:
-                    weight, bias = self.input_weights[layer - 1], self.input_biases[layer - 1]
-                    from_input = torch.addmm(bias, below, weight)
-                below = self._gru(from_input, hidden_part, h_all[layer])
+                self._gru(layer, ids)
+                continue
+            gates = self._gates[layer]
+            if layer == 0:
+                gates.add_(self.input_table.index_select(0, ids))
             else:
-                if layer == 0:
-                    gates = self.input_table.index_select(0, ids) + hidden_part
-                else:
-                    gates = torch.addmm(hidden_part, below, self.input_weights[layer - 1])
-                if c_all is not None:
-                    below, c = self._lstm(gates, c_all[layer])
-                    new_c.append(c)
-                else:
-                    below = self.activation(gates)
-            new_h.append(below)
-        logits = torch.addmm(self.head_bias, below, self.head_weight)
-        h_next = torch.stack(new_h)
-        return logits, ((h_next, torch.stack(new_c)) if c_all is not None else h_next)
+                gates.addmm_(self._h[layer - 1], self.input_weights[layer - 1])
+            if self.cell == "lstm":
+                self._lstm(layer, gates)
+            elif self.relu:
+                torch.clamp_min(gates, 0.0, out=self._h[layer])
+            else:
+                torch.tanh(gates, out=self._h[layer])
+        return self._h[-1]
 
-    def _lstm(self, gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        inputs, forget, output, half = torch.sigmoid(gates).view(-1, 4, self.hidden).unbind(1)
+    def _lstm(self, layer: int, gates: Tensor) -> None:
+        inputs, forget, output, half = self._split[layer]
+        gates.sigmoid_()
         # c' = f c + i g with g = 2 sigmoid(2x) - 1 = 2 half - 1 (rows doubled in _layer)
-        c = torch.addcmul(forget * c - inputs, inputs, half, value=2.0)
-        return output * torch.tanh(c), c
+        c = self._c[layer]
+        c.mul_(forget).sub_(inputs).addcmul_(inputs, half, value=2.0)
+        torch.mul(output, torch.tanh(c, out=self.scratch), out=self._h[layer])
 
-    def _gru(self, from_input: Tensor, from_hidden: Tensor, h: Tensor) -> Tensor:
-        hidden = self.hidden
-        reset_update = torch.sigmoid(from_input[:, : 2 * hidden] + from_hidden[:, : 2 * hidden])
-        candidate = torch.tanh(
-            torch.addcmul(
-                from_input[:, 2 * hidden :], reset_update[:, :hidden], from_hidden[:, 2 * hidden :]
+    def _gru(self, layer: int, ids: Tensor) -> None:
+        from_input = self._from_input[layer]
+        if layer == 0:
+            torch.index_select(self.input_table, 0, ids, out=from_input)
+        else:
+            below, weight, bias = (
+                self._h[layer - 1],
+                self.input_weights[layer - 1],
+                self.input_biases[layer - 1],
             )
-        )
-        update = reset_update[:, hidden:]
-        return torch.addcmul(candidate, update, h - candidate)
+            torch.addmm(bias, below, weight, out=from_input)
+        reset, update, candidate = self._split[layer]
+        self._rz[layer].add_(self._rz_input[layer]).sigmoid_()
+        candidate.mul_(reset).add_(self._n_input[layer]).tanh_()
+        # h' = (1 - z) n + z h = n + z (h - n)
+        self._h[layer].sub_(candidate).mul_(update).add_(candidate)

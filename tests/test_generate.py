@@ -10,7 +10,7 @@ import torch
 from charrnn.config import ModelConfig
 from charrnn.data import Vocab
 from charrnn.errors import UsageError
-from charrnn.generate import SampleConfig, filter_logits, generate
+from charrnn.generate import SampleConfig, filter_logits, generate, gumbel_noise
 from charrnn.model import CharRNN
 
 ALPHABET = "\n .,abcdefghijklmnop床🎉"
@@ -227,17 +227,33 @@ def test_random_seed_when_none_is_given(model):
     assert len(texts) > 1
 
 
-def test_draw_follows_the_model_probabilities():
-    # Inverting the CDF must reproduce the softmax distribution (and never pick a masked one).
-    from charrnn.generate import draw
-
+def test_gumbel_draws_follow_the_model_probabilities():
+    # argmax(logits + Gumbel noise) must reproduce the softmax and never pick a masked character.
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     logits = probs.clamp_min(1e-30).log().expand(20000, -1)
-    generator = torch.Generator().manual_seed(0)
-    uniforms = torch.rand(20000, 1, generator=generator)
-    picked = draw(logits, SampleConfig(temperature=1.0), uniforms)
+    noise = gumbel_noise((20000, 5), torch.Generator().manual_seed(0))
+    assert torch.isfinite(noise).all()
+    picked = (logits + noise).argmax(dim=-1)
     freq = torch.bincount(picked, minlength=5).float() / 20000
     assert (freq - probs).abs().max().item() < 0.015
-    top2 = draw(logits, SampleConfig(temperature=1.0, top_k=2), uniforms)
+    top2 = (filter_logits(logits, SampleConfig(temperature=1.0, top_k=2)) + noise).argmax(dim=-1)
     assert set(top2.tolist()) == {0, 1}
     assert abs((top2 == 0).float().mean().item() - 0.5 / 0.8) < 0.015
+    hot = (filter_logits(logits, SampleConfig(temperature=2.0)) + noise).argmax(dim=-1)
+    hot_probs = torch.softmax(probs.clamp_min(1e-30).log() / 2.0, dim=-1)
+    hot_freq = torch.bincount(hot, minlength=5).float() / 20000
+    assert (hot_freq - hot_probs).abs().max().item() < 0.015
+
+
+def test_sample_frequencies_follow_the_model_at_the_given_temperature():
+    # End to end through generate(): the first character of many samples from an empty prime
+    # follows softmax(head bias / T), which is the model's prediction from a zero state.
+    model = make_model()
+    with torch.no_grad():
+        model.head.bias.copy_(torch.linspace(-2.0, 2.0, VOCAB.size))
+    config = SampleConfig(length=1, num_samples=4000, temperature=1.5, seed=0)
+    firsts = [text[0] for text in generate(model, VOCAB, "", config)]
+    ids = torch.tensor(VOCAB.encode("".join(firsts)).tolist())
+    freq = torch.bincount(ids, minlength=VOCAB.size).float() / len(firsts)
+    expected = torch.softmax(model.head.bias.detach() / 1.5, dim=-1)
+    assert (freq - expected).abs().max().item() < 0.03

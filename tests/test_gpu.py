@@ -50,8 +50,8 @@ def test_cuda_sampling_is_seeded_and_stepper_matches_cudnn(tmp_path, write_corpu
     ids = torch.randint(0, model.vocab_size, (2, 7), device="cuda")
     with torch.inference_mode():
         fused, _ = model(ids)
-        stepper, state = Stepper(model), model.initial_state(2)
+        stepper = Stepper(model, model.initial_state(2))
         for t in range(7):
-            logits, state = stepper.step(ids[:, t], state)
+            logits = stepper.step(ids[:, t])
             assert (logits - fused[:, t]).abs().max().item() < 1e-4
     assert isinstance(model, CharRNN)

@@ -58,21 +58,37 @@ def test_forward_shapes(cell, nonlinearity, layers):
 @pytest.mark.parametrize(("cell", "nonlinearity"), CELLS, ids=CELL_IDS)
 def test_stepper_equals_the_fused_layers(cell, nonlinearity, layers, batch):
     model = make_model(cell, nonlinearity, layers, seed=layers * 10 + batch)
-    stepper = Stepper(model)
     steps = 9
     ids = torch.randint(0, VOCAB, (batch, steps))
     start = random_state(model, batch)
+    stepper = Stepper(model, start)
+    assert max_diff(stepper.state, start) == 0
     with torch.no_grad():
         whole_logits, whole_state = model(ids, start)
-        fused_state, stepped_state = start, start
+        fused_state = start
         for t in range(steps):
             fused_logits, fused_state = model(ids[:, t : t + 1], fused_state)
-            stepped_logits, stepped_state = stepper.step(ids[:, t], stepped_state)
+            stepped_logits = stepper.step(ids[:, t])
             assert stepped_logits.shape == (batch, VOCAB)
             assert (stepped_logits - fused_logits[:, 0]).abs().max().item() < 1e-5
             assert (stepped_logits - whole_logits[:, t]).abs().max().item() < 1e-5
-            assert max_diff(stepped_state, fused_state) < 1e-5
-    assert max_diff(stepped_state, whole_state) < 1e-5
+            assert max_diff(stepper.state, fused_state) < 1e-5
+            # `top` is the top layer's output, which the head turns into the logits.
+            assert torch.equal(
+                stepper.top, stepper.state[0][-1] if cell == "lstm" else stepper.state[-1]
+            )
+    assert max_diff(stepper.state, whole_state) < 1e-5
+
+
+def test_stepper_leaves_the_state_it_was_given_alone():
+    model = make_model("lstm", layers=2)
+    start = random_state(model, 2)
+    saved = tuple(part.clone() for part in start)
+    stepper = Stepper(model, start)
+    snapshot = stepper.state
+    stepper.step(torch.tensor([1, 2]))
+    assert max_diff(start, saved) == 0
+    assert max_diff(snapshot, stepper.state) > 0  # `state` is a copy, not a live view
 
 
 def test_stepper_sees_weights_after_training_changes_them():
@@ -83,7 +99,7 @@ def test_stepper_sees_weights_after_training_changes_them():
             p.add_(0.3)
     ids = torch.tensor([1, 2])
     state = model.initial_state(2)
-    logits, _ = Stepper(model).step(ids, state)
+    logits = Stepper(model, state).step(ids)
     with torch.no_grad():
         expected, _ = model(ids[:, None], state)
     assert (logits - expected[:, 0]).abs().max().item() < 1e-5
@@ -106,14 +122,6 @@ def test_resize_vocab_keeps_old_rows_and_grows_the_rest():
     # Growing is the only direction: a smaller size changes nothing.
     model.resize_vocab(3)
     assert model.vocab_size == VOCAB + 4
-
-
-def test_start_logits_are_the_output_of_a_zero_hidden_state():
-    model = make_model("rnn")
-    logits = model.start_logits(2)
-    assert logits.shape == (2, VOCAB)
-    expected = model.head(torch.zeros(1, 24))
-    assert torch.allclose(logits, expected.expand(2, -1))
 
 
 def test_dropout_is_used_only_in_training_mode():
