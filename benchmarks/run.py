@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charrnn.config import GATES, ModelConfig, RunConfig
+from charrnn.config import GATES, ModelConfig, RunConfig, SampleConfig
 from charrnn.data import StreamBatches, Vocab
 from charrnn.evaluate import score_ids
-from charrnn.generate import SampleConfig, generate
+from charrnn.generate import generate
 from charrnn.model import CharRNN
 from charrnn.train import Trainer
 

@@ -1,4 +1,8 @@
-"""The `charrnn` command line: parse options, call one function in `commands`, print the result."""
+"""The `charrnn` command line: parse options, call one function in `commands`, print the result.
+
+`commands` loads torch, about 1.5 s of start-up, so it is imported inside the commands that need
+it: `--help`, option errors and `prepare` (numpy only) answer at once.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,61 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
-from charrnn import __version__, commands
+from charrnn import __version__
 from charrnn.config import (
     DEFAULT_PRESET,
     MODEL_KEYS,
+    SampleConfig,
     given_keys,
     preset_names,
     resolve_config,
 )
 from charrnn.console import ProgressBar, error_line, notice_line, print_table, warning_line
+from charrnn.data import prepare_corpus
 from charrnn.errors import CharRNNError, UsageError
-from charrnn.generate import SampleConfig
+
+if TYPE_CHECKING:
+    from charrnn import commands
+
+
+def parse_error_line(message: str, command_path: str | None) -> str:
+    """Typer's message for a bad option or argument, as one line in our style."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip()).rstrip(".")
+    text = text[:1].lower() + text[1:]
+    return f"{text} (see '{command_path} --help')" if command_path else text
+
+
+class _OneLineErrors(TyperGroup):
+    """Option and argument errors (unknown option, bad value, missing option) as one
+    `charrnn: error:` line with exit code 2, like every other failure, not Click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:
+            context = getattr(exc, "ctx", None)
+            error_line(
+                parse_error_line(exc.format_message(), getattr(context, "command_path", None))
+            )
+            sys.exit(getattr(exc, "exit_code", 2))
+        except typer.Abort:
+            error_line("interrupted")
+            sys.exit(EXIT_SIGINT)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
 
 app = typer.Typer(
     name="charrnn",
+    cls=_OneLineErrors,
     help="Train character-level RNN/LSTM/GRU language models on text; sample and score them.",
     add_completion=False,
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -85,8 +123,9 @@ def version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def main_options(
+    context: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -95,6 +134,9 @@ def main_options(
     ] = False,
 ) -> None:
     """Train character-level RNN/LSTM/GRU language models on text; sample and score them."""
+    if context.invoked_subcommand is None:  # plain `charrnn`: the help, as for --help
+        print(context.get_help())
+        raise typer.Exit(2)
 
 
 class _Interrupts:
@@ -315,6 +357,8 @@ def train(
     if init_from is not None and shape_flags:
         flags = ", ".join("--" + key.replace("_", "-") for key in shape_flags)
         raise UsageError(f"--init-from keeps the checkpoint's network; {flags} cannot change")
+    from charrnn import commands
+
     bar = ProgressBar(disable=quiet)
 
     def started(outcome: commands.TrainOutcome) -> None:
@@ -379,7 +423,7 @@ def prepare(
 ) -> None:
     """Read, build the vocabulary, encode and cache CORPUS: exactly what `train` does first."""
     data_config = resolve_config(overrides={"encoding": encoding, "bytes": bytes_}).data
-    corpus_data = commands.prepare_command(corpus, data_config, cache_dir)
+    corpus_data = prepare_corpus(corpus, data_config, cache_dir)
     info = {
         "chars": corpus_data.n_chars,
         "vocab_size": corpus_data.vocab.size,
@@ -454,6 +498,8 @@ def sample(
         sys.stdout.write(piece)
         sys.stdout.flush()
 
+    from charrnn import commands
+
     texts = commands.sample_command(
         checkpoint, prime, sample_config, device, on_text=show if stream else None
     )
@@ -496,6 +542,8 @@ def evaluate(
 
     Example: charrnn eval --checkpoint runs/shakespeare-... --json
     """
+    from charrnn import commands
+
     result = commands.eval_command(checkpoint, files or [], encoding, device, streams)
     if json_output:
         print(json.dumps(result.to_dict()))
@@ -524,6 +572,8 @@ def info(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show what a checkpoint holds: configuration, vocabulary, size and progress."""
+    from charrnn import commands
+
     details = commands.info_command(checkpoint)
     if json_output:
         print(json.dumps(details))

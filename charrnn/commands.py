@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from charrnn.checkpoint import LAST_NAME, Checkpoint, load_checkpoint, load_model, run_lock
-from charrnn.config import DataConfig, RunConfig, resume_config
+from charrnn.config import RunConfig, SampleConfig, resume_config, validate_sample_config
 from charrnn.data import (
     Corpus,
     StreamBatches,
@@ -29,7 +29,7 @@ from charrnn.data import (
 )
 from charrnn.errors import CheckpointError, CorpusError, UsageError
 from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
-from charrnn.generate import SampleConfig, generate, validate_sample_config
+from charrnn.generate import generate
 from charrnn.model import CharRNN
 from charrnn.train import Progress, Reporter, Trainer, select_device, write_json
 
@@ -58,11 +58,6 @@ def default_run_dir(specs: Sequence[str | Path], runs_root: Path = Path("runs"))
 def default_cache_dir(run_dir: Path) -> Path:
     """Corpus caches live beside the runs that use them."""
     return run_dir.parent / CACHE_DIR_NAME
-
-
-def prepare_command(specs: Sequence[str | Path], data: DataConfig, cache_dir: Path) -> Corpus:
-    """Read, build the vocabulary, encode and cache a corpus (what `train` does first)."""
-    return prepare_corpus(specs, data, cache_dir)
 
 
 def _make_run_dir(run_dir: Path) -> None:

@@ -10,50 +10,13 @@ from __future__ import annotations
 import codecs
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
+from charrnn.config import SampleConfig, validate_sample_config
 from charrnn.data import Vocab
-from charrnn.errors import UsageError
 from charrnn.model import CharRNN, Stepper
-
-UNKNOWN_POLICIES = ("error", "skip")
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """How to draw characters."""
-
-    length: int = 500  # new characters per sample (the prime is not counted)
-    temperature: float = 0.8  # < 1 is more conservative, > 1 more surprising
-    top_k: int | None = None  # keep only the k most likely characters
-    top_p: float | None = None  # keep the smallest set whose probability reaches p
-    greedy: bool = False  # always take the most likely character
-    seed: int | None = None  # None draws a fresh seed
-    num_samples: int = 1  # samples generated together as one batch
-    stop: str | None = None  # end a sample where this text appears (not included)
-    unknown: str = "error"  # prime characters outside the vocabulary: error | skip
-
-
-def validate_sample_config(config: SampleConfig) -> None:
-    """Raise `UsageError` for the first value out of range."""
-    if config.length < 0:
-        raise UsageError(f"length cannot be negative, got {config.length}")
-    if not config.temperature > 0:
-        raise UsageError(f"temperature must be > 0, got {config.temperature}")
-    if config.top_k is not None and config.top_k < 1:
-        raise UsageError(f"top-k must be >= 1, got {config.top_k}")
-    if config.top_p is not None and not 0 < config.top_p <= 1:
-        raise UsageError(f"top-p must be in (0, 1], got {config.top_p}")
-    if not 1 <= config.num_samples <= 4096:
-        raise UsageError(f"num-samples must be between 1 and 4096, got {config.num_samples}")
-    if config.stop == "":
-        raise UsageError("stop text cannot be empty")
-    if config.unknown not in UNKNOWN_POLICIES:
-        raise UsageError(f"unknown policy '{config.unknown}'; choose error or skip")
-    if config.seed is not None and not -(2**63) <= config.seed < 2**64:
-        raise UsageError(f"seed must be between -2**63 and 2**64 - 1, got {config.seed}")
 
 
 def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:

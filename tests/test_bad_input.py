@@ -74,6 +74,13 @@ def _checkpoints_and_temps(root: Path) -> set[Path]:
 
 FAILURES = [
     # (id, arguments, exit code, fragments of the error line)
+    ("option-not-a-number", ["train", "corpus.txt", "--hidden", "abc"], 2,
+     ["invalid value for '--hidden'", "(see 'charrnn train --help')"]),
+    ("unknown-option", ["train", "corpus.txt", "--hiden", "8"], 2,
+     ["no such option: --hiden", "--hidden"]),
+    ("unknown-command", ["trian"], 2, ["no such command 'trian'", "Did you mean 'train'?"]),
+    ("missing-option", ["sample"], 2,
+     ["missing option '--checkpoint' (see 'charrnn sample --help')"]),
     ("missing-path", ["train", "missing.txt"], 2, ["corpus not found: missing.txt"]),
     ("no-text-files", ["train", "binaries"], 2, ["no text files in directory binaries"]),
     ("empty-corpus", ["train", "empty.txt"], 1, ["the corpus is empty: empty.txt"]),

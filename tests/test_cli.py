@@ -145,6 +145,41 @@ def test_errors_print_one_line_and_exit_with_the_right_code(
     assert fragment in line
 
 
+LOAD_CHECK = """
+import sys
+from charrnn.cli import main
+sys.argv = ["charrnn", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit:
+    print("exit", exit.code, "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code"),
+    [
+        (["--help"], 0),
+        (["train", "corpus.txt", "--hidden", "abc"], 2),
+        (["sample"], 2),
+        (["prepare", "corpus.txt", "--cache-dir", "cache", "--json"], 0),
+    ],
+    ids=["help", "bad-option", "missing-option", "prepare"],
+)
+def test_help_option_errors_and_prepare_start_without_loading_torch(
+    tmp_path, repetitive_text, args, exit_code
+):
+    # torch is about 1.5 s of start-up; these answer without it (prepare needs only numpy).
+    (tmp_path / "corpus.txt").write_text(repetitive_text(2000), "utf-8")
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_CHECK, *args],
+        cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.stderr.splitlines()[-1] == f"exit {exit_code} False", result.stderr
+    if args[0] == "prepare":
+        assert json.loads(result.stdout)["chars"] == 2000
+
+
 # ----------------------------------------------------------------------------- in-process
 
 
@@ -166,6 +201,12 @@ def invoke(*args: str | Path, cwd: Path) -> _Result:
         os.chdir(old)
     assert result.exception is None or isinstance(result.exception, SystemExit)
     return _Result(result)
+
+
+def test_no_command_prints_the_help(tmp_path):
+    result = invoke(cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Commands:" in result.stdout and "train" in result.stdout and "sample" in result.stdout
 
 
 @pytest.mark.parametrize(

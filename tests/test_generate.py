@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from charrnn.config import ModelConfig
+from charrnn.config import ModelConfig, SampleConfig
 from charrnn.data import Vocab
 from charrnn.errors import UsageError
-from charrnn.generate import SampleConfig, filter_logits, generate, gumbel_noise
+from charrnn.generate import filter_logits, generate, gumbel_noise
 from charrnn.model import CharRNN
 
 ALPHABET = "\n .,abcdefghijklmnop床🎉"

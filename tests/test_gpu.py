@@ -9,7 +9,7 @@ import torch
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.commands import eval_command, sample_command, train_command
-from charrnn.generate import SampleConfig
+from charrnn.config import SampleConfig
 from charrnn.model import CharRNN, Stepper
 from charrnn.train import autocast_dtype, select_device
 
