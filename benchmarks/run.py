@@ -632,7 +632,7 @@ def section_prepare(bench: Bench) -> None:
     small.write_text(corpus_text()[:1000], encoding="utf-8")
     log(f"prepare: writing a {bench.sizes.prepare_bytes / 1e6:.0f} MB corpus")
     size = write_mixed_corpus(big, bench.sizes.prepare_bytes)
-    # Best of two of each: start-up alone is ~2 s of imports, as noisy as the work measured.
+    # Best of two of each: start-up (imports, ~0.3 s) is noisy on a shared machine.
     repeats = range(bench.sizes.prepare_repeats)
     start_up, _ = fastest_prepare(small, [folder / f"small-{i}" for i in repeats], cached=False)
     log(f"prepare: encoding the large corpus {len(repeats)}x, then {len(repeats)}x from the cache")
