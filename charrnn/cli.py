@@ -80,6 +80,10 @@ DATA = "Data"
 OPTIM = "Optimisation"
 LENGTH = "Run length and evaluation"
 RUN = "Run"
+THREADS_HELP = (
+    "CPU threads for torch; 0 = auto (the cores this process may use). "
+    "Fewer can be faster on a busy machine."
+)
 
 
 def user_errors(func: F) -> F:
@@ -318,6 +322,7 @@ def train(
     device: Annotated[
         str | None, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=RUN)
     ] = None,
+    threads: Annotated[int | None, typer.Option(help=THREADS_HELP, rich_help_panel=RUN)] = None,
     precision: Annotated[
         str | None,
         typer.Option(help="auto (bf16 on CUDA), fp32, bf16 or fp16.", rich_help_panel=RUN),
@@ -343,8 +348,8 @@ def train(
         "min_lr": min_lr, "warmup_steps": warmup_steps, "weight_decay": weight_decay,
         "beta1": beta1, "beta2": beta2, "grad_clip": grad_clip, "max_steps": max_steps,
         "max_epochs": max_epochs, "max_time": max_time, "eval_every": eval_every,
-        "log_every": log_every, "seed": seed, "device": device, "precision": precision,
-        "compile": compile_,
+        "log_every": log_every, "seed": seed, "device": device, "threads": threads,
+        "precision": precision, "compile": compile_,
     }  # fmt: skip
     if resume is not None and (corpus or preset or config or out or init_from):
         raise UsageError(
@@ -478,6 +483,7 @@ def sample(
         Path | None, typer.Option(help="Write the samples to this file instead of stdout.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
 ) -> None:
     """Generate text from a trained model; it streams to stdout as it is generated.
 
@@ -501,7 +507,7 @@ def sample(
     from charrnn import commands
 
     texts = commands.sample_command(
-        checkpoint, prime, sample_config, device, on_text=show if stream else None
+        checkpoint, prime, sample_config, device, on_text=show if stream else None, threads=threads
     )
     joined = unescape(separator).join(texts)
     if output is not None:
@@ -537,6 +543,7 @@ def evaluate(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
 ) -> None:
     """Score text: loss (nats/char), bits per character, perplexity.
 
@@ -544,7 +551,7 @@ def evaluate(
     """
     from charrnn import commands
 
-    result = commands.eval_command(checkpoint, files or [], encoding, device, streams)
+    result = commands.eval_command(checkpoint, files or [], encoding, device, streams, threads)
     if json_output:
         print(json.dumps(result.to_dict()))
         return

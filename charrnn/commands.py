@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from charrnn.checkpoint import LAST_NAME, Checkpoint, load_checkpoint, load_model, run_lock
-from charrnn.config import RunConfig, SampleConfig, resume_config, validate_sample_config
+from charrnn.config import (
+    MAX_THREADS,
+    RunConfig,
+    SampleConfig,
+    resume_config,
+    validate_sample_config,
+)
 from charrnn.data import (
     Corpus,
     StreamBatches,
@@ -31,7 +37,14 @@ from charrnn.errors import CheckpointError, CorpusError, UsageError
 from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
 from charrnn.generate import generate
 from charrnn.model import CharRNN
-from charrnn.train import Progress, Reporter, Trainer, select_device, write_json
+from charrnn.train import (
+    Progress,
+    Reporter,
+    Trainer,
+    select_device,
+    use_cpu_threads,
+    write_json,
+)
 
 CACHE_DIR_NAME = ".cache"
 
@@ -109,6 +122,7 @@ def _run(
         job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings
     )
     corpus_info = _corpus_info(job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0]))
+    use_cpu_threads(config.train.threads)
     with run_lock(job.run_dir):
         for stale in job.run_dir.glob(".*.tmp-*"):  # left by a killed save; the lock is ours
             stale.unlink(missing_ok=True)
@@ -233,9 +247,11 @@ def sample_command(
     config: SampleConfig,
     device_name: str = "cpu",
     on_text: Callable[[int, str], None] | None = None,
+    threads: int = 0,
 ) -> list[str]:
-    """Generate text from a saved model."""
+    """Generate text from a saved model (`threads`: torch CPU threads, 0 = auto)."""
     validate_sample_config(config)
+    _use_threads(threads)
     model, checkpoint = load_model(checkpoint_path, select_device(device_name))
     return generate(model, checkpoint.vocab, prime, config, on_text)
 
@@ -246,8 +262,10 @@ def eval_command(
     encoding: str | None = None,
     device_name: str = "cpu",
     streams: int | None = None,
+    threads: int = 0,
 ) -> EvalResult:
     """Score the given files, or the validation split of the training corpus."""
+    _use_threads(threads)
     device = select_device(device_name)
     model, checkpoint = load_model(checkpoint_path, device)
     streams = streams or checkpoint.config.train.eval_streams
@@ -257,6 +275,12 @@ def eval_command(
         return evaluate_files(model, checkpoint, list(files), encoding, streams, device)
     cache_dir = default_cache_dir(_run_dir_of(checkpoint_path))
     return score_ids(model, validation_ids(checkpoint, cache_dir), streams, device)
+
+
+def _use_threads(threads: int) -> None:
+    if not 0 <= threads <= MAX_THREADS:
+        raise UsageError(f"threads must be between 0 and {MAX_THREADS}, got {threads}")
+    use_cpu_threads(threads)
 
 
 def _run_dir_of(checkpoint_path: Path) -> Path:

@@ -72,6 +72,7 @@ class TrainConfig:
     log_every: int = 50  # write a metrics line every N steps
     seed: int = 1337  # seeds every random number generator
     device: str = "auto"  # auto | cpu | cuda | mps
+    threads: int = 0  # torch CPU threads; 0 = auto (torch's default, capped by the CPU quota)
     precision: str = "auto"  # auto (bf16 on CUDA, else fp32) | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model (CUDA only pays off)
 
@@ -241,6 +242,7 @@ RESUMABLE_KEYS = frozenset(
         "eval_every",
         "log_every",
         "device",
+        "threads",
         "precision",
         "compile",
     }
@@ -269,6 +271,7 @@ def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 MAX_PARAMETERS = 2_000_000_000  # beyond this a model cannot train on any single machine
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+MAX_THREADS = 1024
 
 
 def recurrent_parameters(model: ModelConfig) -> int:
@@ -333,6 +336,10 @@ def validate(config: RunConfig) -> None:
     # The range torch.manual_seed accepts.
     _check(-(2**63) <= t.seed < 2**64, f"seed must be between -2**63 and 2**64 - 1, got {t.seed}")
     _check(t.device in DEVICES, f"unknown device '{t.device}'; choose from {', '.join(DEVICES)}")
+    _check(
+        0 <= t.threads <= MAX_THREADS,
+        f"threads must be between 0 and {MAX_THREADS}, got {t.threads}",
+    )
     _check(
         t.precision in PRECISIONS,
         f"unknown precision '{t.precision}'; choose from {', '.join(PRECISIONS)}",

@@ -96,6 +96,42 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cgroup_cpu_limit(cpu_max: str) -> int | None:
+    """Whole CPUs allowed by a cgroup v2 `cpu.max` line ("QUOTA PERIOD"); None if unlimited."""
+    parts = cpu_max.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        quota, period = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
+
+
+def _cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """This process' cgroup CPU limit (v2, else v1), or None. Containers (`docker --cpus 2`)
+    set one; torch's default thread count ignores it and oversubscribes the CPUs."""
+    try:
+        return cgroup_cpu_limit((cgroup_root / "cpu.max").read_text())
+    except OSError:
+        pass
+    try:
+        quota = (cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+        period = (cgroup_root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+    except OSError:
+        return None
+    return cgroup_cpu_limit(f"{quota} {period}" if quota != "-1" else "max")
+
+
+def use_cpu_threads(requested: int) -> int:
+    """Set torch's CPU threads to `requested`, or for 0 cap the current count at the cgroup CPU
+    quota (torch already follows the CPU affinity). Returns the count in use."""
+    threads = requested or min(torch.get_num_threads(), _cpu_quota() or torch.get_num_threads())
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device`, or None for plain fp32."""
     if precision == "auto":

@@ -11,11 +11,11 @@ import torch
 
 from charrnn.checkpoint import load_checkpoint, load_model
 from charrnn.commands import train_command
-from charrnn.config import RunConfig
+from charrnn.config import RunConfig, resume_config
 from charrnn.data import StreamBatches, split_train_val
 from charrnn.errors import UsageError
 from charrnn.evaluate import score_ids
-from charrnn.train import lr_at, planned_steps
+from charrnn.train import _cpu_quota, cgroup_cpu_limit, lr_at, planned_steps, use_cpu_threads
 
 LOG_KEYS = {"step", "chars", "train_loss", "lr", "chars_per_s", "elapsed_s"}
 
@@ -189,3 +189,45 @@ def test_the_final_metrics_line_has_the_documented_keys(write_corpus, tmp_path, 
     assert records[-1]["step"] == 7 and "val_loss" in records[-1]
     for record in records:
         assert set(record) >= LOG_KEYS, record
+
+
+# ----------------------------------------------------------------------------- CPU threads
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cpus"),
+    [("200000 100000", 2), ("150000 100000", 2), ("50000 100000", 1), ("max 100000", None),
+     ("", None), ("abc def", None), ("0 100000", None)],
+)  # fmt: skip
+def test_a_cgroup_quota_gives_whole_cpus(cpu_max, cpus):
+    assert cgroup_cpu_limit(cpu_max) == cpus
+
+
+def test_the_quota_is_read_from_cgroup_v2_then_v1(tmp_path):
+    assert _cpu_quota(tmp_path) is None  # no cgroup files: no limit
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cpu_quota(tmp_path) == 3
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert _cpu_quota(tmp_path) == 1
+
+
+def test_threads_setting_sets_torch_threads_and_auto_never_raises_them():
+    before = torch.get_num_threads()
+    try:
+        assert use_cpu_threads(2) == 2 and torch.get_num_threads() == 2
+        assert use_cpu_threads(0) <= 2 and torch.get_num_threads() <= 2
+        assert use_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_is_validated_saved_and_may_change_on_resume():
+    with pytest.raises(UsageError, match="threads must be between 0 and 1024, got -1"):
+        RunConfig().replace(threads=-1)
+    saved = RunConfig().replace(threads=1)
+    assert RunConfig.from_dict(saved.to_dict()).train.threads == 1
+    assert resume_config(saved, {"threads": 2}).train.threads == 2
