@@ -166,11 +166,10 @@ def generate(
         else:
             state = model.initial_state(count)
         stepper = Stepper(model, state)
-        next_ids_for = _Drawer(stepper, config, generator)
-        top = stepper.top
+        draw_next = _Drawer(stepper, config, generator)
         # The per-character loop is the hot path: no tensor indexing or string copies in it.
         for position in range(config.length):
-            next_ids = next_ids_for(top)
+            next_ids = draw_next(stepper.top)
             for index, symbol in enumerate(next_ids.tolist()):
                 piece = decoders[index](symbol)
                 if watchers is not None:
@@ -181,7 +180,7 @@ def generate(
                         on_text(index, piece)
             if position + 1 == config.length or (watchers and all(w.done for w in watchers)):
                 break
-            top = stepper.advance(next_ids)
+            stepper.advance(next_ids)
     for index, watcher in enumerate(watchers or []):
         tail = watcher.flush()
         if tail:
