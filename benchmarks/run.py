@@ -382,7 +382,7 @@ def second_window_speed(metrics: Path, step: int) -> float:
     """`chars_per_s` of the metrics line logged at `step`."""
     for line in metrics.read_text("utf-8").splitlines():
         record = json.loads(line)
-        if record.get("step") == step and "chars_per_s" in record:
+        if record.get("step") == step and record.get("chars_per_s") is not None:
             return float(record["chars_per_s"])
     raise RuntimeError(f"{metrics} has no chars_per_s at step {step}")
 

@@ -275,12 +275,13 @@ class _LogWindow:
         self.chars += chars
 
     def close(self, lr: float) -> dict[str, Any]:
-        """The window's record (train_loss None when every step was skipped); starts anew."""
+        """The window's record; starts anew. train_loss is None when every step was skipped,
+        chars_per_s when there were none (an evaluation right after a logged last step)."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         record = {
             "train_loss": float(self.loss_sum) / self.steps if self.steps else None,
             "lr": lr,
-            "chars_per_s": self.chars / elapsed,
+            "chars_per_s": self.chars / elapsed if self.chars else None,
         }
         self.loss_sum.zero_()
         self.steps, self.chars, self.start = 0, 0, time.perf_counter()

@@ -191,6 +191,20 @@ def test_the_final_metrics_line_has_the_documented_keys(write_corpus, tmp_path, 
         assert set(record) >= LOG_KEYS, record
 
 
+def test_an_evaluation_after_the_last_logged_step_reports_no_speed(
+    write_corpus, tmp_path, tiny_config
+):
+    # Step 10 is logged, then evaluated on its own line: no steps in that window, so no speed
+    # (a 0 would read as a stall in a plot of chars_per_s).
+    config = tiny_config(max_steps=10, eval_every=7, log_every=5)
+    train_command([write_corpus()], config, out=tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["step"] for r in records] == [5, 7, 10, 10]
+    assert records[-2]["chars_per_s"] > 0 and "val_loss" not in records[-2]
+    assert records[-1]["chars_per_s"] is None and records[-1]["train_loss"] is None
+    assert math.isfinite(records[-1]["val_loss"])
+
+
 # ----------------------------------------------------------------------------- CPU threads
 
 
