@@ -18,11 +18,11 @@ import torch
 
 from charrnn.checkpoint import LAST_NAME, Checkpoint, load_checkpoint, load_model, run_lock
 from charrnn.config import (
-    MAX_THREADS,
     RunConfig,
     SampleConfig,
     resume_config,
     validate_sample_config,
+    validate_threads,
 )
 from charrnn.data import (
     Corpus,
@@ -278,8 +278,7 @@ def eval_command(
 
 
 def _use_threads(threads: int) -> None:
-    if not 0 <= threads <= MAX_THREADS:
-        raise UsageError(f"threads must be between 0 and {MAX_THREADS}, got {threads}")
+    validate_threads(threads)
     use_cpu_threads(threads)
 
 

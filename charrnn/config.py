@@ -274,6 +274,13 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 MAX_THREADS = 1024
 
 
+def validate_threads(threads: int) -> None:
+    """Raise `UsageError` unless `threads` is 0 (auto) or a sane count."""
+    _check(
+        0 <= threads <= MAX_THREADS, f"threads must be between 0 and {MAX_THREADS}, got {threads}"
+    )
+
+
 def recurrent_parameters(model: ModelConfig) -> int:
     """Weights and biases of the recurrent layers (the embedding and output are extra)."""
     gates = GATES.get(model.cell, 1)
@@ -336,10 +343,7 @@ def validate(config: RunConfig) -> None:
     # The range torch.manual_seed accepts.
     _check(-(2**63) <= t.seed < 2**64, f"seed must be between -2**63 and 2**64 - 1, got {t.seed}")
     _check(t.device in DEVICES, f"unknown device '{t.device}'; choose from {', '.join(DEVICES)}")
-    _check(
-        0 <= t.threads <= MAX_THREADS,
-        f"threads must be between 0 and {MAX_THREADS}, got {t.threads}",
-    )
+    validate_threads(t.threads)
     _check(
         t.precision in PRECISIONS,
         f"unknown precision '{t.precision}'; choose from {', '.join(PRECISIONS)}",

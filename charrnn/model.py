@@ -101,11 +101,8 @@ class Stepper:
 
     def __init__(self, model: CharRNN, state: State) -> None:
         config = model.config
-        self.cell, self.layers, self.relu = (
-            config.cell,
-            config.layers,
-            config.nonlinearity == "relu",
-        )
+        self.cell, self.layers = config.cell, config.layers
+        self.relu = config.nonlinearity == "relu"
         with torch.no_grad():
             weights = [self._layer(model, layer) for layer in range(config.layers)]
             fold = self.cell != "gru"  # the GRU's candidate needs the hidden bias on its own
