@@ -22,7 +22,8 @@ import torch
 
 from charrnn.config import RunConfig
 from charrnn.data import Vocab
-from charrnn.errors import CheckpointError, TrainingError, UsageError
+from charrnn.errors import CheckpointError, TrainingError, UsageError, WriteError
+from charrnn.files import atomic_write
 from charrnn.model import CharRNN
 
 FORMAT_NAME = "charrnn-checkpoint"
@@ -61,36 +62,14 @@ class Checkpoint:
         return model.to(device).eval()
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
-    try:
-        handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
-
-
 def atomic_save(payload: Any, path: Path) -> None:
-    """`torch.save` to a temporary file in the same directory, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """`torch.save` to `path` atomically; a failed write leaves the previous file unchanged."""
     try:
-        with tmp.open("wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
+        atomic_write(path, lambda handle: torch.save(payload, handle))
+    except WriteError as exc:
         raise CheckpointError(
-            f"cannot save {path}: {exc.strerror or exc}; the previous checkpoint is unchanged"
+            f"cannot save {path}: {exc.reason}; the previous checkpoint is unchanged"
         ) from None
-    finally:  # also on a second Ctrl-C (SystemExit) mid-save
-        tmp.unlink(missing_ok=True)
-    fsync_directory(path.parent)
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:

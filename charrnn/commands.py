@@ -33,18 +33,13 @@ from charrnn.data import (
     prepare_corpus,
     split_train_val,
 )
-from charrnn.errors import CheckpointError, CorpusError, UsageError
+from charrnn.device import select_device, select_sampling_device, use_cpu_threads
+from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
 from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
+from charrnn.files import atomic_write_json, stale_temp_files
 from charrnn.generate import generate
 from charrnn.model import CharRNN
-from charrnn.train import (
-    Progress,
-    Reporter,
-    Trainer,
-    select_device,
-    use_cpu_threads,
-    write_json,
-)
+from charrnn.train import Progress, Reporter, Trainer
 
 CACHE_DIR_NAME = ".cache"
 
@@ -124,7 +119,7 @@ def _run(
     corpus_info = _corpus_info(job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0]))
     use_cpu_threads(config.train.threads)
     with run_lock(job.run_dir):
-        for stale in job.run_dir.glob(".*.tmp-*"):  # left by a killed save; the lock is ours
+        for stale in stale_temp_files(job.run_dir):  # left by a killed save; the lock is ours
             stale.unlink(missing_ok=True)
         trainer = Trainer(
             job.model,
@@ -147,11 +142,19 @@ def _run(
                 )
             trainer.metrics.truncate_after(trainer.progress.step)
         else:
-            write_json(job.run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info})
+            write_run_config(job.run_dir, config, corpus_info)
         if on_start:
             on_start(outcome)
         outcome.progress = trainer.run()
     return outcome
+
+
+def write_run_config(run_dir: Path, config: RunConfig, corpus_info: dict[str, Any]) -> None:
+    """config.json: the run's settings and corpus, for people and tools."""
+    try:
+        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info})
+    except WriteError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def _fit_batches(config: RunConfig, ids: np.ndarray, warnings: list[str]) -> RunConfig:
@@ -205,10 +208,11 @@ def train_command(
     config = _fit_batches(config, ids, warnings)
     _make_run_dir(run_dir)
     torch.manual_seed(config.train.seed)
-    model = CharRNN(config.model, vocab.size)
     if base is not None:
         model = base.build_model()
         model.resize_vocab(vocab.size)
+    else:
+        model = CharRNN(config.model, vocab.size)
     job = _Job(config, corpus, vocab, ids, model, run_dir, warnings)
     return _run(job, reporter, should_stop, on_start)
 
@@ -245,14 +249,14 @@ def sample_command(
     checkpoint_path: Path,
     prime: str,
     config: SampleConfig,
-    device_name: str = "cpu",
+    device_name: str = "auto",
     on_text: Callable[[int, str], None] | None = None,
     threads: int = 0,
 ) -> list[str]:
     """Generate text from a saved model (`threads`: torch CPU threads, 0 = auto)."""
     validate_sample_config(config)
     _use_threads(threads)
-    model, checkpoint = load_model(checkpoint_path, select_device(device_name))
+    model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
     return generate(model, checkpoint.vocab, prime, config, on_text)
 
 
@@ -260,7 +264,7 @@ def eval_command(
     checkpoint_path: Path,
     files: Sequence[Path],
     encoding: str | None = None,
-    device_name: str = "cpu",
+    device_name: str = "auto",
     streams: int | None = None,
     threads: int = 0,
 ) -> EvalResult:

@@ -16,11 +16,13 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from charrnn.config import DataConfig
-from charrnn.errors import CorpusError, UsageError
+from charrnn.errors import CorpusError, UsageError, WriteError
+from charrnn.files import atomic_write, atomic_write_text
 
 CACHE_FORMAT = 1
 CHUNK_CHARS = 1 << 22  # characters decoded per read; bounds the memory of preprocessing
@@ -279,15 +281,6 @@ def corpus_key(paths: Sequence[Path], config: DataConfig) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _count_symbols(paths: Sequence[Path], config: DataConfig) -> np.ndarray:
     counts = np.zeros(256 if config.bytes else UNICODE_LIMIT, dtype=np.int64)
     for chunk in corpus_symbol_chunks(paths, config):
@@ -302,29 +295,25 @@ def _encode_to_file(
 ) -> None:
     """Write the ids as a .npy file chunk by chunk (plain writes: no pages held in memory)."""
     table = (vocab.lookup_table() - 1).astype(vocab.dtype, copy=False)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     header = {
         "descr": np.lib.format.dtype_to_descr(vocab.dtype),
         "fortran_order": False,
         "shape": (n_symbols,),
     }
-    try:
-        with tmp.open("wb") as handle:
-            np.lib.format.write_array_header_1_0(handle, header)
-            written = 0
-            for chunk in corpus_symbol_chunks(paths, config):
-                handle.write(table[chunk].tobytes())
-                written += chunk.shape[0]
-            handle.flush()
-            os.fsync(handle.fileno())
+
+    def write(handle: IO[bytes]) -> None:
+        np.lib.format.write_array_header_1_0(handle, header)
+        written = 0
+        for chunk in corpus_symbol_chunks(paths, config):
+            handle.write(table[chunk].tobytes())
+            written += chunk.shape[0]
         if written != n_symbols:  # a file changed between the two passes
             raise CorpusError("the corpus changed while it was being read; run again")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(target, write)
 
 
-def _load_cached(npy: Path, meta: Path) -> tuple[Vocab, np.ndarray, list[str]] | None:
+def _load_cached(npy: Path, meta: Path) -> tuple[Vocab, np.ndarray] | None:
     if not (npy.is_file() and meta.is_file()):
         return None
     try:
@@ -332,7 +321,7 @@ def _load_cached(npy: Path, meta: Path) -> tuple[Vocab, np.ndarray, list[str]] |
         ids = np.load(npy, mmap_mode="r")
         if info.get("format") != CACHE_FORMAT or ids.shape[0] != info["n_chars"]:
             return None
-        return Vocab.from_dict(info["vocab"]), ids, info["sources"]
+        return Vocab.from_dict(info["vocab"]), ids
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -345,7 +334,7 @@ def prepare_corpus(specs: Sequence[str | Path], config: DataConfig, cache_dir: P
     sources = [str(p) for p in paths]
     hit = _load_cached(npy, meta)
     if hit is not None:
-        vocab, ids, _ = hit
+        vocab, ids = hit
         return Corpus(vocab, ids, npy, tuple(sources), cached=True)
     counts = _count_symbols(paths, config)
     n_symbols = int(counts.sum())
@@ -362,9 +351,11 @@ def prepare_corpus(specs: Sequence[str | Path], config: DataConfig, cache_dir: P
             "sources": sources,
             "config": {"encoding": config.encoding, "bytes": config.bytes},
         }
-        _atomic_write_text(meta, json.dumps(info))
-    except OSError as exc:
+        atomic_write_text(meta, json.dumps(info))
+    except OSError as exc:  # creating the cache directory
         raise CorpusError(f"cannot write the corpus cache in {cache_dir}: {exc}") from None
+    except WriteError as exc:
+        raise CorpusError(f"cannot write the corpus cache in {cache_dir}: {exc.reason}") from None
     ids = np.load(npy, mmap_mode="r")
     return Corpus(vocab, ids, npy, tuple(sources), cached=False)
 

@@ -25,3 +25,11 @@ class CheckpointError(CharRNNError):
 
 class TrainingError(CharRNNError):
     """Training cannot go on (non-finite losses, a failed save, a locked run directory)."""
+
+
+class WriteError(CharRNNError):
+    """A file could not be written (a full disk, no permission); the previous file is unchanged."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = path, reason

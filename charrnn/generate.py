@@ -122,8 +122,9 @@ class _StopWatcher:
         return out
 
     def flush(self) -> str:
+        """The held-back text at the end of a sample (empty once the stop string was found)."""
         out, self.pending = self.pending, ""
-        return "" if self.done and not out else out
+        return out
 
 
 def _decoders(vocab: Vocab, count: int) -> list[Callable[[int], str]]:

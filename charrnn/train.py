@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -22,17 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn.checkpoint import (
-    BEST_NAME,
-    LAST_NAME,
-    Checkpoint,
-    fsync_directory,
-    save_checkpoint,
-)
+from charrnn.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, save_checkpoint
 from charrnn.config import RunConfig, TrainConfig
 from charrnn.data import StreamBatches, Vocab
-from charrnn.errors import TrainingError, UsageError
+from charrnn.device import autocast_dtype
+from charrnn.errors import TrainingError, WriteError
 from charrnn.evaluate import score_ids
+from charrnn.files import atomic_write_text
 from charrnn.model import CharRNN, State, detach_state
 
 MAX_BAD_STEPS = 5  # consecutive non-finite steps before training stops
@@ -75,69 +70,6 @@ class SilentReporter:
 
     def message(self, text: str) -> None:
         pass
-
-
-def select_device(name: str) -> torch.device:
-    """The device for `name`; `auto` picks CUDA, then MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
-            f"--device cuda: no CUDA device is available (this torch build: {torch.__version__})"
-        )
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise UsageError("--device mps: MPS is not available on this machine")
-    return torch.device(name)
-
-
-def cgroup_cpu_limit(cpu_max: str) -> int | None:
-    """Whole CPUs allowed by a cgroup v2 `cpu.max` line ("QUOTA PERIOD"); None if unlimited."""
-    parts = cpu_max.split()
-    if len(parts) != 2 or parts[0] == "max":
-        return None
-    try:
-        quota, period = int(parts[0]), int(parts[1])
-    except ValueError:
-        return None
-    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
-
-
-def _cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """This process' cgroup CPU limit (v2, else v1), or None. Containers (`docker --cpus 2`)
-    set one; torch's default thread count ignores it and oversubscribes the CPUs."""
-    try:
-        return cgroup_cpu_limit((cgroup_root / "cpu.max").read_text())
-    except OSError:
-        pass
-    try:
-        quota = (cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-        period = (cgroup_root / "cpu" / "cpu.cfs_period_us").read_text().strip()
-    except OSError:
-        return None
-    return cgroup_cpu_limit(f"{quota} {period}" if quota != "-1" else "max")
-
-
-def use_cpu_threads(requested: int) -> int:
-    """Set torch's CPU threads to `requested`, or for 0 cap the current count at the cgroup CPU
-    quota (torch already follows the CPU affinity). Returns the count in use."""
-    threads = requested or min(torch.get_num_threads(), _cpu_quota() or torch.get_num_threads())
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-    return threads
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
-    if precision == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def lr_at(step: int, fraction: float, config: TrainConfig) -> float:
@@ -232,9 +164,10 @@ class MetricsLog:
                 continue
             if isinstance(record, dict) and record.get("step", 0) <= step:
                 kept.append(line + "\n")
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            atomic_write_text(self.path, "".join(kept))
+        except WriteError as exc:
+            raise TrainingError(str(exc)) from None
 
     def append(self, record: dict[str, Any]) -> None:
         try:
@@ -242,23 +175,6 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
         except OSError as exc:
             raise TrainingError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise TrainingError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_directory(path.parent)
 
 
 class _LogWindow:

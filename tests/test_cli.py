@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from child import CHILD_ENV, run_charrnn
 from typer.testing import CliRunner
 
 from charrnn.checkpoint import load_checkpoint
@@ -28,23 +29,8 @@ TRAIN_FLAGS = [
 ]  # fmt: skip
 
 
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
-
-
-def charrnn_argv(*args: str | Path) -> list[str]:
-    """The command line of `charrnn ARGS` under this interpreter."""
-    return [sys.executable, "-m", "charrnn", *map(str, args)]
-
-
 def charrnn(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        charrnn_argv(*args),
-        cwd=cwd,
-        env=CHILD_ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_charrnn(*args, cwd=cwd)
 
 
 def assert_one_error_line(result, exit_code: int) -> str:

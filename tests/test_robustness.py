@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from child import start_charrnn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_cli import CHILD_ENV, charrnn_argv, invoke
+from test_cli import invoke
 
 import charrnn.checkpoint
 import charrnn.train
@@ -47,15 +48,7 @@ CLI_FLAGS = [
 ]  # fmt: skip
 
 
-def charrnn_process(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        charrnn_argv(*args),
-        cwd=cwd,
-        env=CHILD_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+charrnn_process = start_charrnn
 
 
 def stop_after(calls: int):

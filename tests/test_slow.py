@@ -4,13 +4,12 @@ runs it, then a sample from the model it wrote. Skipped when the corpus is not b
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from child import USER_ENV, run_charrnn
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -21,13 +20,7 @@ pytestmark = [
 
 
 def charrnn(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # All the machine's threads, as a user gets them (the fast tests pin one).
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    return subprocess.run(
-        [sys.executable, "-m", "charrnn", *map(str, args)],
-        cwd=cwd, env={**env, "PYTHONIOENCODING": "utf-8"},
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    return run_charrnn(*args, cwd=cwd, env=USER_ENV, timeout=600)
 
 
 def test_default_preset_learns_shakespeare_in_90_seconds_and_samples_its_words(tmp_path):

@@ -13,9 +13,10 @@ from charrnn.checkpoint import load_checkpoint, load_model
 from charrnn.commands import train_command
 from charrnn.config import RunConfig, resume_config
 from charrnn.data import StreamBatches, split_train_val
+from charrnn.device import cgroup_cpu_limit, cpu_quota, use_cpu_threads
 from charrnn.errors import UsageError
 from charrnn.evaluate import score_ids
-from charrnn.train import _cpu_quota, cgroup_cpu_limit, lr_at, planned_steps, use_cpu_threads
+from charrnn.train import lr_at, planned_steps
 
 LOG_KEYS = {"step", "chars", "train_loss", "lr", "chars_per_s", "elapsed_s"}
 
@@ -218,15 +219,15 @@ def test_a_cgroup_quota_gives_whole_cpus(cpu_max, cpus):
 
 
 def test_the_quota_is_read_from_cgroup_v2_then_v1(tmp_path):
-    assert _cpu_quota(tmp_path) is None  # no cgroup files: no limit
+    assert cpu_quota(tmp_path) is None  # no cgroup files: no limit
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
     (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert _cpu_quota(tmp_path) == 3
+    assert cpu_quota(tmp_path) == 3
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert _cpu_quota(tmp_path) is None
+    assert cpu_quota(tmp_path) is None
     (tmp_path / "cpu.max").write_text("100000 100000\n")
-    assert _cpu_quota(tmp_path) == 1
+    assert cpu_quota(tmp_path) == 1
 
 
 def test_threads_setting_sets_torch_threads_and_auto_never_raises_them():

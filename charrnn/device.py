@@ -1,0 +1,90 @@
+"""Where the arithmetic runs: device choice, CPU threads (and the CPU quota), autocast.
+
+Every command that computes (train, sample, eval) picks its device and threads here, so none of
+them imports the training loop to do so.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from charrnn.errors import UsageError
+
+
+def mps_available() -> bool:
+    """True on Apple silicon with a torch that has the MPS backend."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def select_device(name: str) -> torch.device:
+    """The device for `name`; `auto` picks CUDA, then MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device cuda: no CUDA device is available (this torch build: {torch.__version__})"
+        )
+    if name == "mps" and not mps_available():
+        raise UsageError("--device mps: MPS is not available on this machine")
+    return torch.device(name)
+
+
+def select_sampling_device(name: str) -> torch.device:
+    """The device for generating text: as `select_device`, except that `auto` is the CPU.
+
+    Generation runs one small step per character, which is bound by per-operation latency: on a
+    GPU every step pays kernel launches and a device-to-host copy of the drawn ids.
+    """
+    return torch.device("cpu") if name == "auto" else select_device(name)
+
+
+def cgroup_cpu_limit(cpu_max: str) -> int | None:
+    """Whole CPUs allowed by a cgroup v2 `cpu.max` line ("QUOTA PERIOD"); None if unlimited."""
+    parts = cpu_max.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        quota, period = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
+
+
+def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """This process' cgroup CPU limit (v2, else v1), or None. Containers (`docker --cpus 2`)
+    set one; torch's default thread count ignores it and oversubscribes the CPUs."""
+    try:
+        return cgroup_cpu_limit((cgroup_root / "cpu.max").read_text())
+    except OSError:
+        pass
+    try:
+        quota = (cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+        period = (cgroup_root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+    except OSError:
+        return None
+    return cgroup_cpu_limit(f"{quota} {period}" if quota != "-1" else "max")
+
+
+def use_cpu_threads(requested: int) -> int:
+    """Set torch's CPU threads to `requested`, or for 0 cap the current count at the cgroup CPU
+    quota (torch already follows the CPU affinity). Returns the count in use."""
+    threads = requested or min(torch.get_num_threads(), cpu_quota() or torch.get_num_threads())
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
