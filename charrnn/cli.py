@@ -27,6 +27,7 @@ from charrnn.config import (
     resolve_config,
 )
 from charrnn.console import ProgressBar, error_line, notice_line, print_table, warning_line
+from charrnn.cpuload import read_cpu_sample
 from charrnn.data import prepare_corpus
 from charrnn.errors import CharRNNError, UsageError
 
@@ -362,6 +363,7 @@ def train(
     if init_from is not None and shape_flags:
         flags = ", ".join("--" + key.replace("_", "-") for key in shape_flags)
         raise UsageError(f"--init-from keeps the checkpoint's network; {flags} cannot change")
+    load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
     bar = ProgressBar(disable=quiet)
@@ -380,13 +382,13 @@ def train(
             if resume is not None:
                 outcome = commands.resume_command(
                     resume, overrides, cache_dir=cache_dir, reporter=bar,
-                    should_stop=interrupts.requested, on_start=started,
+                    should_stop=interrupts.requested, on_start=started, load_since=load_since,
                 )  # fmt: skip
             else:
                 outcome = commands.train_command(
                     corpus, resolve_config(preset, config, overrides), out=out,
                     cache_dir=cache_dir, reporter=bar, should_stop=interrupts.requested,
-                    on_start=started, init_from=init_from,
+                    on_start=started, init_from=init_from, load_since=load_since,
                 )  # fmt: skip
         finally:
             bar.close()
@@ -504,11 +506,13 @@ def sample(
         sys.stdout.write(piece)
         sys.stdout.flush()
 
+    load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
     texts = commands.sample_command(
-        checkpoint, prime, sample_config, device, on_text=show if stream else None, threads=threads
-    )
+        checkpoint, prime, sample_config, device, on_text=show if stream else None,
+        threads=threads, load_since=load_since,
+    )  # fmt: skip
     joined = unescape(separator).join(texts)
     if output is not None:
         try:
@@ -549,9 +553,12 @@ def evaluate(
 
     Example: charrnn eval --checkpoint runs/shakespeare-... --json
     """
+    load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
-    result = commands.eval_command(checkpoint, files or [], encoding, device, streams, threads)
+    result = commands.eval_command(
+        checkpoint, files or [], encoding, device, streams, threads, load_since
+    )
     if json_output:
         print(json.dumps(result.to_dict()))
         return

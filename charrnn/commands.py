@@ -24,6 +24,7 @@ from charrnn.config import (
     validate_sample_config,
     validate_threads,
 )
+from charrnn.cpuload import CpuSample
 from charrnn.data import (
     Corpus,
     StreamBatches,
@@ -33,7 +34,7 @@ from charrnn.data import (
     prepare_corpus,
     split_train_val,
 )
-from charrnn.device import select_device, select_sampling_device, use_cpu_threads
+from charrnn.device import CpuThreads, select_device, select_sampling_device
 from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
 from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
 from charrnn.files import atomic_write_json, stale_temp_files
@@ -102,6 +103,7 @@ class _Job:
     run_dir: Path
     warnings: list[str] = field(default_factory=list)
     restore_from: Checkpoint | None = None
+    load_since: CpuSample | None = None  # a CPU reading from the command's start
 
 
 def _run(
@@ -117,8 +119,7 @@ def _run(
         job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings
     )
     corpus_info = _corpus_info(job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0]))
-    use_cpu_threads(config.train.threads)
-    with run_lock(job.run_dir):
+    with run_lock(job.run_dir), CpuThreads(config.train.threads, job.load_since) as threads:
         for stale in stale_temp_files(job.run_dir):  # left by a killed save; the lock is ours
             stale.unlink(missing_ok=True)
         trainer = Trainer(
@@ -132,6 +133,7 @@ def _run(
             reporter=reporter,
             corpus_info=corpus_info,
             should_stop=should_stop,
+            threads=threads,
         )
         if job.restore_from is not None:
             trainer.restore(job.restore_from)
@@ -178,6 +180,7 @@ def train_command(
     should_stop: Callable[[], bool] = lambda: False,
     on_start: Callable[[TrainOutcome], None] | None = None,
     init_from: Path | None = None,
+    load_since: CpuSample | None = None,
 ) -> TrainOutcome:
     """Prepare the corpus, build the model (fresh, or from `init_from`) and train it."""
     run_dir = out or default_run_dir(specs)
@@ -213,7 +216,7 @@ def train_command(
         model.resize_vocab(vocab.size)
     else:
         model = CharRNN(config.model, vocab.size)
-    job = _Job(config, corpus, vocab, ids, model, run_dir, warnings)
+    job = _Job(config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since)
     return _run(job, reporter, should_stop, on_start)
 
 
@@ -224,6 +227,7 @@ def resume_command(
     reporter: Reporter | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_start: Callable[[TrainOutcome], None] | None = None,
+    load_since: CpuSample | None = None,
 ) -> TrainOutcome:
     """Continue a run from its last.pt exactly where it stopped (or extend a finished one)."""
     if not run_dir.is_dir():
@@ -241,7 +245,10 @@ def resume_command(
         )
     ids = corpus.vocab.remap(corpus.ids, checkpoint.vocab)
     model = checkpoint.build_model().train()
-    job = _Job(config, corpus, checkpoint.vocab, ids, model, run_dir, restore_from=checkpoint)
+    job = _Job(
+        config, corpus, checkpoint.vocab, ids, model, run_dir,
+        restore_from=checkpoint, load_since=load_since,
+    )  # fmt: skip
     return _run(job, reporter, should_stop, on_start)
 
 
@@ -252,12 +259,15 @@ def sample_command(
     device_name: str = "auto",
     on_text: Callable[[int, str], None] | None = None,
     threads: int = 0,
+    load_since: CpuSample | None = None,
 ) -> list[str]:
-    """Generate text from a saved model (`threads`: torch CPU threads, 0 = auto)."""
+    """Generate text from a saved model (`threads`: torch CPU threads, 0 = auto; `load_since`:
+    a CPU reading from the command's start, for auto)."""
     validate_sample_config(config)
-    _use_threads(threads)
-    model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
-    return generate(model, checkpoint.vocab, prime, config, on_text)
+    validate_threads(threads)
+    with CpuThreads(threads, load_since) as cpu_threads:
+        model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
+        return generate(model, checkpoint.vocab, prime, config, on_text, cpu_threads)
 
 
 def eval_command(
@@ -267,23 +277,31 @@ def eval_command(
     device_name: str = "auto",
     streams: int | None = None,
     threads: int = 0,
+    load_since: CpuSample | None = None,
 ) -> EvalResult:
     """Score the given files, or the validation split of the training corpus."""
-    _use_threads(threads)
+    validate_threads(threads)
+    with CpuThreads(threads, load_since) as cpu_threads:
+        return _evaluate(checkpoint_path, files, encoding, device_name, streams, cpu_threads)
+
+
+def _evaluate(
+    checkpoint_path: Path,
+    files: Sequence[Path],
+    encoding: str | None,
+    device_name: str,
+    streams: int | None,
+    threads: CpuThreads,
+) -> EvalResult:
     device = select_device(device_name)
     model, checkpoint = load_model(checkpoint_path, device)
     streams = streams or checkpoint.config.train.eval_streams
     if streams < 1:
         raise UsageError(f"streams must be >= 1, got {streams}")
     if files:
-        return evaluate_files(model, checkpoint, list(files), encoding, streams, device)
+        return evaluate_files(model, checkpoint, list(files), encoding, streams, device, threads)
     cache_dir = default_cache_dir(_run_dir_of(checkpoint_path))
-    return score_ids(model, validation_ids(checkpoint, cache_dir), streams, device)
-
-
-def _use_threads(threads: int) -> None:
-    validate_threads(threads)
-    use_cpu_threads(threads)
+    return score_ids(model, validation_ids(checkpoint, cache_dir), streams, device, threads)
 
 
 def _run_dir_of(checkpoint_path: Path) -> Path:

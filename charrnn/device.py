@@ -7,10 +7,12 @@ them imports the training loop to do so.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
 
+from charrnn.cpuload import CpuSample, foreign_load, read_cpu_sample, threads_for_load
 from charrnn.errors import UsageError
 
 
@@ -80,6 +82,63 @@ def use_cpu_threads(requested: int) -> int:
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads
+
+
+class CpuThreads:
+    """Torch's CPU thread count for a command: exactly `requested`, or for 0 (auto) as many as
+    the CPUs that other processes leave free, re-judged every `interval` seconds.
+
+    `since` is a `read_cpu_sample()` taken earlier (the CLI takes one before torch loads), so the
+    first choice is made at once from the load seen since then. Loops call `tick()` often
+    (every step, window or character); it costs a clock read except once per interval.
+    """
+
+    def __init__(
+        self, requested: int, since: CpuSample | None = None, interval: float = 1.0
+    ) -> None:
+        self.previous = torch.get_num_threads()
+        self.ceiling = use_cpu_threads(requested)
+        self.adaptive = requested == 0 and self.ceiling > 1
+        self.interval = interval
+        self.count = self.ceiling
+        self.changes = 0  # how often auto changed the count (reported in metrics)
+        self._last = read_cpu_sample() if self.adaptive else None
+        self._next = time.monotonic() + interval
+        if self.adaptive and since is not None and self._last is not None:
+            self._apply(foreign_load(since, self._last))
+
+    def __enter__(self) -> CpuThreads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Give the process back the thread count it had (for library callers)."""
+        if torch.get_num_threads() != self.previous:
+            torch.set_num_threads(self.previous)
+
+    def tick(self) -> None:
+        """Re-judge the thread count when the interval has passed."""
+        if self.adaptive and time.monotonic() >= self._next:
+            self.adjust()
+
+    def adjust(self) -> None:
+        """Read the load since the last reading and set the thread count for it."""
+        sample = read_cpu_sample()
+        self._next = time.monotonic() + self.interval
+        if sample is None or self._last is None:
+            return
+        load = foreign_load(self._last, sample)
+        if load is not None:
+            self._last = sample
+            self._apply(load)
+
+    def _apply(self, load: float | None) -> None:
+        if load is None or self._last is None:
+            return
+        count = threads_for_load(self.ceiling, self._last.cpus, load)
+        if count != self.count:
+            torch.set_num_threads(count)
+            self.count = count
+            self.changes += 1
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

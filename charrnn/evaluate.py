@@ -19,6 +19,7 @@ from charrnn.data import (
     prepare_corpus,
     split_train_val,
 )
+from charrnn.device import CpuThreads
 from charrnn.errors import CorpusError, UsageError
 from charrnn.model import CharRNN
 
@@ -57,15 +58,22 @@ class EvalResult:
 
 
 def score_ids(
-    model: CharRNN, ids: np.ndarray, streams: int, device: torch.device | str = "cpu"
+    model: CharRNN,
+    ids: np.ndarray,
+    streams: int,
+    device: torch.device | str = "cpu",
+    threads: CpuThreads | None = None,
 ) -> EvalResult:
-    """Stateful next-character loss over `ids`, cut into `streams` parallel streams."""
+    """Stateful next-character loss over `ids`, cut into `streams` parallel streams
+    (`threads`, when given, re-judges the CPU thread count as the windows go)."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     scored, state = 0, None
     with torch.inference_mode():
         for inputs, targets in eval_windows(ids, streams, EVAL_WINDOW):
+            if threads is not None:
+                threads.tick()
             x = torch.from_numpy(inputs).to(device)
             y = torch.from_numpy(targets).to(device)
             logits, state = model(x, state)
@@ -100,6 +108,7 @@ def evaluate_files(
     encoding: str | None,
     streams: int,
     device: torch.device | str = "cpu",
+    threads: CpuThreads | None = None,
 ) -> EvalResult:
     """Score each file as its own text and sum; unknown symbols are counted and left out."""
     loss_sum, chars, unknown = 0.0, 0, 0
@@ -109,7 +118,7 @@ def evaluate_files(
         ids, missing = encode_text_file(
             path, checkpoint.vocab, encoding or checkpoint.config.data.encoding
         )
-        result = score_ids(model, ids, streams, device)
+        result = score_ids(model, ids, streams, device, threads)
         loss_sum, chars, unknown = (
             loss_sum + result.loss_sum,
             chars + result.chars,

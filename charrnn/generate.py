@@ -16,6 +16,7 @@ import torch
 
 from charrnn.config import SampleConfig, validate_sample_config
 from charrnn.data import Vocab
+from charrnn.device import CpuThreads
 from charrnn.model import CharRNN, Stepper
 
 
@@ -144,8 +145,10 @@ def generate(
     prime: str,
     config: SampleConfig,
     on_text: Callable[[int, str], None] | None = None,
+    threads: CpuThreads | None = None,
 ) -> list[str]:
-    """Generate `num_samples` texts that begin with `prime`; `on_text(i, piece)` streams them."""
+    """Generate `num_samples` texts that begin with `prime`; `on_text(i, piece)` streams them
+    (`threads`, when given, re-judges the CPU thread count as the text grows)."""
     validate_sample_config(config)
     device = model.head.weight.device
     generator = torch.Generator(device=device)
@@ -181,6 +184,8 @@ def generate(
                         on_text(index, piece)
             if position + 1 == config.length or (watchers and all(w.done for w in watchers)):
                 break
+            if threads is not None:
+                threads.tick()
             stepper.advance(next_ids)
     for index, watcher in enumerate(watchers or []):
         tail = watcher.flush()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from charrnn.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, save_checkpoint
 from charrnn.config import RunConfig, TrainConfig
 from charrnn.data import StreamBatches, Vocab
-from charrnn.device import autocast_dtype
+from charrnn.device import CpuThreads, autocast_dtype
 from charrnn.errors import TrainingError, WriteError
 from charrnn.evaluate import score_ids
 from charrnn.files import atomic_write_text
@@ -219,12 +219,14 @@ class Trainer:
         reporter: Reporter | None = None,
         corpus_info: dict[str, Any] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        threads: CpuThreads | None = None,
     ) -> None:
         self.model, self.batches, self.val_ids = model.to(device), batches, val_ids
         self.config, self.vocab, self.run_dir, self.device = config, vocab, run_dir, device
         self.reporter = reporter or SilentReporter()
         self.corpus_info = corpus_info or {}
         self.should_stop = should_stop
+        self.threads = threads
         self.optimizer = make_optimizer(self.model, config.train, device)
         self.amp_dtype = autocast_dtype(config.train.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
@@ -307,6 +309,8 @@ class Trainer:
         batches = self._batches()
         while self.fraction_done() < 1.0 and not self.should_stop():
             lr = lr_at(self.progress.step, self.fraction_done(), t)
+            if self.threads is not None:
+                self.threads.tick()
             loss = self.train_step(*next(batches), lr)
             bad_in_a_row = 0 if loss is not None else bad_in_a_row + 1
             if loss is None:
@@ -348,6 +352,7 @@ class Trainer:
             "chars": self.progress.chars_seen,
             **record,
             "elapsed_s": round(self.progress.elapsed, 3),
+            "threads": torch.get_num_threads(),  # auto may change it as the CPUs' load changes
         }
         self.metrics.append(stamped)
 
@@ -356,7 +361,9 @@ class Trainer:
     def evaluate_and_save(self) -> float:
         """Score the validation split, then write last.pt and (when it improved) best.pt."""
         self.check_weights_finite()
-        result = score_ids(self.model, self.val_ids, self.config.train.eval_streams, self.device)
+        result = score_ids(
+            self.model, self.val_ids, self.config.train.eval_streams, self.device, self.threads
+        )
         self.progress.val_loss = result.loss
         if self.progress.best_val_loss is None or result.loss < self.progress.best_val_loss:
             self.progress.best_val_loss = result.loss

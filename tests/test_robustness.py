@@ -85,7 +85,8 @@ def metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def without_timing(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "chars_per_s")} for r in records]
+    varying = ("elapsed_s", "chars_per_s", "threads")  # timing and the CPUs' load, not the run
+    return [{k: v for k, v in r.items() if k not in varying} for r in records]
 
 
 def temp_files(root: Path) -> list[Path]:

@@ -18,7 +18,7 @@ from charrnn.errors import UsageError
 from charrnn.evaluate import score_ids
 from charrnn.train import lr_at, planned_steps
 
-LOG_KEYS = {"step", "chars", "train_loss", "lr", "chars_per_s", "elapsed_s"}
+LOG_KEYS = {"step", "chars", "train_loss", "lr", "chars_per_s", "elapsed_s", "threads"}
 
 
 def schedule(**keys) -> RunConfig:
