@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.run import SECTIONS  # every registered section, so a new one is covered too
+
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("matmul", "train", "sample", "eval", "prepare", "quality")
+SHARED = {"__init__", "common", "corpus", "run"}  # benchmarks/ modules that measure nothing
 
 
 def ratios_by_section(table: str) -> dict[str, list[float]]:
@@ -38,3 +40,8 @@ def test_quick_benchmark_prints_a_ratio_for_every_section() -> None:
     for section in SECTIONS:
         assert ratios.get(section), f"no ratio for {section}:\n{result.stdout}"
         assert all(math.isfinite(r) and r > 0 for r in ratios[section]), (section, ratios)
+
+
+def test_every_measurement_module_is_registered() -> None:
+    modules = {path.stem for path in (REPO / "benchmarks").glob("*.py")} - SHARED
+    assert modules == set(SECTIONS), "add the module's name to benchmarks.run.SECTIONS"

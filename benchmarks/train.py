@@ -1,0 +1,235 @@
+"""train: charrnn's Trainer against a hand-written PyTorch loop; its share of the matmul peak."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.common import Bench, Row, best_alternating, log
+from benchmarks.corpus import training_data
+from benchmarks.matmul import peak_gflops
+from charrnn.config import GATES, ModelConfig, RunConfig
+from charrnn.data import StreamBatches
+from charrnn.device import select_device
+from charrnn.model import CharRNN
+from charrnn.train import Trainer
+
+RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+ASSUMED_EFFICIENCY = 0.25  # fraction of the matmul peak a training step reaches (sizes windows)
+TARGET = 0.95  # charrnn's chars/s over the plain loop's
+
+
+@dataclass(frozen=True)
+class Sizes:
+    hidden: tuple[int, ...]  # 2-layer LSTM, GRU and RNN at each of these
+    batch: int | None  # None: the default preset's
+    seq: int | None  # None: the default preset's
+    window_seconds: float  # aimed-for length of one timed window
+    window_limits: tuple[int, int]  # fewest and most steps in a window
+
+
+FULL = Sizes(hidden=(256, 512), batch=None, seq=None, window_seconds=2.0, window_limits=(2, 20))
+QUICK = Sizes(hidden=(32,), batch=8, seq=32, window_seconds=0.0, window_limits=(3, 3))
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A model and batch shape, with its analytic cost per character."""
+
+    cell: str
+    layers: int
+    hidden: int
+    embed: int
+    batch_size: int
+    seq_len: int
+    vocab_size: int
+
+    @property
+    def name(self) -> str:
+        """E.g. 'lstm 2x256'."""
+        return f"{self.cell} {self.layers}x{self.hidden}"
+
+    def model_config(self) -> ModelConfig:
+        """charrnn's configuration of this model."""
+        return ModelConfig(cell=self.cell, layers=self.layers, hidden=self.hidden, embed=self.embed)
+
+    def forward_flops_per_char(self) -> float:
+        """Multiply-adds x 2 of the recurrent layers and the output layer for one character."""
+        total = 0
+        for layer in range(self.layers):
+            inputs = self.embed if layer == 0 else self.hidden
+            total += 2 * GATES[self.cell] * self.hidden * (inputs + self.hidden)
+        return float(total + 2 * self.hidden * self.vocab_size)
+
+    def train_flops_per_char(self) -> float:
+        """Forward, and backward at twice the forward."""
+        return 3.0 * self.forward_flops_per_char()
+
+
+def train_shape(bench: Bench, cell: str, hidden: int) -> Shape:
+    """A 2-layer `cell` at `hidden` with the default preset's embedding, batch and window."""
+    defaults, sizes = RunConfig(), bench.pick(FULL, QUICK)
+    vocab, _ = training_data(bench)
+    return Shape(
+        cell,
+        2,
+        hidden,
+        defaults.model.embed,
+        sizes.batch or defaults.train.batch_size,
+        sizes.seq or defaults.train.seq_len,
+        vocab.size,
+    )
+
+
+def window_steps(bench: Bench, shape: Shape) -> int:
+    """Steps per timed window, so that one window lasts about `window_seconds`."""
+    sizes = bench.pick(FULL, QUICK)
+    low, high = sizes.window_limits
+    if low == high:
+        return low
+    step_flops = shape.train_flops_per_char() * shape.batch_size * shape.seq_len
+    step_seconds = step_flops / (ASSUMED_EFFICIENCY * peak_gflops(bench) * 1e9)
+    return max(low, min(high, math.ceil(sizes.window_seconds / step_seconds)))
+
+
+class BaselineLM(nn.Module):
+    """The textbook character model: embedding -> fused recurrent layers -> linear."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(shape.vocab_size, shape.embed)
+        self.rnn = RECURRENT[shape.cell](
+            shape.embed, shape.hidden, num_layers=shape.layers, batch_first=True
+        )
+        self.head = nn.Linear(shape.hidden, shape.vocab_size)
+
+    def forward(self, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """Logits (B, T, V) and the state after the last position."""
+        features, state = self.rnn(self.embed(ids), state)
+        return self.head(features), state
+
+
+def baseline_train_speed(shape: Shape, ids: np.ndarray, window: int) -> float:
+    """Chars/s of a minimal hand-written loop over the second of two windows of `window` steps."""
+    torch.manual_seed(0)
+    model = BaselineLM(shape)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    b, t = shape.batch_size, shape.seq_len
+    stream = (ids.shape[0] - 1) // b
+    inputs = ids[: b * stream].reshape(b, stream)
+    targets = ids[1 : b * stream + 1].reshape(b, stream)
+    steps_per_epoch = stream // t
+    state, start = None, time.perf_counter()
+    for step in range(2 * window):
+        if step == window:
+            start = time.perf_counter()
+        column = (step % steps_per_epoch) * t
+        x = torch.from_numpy(inputs[:, column : column + t].astype(np.int64))
+        y = torch.from_numpy(targets[:, column : column + t].astype(np.int64))
+        logits, state = model(x, state)
+        loss = F.cross_entropy(logits.reshape(-1, shape.vocab_size), y.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    return window * b * t / (time.perf_counter() - start)
+
+
+def second_window_speed(metrics: Path, step: int) -> float:
+    """`chars_per_s` of the metrics line logged at `step`."""
+    for line in metrics.read_text("utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("step") == step and record.get("chars_per_s") is not None:
+            return float(record["chars_per_s"])
+    raise RuntimeError(f"{metrics} has no chars_per_s at step {step}")
+
+
+def charrnn_train_speed(bench: Bench, shape: Shape, window: int) -> float:
+    """Chars/s of charrnn's Trainer over its second logged window of `window` steps."""
+    vocab, ids = training_data(bench)
+    config = RunConfig(model=shape.model_config()).replace(
+        batch_size=shape.batch_size,
+        seq_len=shape.seq_len,
+        max_steps=2 * window,
+        max_epochs=None,
+        log_every=window,
+        eval_every=2 * window + 1,  # only the final evaluation, after the timed windows
+        device="cpu",
+    )
+    torch.manual_seed(0)
+    model = CharRNN(config.model, vocab.size)
+    batches = StreamBatches(ids, shape.batch_size, shape.seq_len)
+    run_dir = bench.scratch("train")
+    val_ids = np.asarray(ids[-2000:])  # the final evaluation is not timed: keep it short
+    device = select_device(config.train.device)
+    Trainer(model, batches, val_ids, config, vocab, run_dir, device).run()
+    return second_window_speed(run_dir / "metrics.jsonl", 2 * window)
+
+
+def charrnn_train_speed_of(bench: Bench, cell: str, hidden: int) -> float:
+    """The Trainer's chars/s for a 2-layer `cell` at `hidden`: this run's `train` figure if it
+    has one, else measured now."""
+    key = ("train", cell, hidden)
+    if key not in bench.cache:
+        shape = train_shape(bench, cell, hidden)
+        log(f"measuring charrnn training speed of {shape.name}")
+        bench.cache[key] = charrnn_train_speed(bench, shape, window_steps(bench, shape))
+    return bench.cache[key]
+
+
+def measure(bench: Bench) -> None:
+    """Rows: Trainer chars/s against a plain PyTorch loop, and GFLOP/s against the peak."""
+    _, ids = training_data(bench)
+    peak = peak_gflops(bench)
+    for hidden in bench.pick(FULL, QUICK).hidden:
+        for cell in ("lstm", "gru", "rnn"):
+            shape = train_shape(bench, cell, hidden)
+            window = window_steps(bench, shape)
+            log(
+                f"train {shape.name}: B={shape.batch_size} T={shape.seq_len}, {window}-step windows"
+            )
+            baseline, ours = best_alternating(
+                partial(baseline_train_speed, shape, ids, window),
+                partial(charrnn_train_speed, bench, shape, window),
+            )
+            bench.cache[("train", cell, hidden)] = ours
+            add_rows(bench, shape, ours, baseline, peak)
+
+
+def add_rows(bench: Bench, shape: Shape, ours: float, baseline: float, peak: float) -> None:
+    """The speed row (target >= 0.95 of the plain loop) and the efficiency row of `shape`."""
+    ratio = ours / baseline
+    bench.add(
+        Row(
+            "train",
+            f"{shape.name} B={shape.batch_size} T={shape.seq_len} (chars/s)",
+            f"{ours:,.0f}",
+            f"{baseline:,.0f} (plain loop)",
+            ratio,
+            f">= {TARGET}",
+            ratio >= TARGET,
+            {"chars_per_s": ours, "baseline_chars_per_s": baseline},
+        )
+    )
+    gflops = ours * shape.train_flops_per_char() / 1e9
+    bench.add(
+        Row(
+            "train",
+            f"{shape.name} achieved GFLOP/s (x matmul peak)",
+            f"{gflops:.1f}",
+            f"peak {peak:.1f}",
+            gflops / peak,
+            numbers={"gflops": gflops, "flops_per_char": shape.train_flops_per_char()},
+        )
+    )
