@@ -40,7 +40,7 @@ from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_i
 from charrnn.files import atomic_write_json, stale_temp_files
 from charrnn.generate import generate
 from charrnn.model import CharRNN
-from charrnn.train import Progress, Reporter, Trainer
+from charrnn.train import Progress, Reporter, Trainer, evaluation_chars
 
 CACHE_DIR_NAME = ".cache"
 
@@ -125,7 +125,7 @@ def _run(
         trainer = Trainer(
             job.model,
             StreamBatches(train_ids, config.train.batch_size, config.train.seq_len),
-            np.asarray(val_ids),
+            np.asarray(val_ids[: config.train.eval_chars or None]),
             config,
             job.vocab,
             job.run_dir,
@@ -171,6 +171,13 @@ def _fit_batches(config: RunConfig, ids: np.ndarray, warnings: list[str]) -> Run
     return config.replace(batch_size=batch_size, seq_len=seq_len)
 
 
+def _fix_evaluation_chars(config: RunConfig, ids: np.ndarray) -> RunConfig:
+    """The config with auto `eval_chars` resolved to a number, recorded with the run, so every
+    evaluation of it (after a resume too) scores the same validation prefix."""
+    n_val = int(split_train_val(ids, config.data.val_frac)[1].shape[0])
+    return config.replace(eval_chars=evaluation_chars(config.train, n_val))
+
+
 def train_command(
     specs: Sequence[str | Path],
     config: RunConfig,
@@ -209,6 +216,7 @@ def train_command(
             )
         ids = corpus.vocab.remap(ids, vocab)
     config = _fit_batches(config, ids, warnings)
+    config = _fix_evaluation_chars(config, ids)
     _make_run_dir(run_dir)
     torch.manual_seed(config.train.seed)
     if base is not None:

@@ -69,6 +69,9 @@ class TrainConfig:
     max_time: float | None = None  # stop after this many seconds; the schedule spans the time
     eval_every: int = 2000  # evaluate on the validation split every N steps (and at the end)
     eval_streams: int = 16  # validation is scored as this many stateful streams
+    eval_chars: int = (
+        0  # validation characters scored per evaluation; 0 = auto (<= 1/10 of the run)
+    )
     log_every: int = 50  # write a metrics line every N steps
     seed: int = 1337  # seeds every random number generator
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -339,6 +342,7 @@ def validate(config: RunConfig) -> None:
     )
     _check(t.eval_every >= 1, f"eval_every must be >= 1, got {t.eval_every}")
     _check(t.eval_streams >= 1, f"eval_streams must be >= 1, got {t.eval_streams}")
+    _check(t.eval_chars >= 0, f"eval_chars cannot be negative (0 = auto), got {t.eval_chars}")
     _check(t.log_every >= 1, f"log_every must be >= 1, got {t.log_every}")
     # The range torch.manual_seed accepts.
     _check(-(2**63) <= t.seed < 2**64, f"seed must be between -2**63 and 2**64 - 1, got {t.seed}")

@@ -79,6 +79,23 @@ def lr_at(step: int, fraction: float, config: TrainConfig) -> float:
     return warm * (config.min_lr + (config.lr - config.min_lr) * cosine)
 
 
+MIN_EVAL_CHARS = 100_000  # below this, validation losses are too noisy to compare
+
+
+def evaluation_chars(config: TrainConfig, n_val: int) -> int:
+    """Validation characters scored at each evaluation during training (a fixed prefix).
+
+    `eval_chars`, or for 0 (auto) a quarter of the characters trained between two evaluations,
+    at least `MIN_EVAL_CHARS`: scoring a character costs about a third of training on one
+    (benchmarks/RESULTS.md), so evaluation takes under a tenth of the run on any corpus size.
+    Never more than the split.
+    """
+    if config.eval_chars:
+        return min(n_val, config.eval_chars)
+    between = config.eval_every * config.batch_size * config.seq_len
+    return min(n_val, max(MIN_EVAL_CHARS, between // 4))
+
+
 def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
     """The step budget from max_steps and max_epochs (None when only time limits the run)."""
     limits = []
@@ -200,8 +217,13 @@ class _LogWindow:
             "chars_per_s": self.chars / elapsed if self.chars else None,
         }
         self.loss_sum.zero_()
-        self.steps, self.chars, self.start = 0, 0, time.perf_counter()
+        self.steps, self.chars = 0, 0
+        self.restart()
         return record
+
+    def restart(self) -> None:
+        """Start timing the window anew (after time spent on something other than training)."""
+        self.start = time.perf_counter()
 
 
 class Trainer:
@@ -341,7 +363,11 @@ class Trainer:
         if record["train_loss"] is not None:
             self.progress.train_loss = record["train_loss"]
         if evaluate:
+            started = time.perf_counter()
             record["val_loss"] = self.evaluate_and_save()
+            record["val_chars"] = int(self.val_ids.shape[0])
+            record["eval_s"] = round(time.perf_counter() - started, 3)
+            window.restart()  # the next window's chars/s is training speed, not evaluation's
         self.log(record)
         self.reporter.update(self.fraction_done(), {**record, "step": self.progress.step})
 

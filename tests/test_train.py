@@ -10,19 +10,24 @@ import pytest
 import torch
 
 from charrnn.checkpoint import load_checkpoint, load_model
-from charrnn.commands import train_command
+from charrnn.commands import eval_command, train_command
 from charrnn.config import RunConfig, resume_config
 from charrnn.data import StreamBatches, split_train_val
 from charrnn.device import cgroup_cpu_limit, cpu_quota, use_cpu_threads
 from charrnn.errors import UsageError
 from charrnn.evaluate import score_ids
-from charrnn.train import lr_at, planned_steps
+from charrnn.train import MIN_EVAL_CHARS, evaluation_chars, lr_at, planned_steps
 
 LOG_KEYS = {"step", "chars", "train_loss", "lr", "chars_per_s", "elapsed_s", "threads"}
 
 
 def schedule(**keys) -> RunConfig:
     return RunConfig().replace(lr=1e-2, min_lr=1e-3, **keys).train
+
+
+def metrics_of(run_dir) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
 
 
 def test_warmup_rises_linearly_to_lr():
@@ -67,7 +72,7 @@ def trained(tmp_path_factory, tiny_config):
 
 def test_training_lowers_val_loss_well_below_chance(trained):
     chance = math.log(trained.corpus.vocab.size)
-    records = [json.loads(line) for line in (trained.run_dir / "metrics.jsonl").open()]
+    records = metrics_of(trained.run_dir)
     val = [r["val_loss"] for r in records if "val_loss" in r]
     assert records[0]["train_loss"] > 0.8 * chance  # it started near chance
     assert trained.progress.best_val_loss < 0.5 * chance
@@ -91,7 +96,7 @@ def test_run_directory_holds_checkpoints_config_and_metrics(trained):
 
 
 def test_metrics_lines_carry_the_documented_keys(trained):
-    records = [json.loads(line) for line in (trained.run_dir / "metrics.jsonl").open()]
+    records = metrics_of(trained.run_dir)
     assert [r["step"] for r in records] == list(range(5, 61, 5))
     for record in records:
         assert set(record) >= LOG_KEYS, record
@@ -134,7 +139,7 @@ def test_max_time_stops_the_run(write_corpus, tmp_path, tiny_config):
     assert outcome.progress.elapsed >= 1.0
     assert outcome.progress.step >= 1
     assert load_checkpoint(tmp_path / "run" / "last.pt").progress["step"] == outcome.progress.step
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    records = metrics_of(tmp_path / "run")
     assert records[-1]["step"] == outcome.progress.step and "val_loss" in records[-1]
 
 
@@ -186,7 +191,7 @@ def test_a_run_directory_with_checkpoints_is_not_overwritten(write_corpus, tmp_p
 def test_the_final_metrics_line_has_the_documented_keys(write_corpus, tmp_path, tiny_config):
     config = tiny_config(max_steps=7, eval_every=5, log_every=5)
     train_command([write_corpus()], config, out=tmp_path / "run")
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    records = metrics_of(tmp_path / "run")
     assert records[-1]["step"] == 7 and "val_loss" in records[-1]
     for record in records:
         assert set(record) >= LOG_KEYS, record
@@ -199,7 +204,7 @@ def test_an_evaluation_after_the_last_logged_step_reports_no_speed(
     # (a 0 would read as a stall in a plot of chars_per_s).
     config = tiny_config(max_steps=10, eval_every=7, log_every=5)
     train_command([write_corpus()], config, out=tmp_path / "run")
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    records = metrics_of(tmp_path / "run")
     assert [r["step"] for r in records] == [5, 7, 10, 10]
     assert records[-2]["chars_per_s"] > 0 and "val_loss" not in records[-2]
     assert records[-1]["chars_per_s"] is None and records[-1]["train_loss"] is None
@@ -246,3 +251,40 @@ def test_threads_is_validated_saved_and_may_change_on_resume():
     saved = RunConfig().replace(threads=1)
     assert RunConfig.from_dict(saved.to_dict()).train.threads == 1
     assert resume_config(saved, {"threads": 2}).train.threads == 2
+
+
+@pytest.mark.parametrize(
+    ("eval_chars", "eval_every", "n_val", "expected"),
+    [
+        (0, 2000, 111_540, 111_540),  # tiny shakespeare: the whole split
+        (0, 2000, 10_000_000, 2000 * 32 * 32 // 4),  # 100 MB: a quarter of a training interval
+        (0, 10, 10_000_000, MIN_EVAL_CHARS),  # frequent evaluations still score enough text
+        (5000, 2000, 10_000_000, 5000),  # as asked
+        (10**9, 2000, 400, 400),  # never more than the split
+    ],
+)
+def test_evaluation_chars_bounds_the_validation_prefix(eval_chars, eval_every, n_val, expected):
+    config = RunConfig().replace(eval_chars=eval_chars, eval_every=eval_every).train
+    assert evaluation_chars(config, n_val) == expected
+
+
+def test_training_scores_a_recorded_prefix_and_eval_the_whole_split(
+    write_corpus, tmp_path, tiny_config
+):
+    outcome = train_command([write_corpus()], tiny_config(eval_chars=100), out=tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["eval_chars"] == 100
+    evaluations = [r for r in metrics_of(tmp_path / "run") if "val_loss" in r]
+    assert evaluations and all(r["val_chars"] == 100 and r["eval_s"] >= 0 for r in evaluations)
+    model, checkpoint = load_model(tmp_path / "run" / "best.pt")
+    _, val = split_train_val(outcome.corpus.ids, checkpoint.config.data.val_frac)
+    prefix = score_ids(model, np.asarray(val[:100]), checkpoint.config.train.eval_streams)
+    assert prefix.loss == pytest.approx(outcome.progress.best_val_loss, abs=1e-6)
+    whole = eval_command(tmp_path / "run" / "best.pt", [])
+    assert whole.chars == val.shape[0] - 1 and whole.loss != pytest.approx(prefix.loss, abs=1e-6)
+
+
+def test_auto_evaluation_chars_are_resolved_and_recorded(write_corpus, tmp_path, tiny_config):
+    train_command([write_corpus()], tiny_config(), out=tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["eval_chars"] == saved["corpus"]["n_val"]  # small: the whole split
