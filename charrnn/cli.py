@@ -1,16 +1,18 @@
 """The `charrnn` command line: parse options, call one function in `commands`, print the result.
 
 `commands` loads torch, about 1.5 s of start-up, so it is imported inside the commands that need
-it: `--help`, option errors and `prepare` (numpy only) answer at once.
+it: `--help`, option errors and `prepare` (numpy only) answer at once. The options of `train` and
+`sample` that set a configuration field are made from the field's declaration in `config`.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -19,9 +21,19 @@ from typer.core import TyperGroup
 
 from charrnn import __version__
 from charrnn.config import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_DEVICE,
     DEFAULT_PRESET,
-    MODEL_KEYS,
+    DEVICE_HELP,
+    RUN_PANEL,
+    THREADS_HELP,
+    TRAINING_SETTINGS,
+    DataConfig,
     SampleConfig,
+    Setting,
+    check_init_from_flags,
+    check_resume_flags,
+    declared_settings,
     given_keys,
     preset_names,
     resolve_config,
@@ -76,15 +88,55 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
-MODEL = "Model"
-DATA = "Data"
-OPTIM = "Optimisation"
-LENGTH = "Run length and evaluation"
-RUN = "Run"
-THREADS_HELP = (
-    "CPU threads for torch; 0 = auto (the cores this process may use). "
-    "Fewer can be faster on a busy machine."
+SAMPLING_DEVICE_HELP = (
+    "auto, cpu, cuda or mps. For sampling, auto is the CPU: one small step per character is "
+    "bound by latency, and a GPU pays launch costs on every step."
 )
+
+
+def setting_option(setting: Setting, *, unset: bool = False) -> inspect.Parameter:
+    """The Typer option for a declared setting: its flag, help, panel, type and default.
+
+    `unset`: the option defaults to None, "not given", so that a preset or a TOML file can set
+    the key, instead of to the declared default.
+    """
+    value_type: Any = str if setting.parse else setting.type  # `parse` reads the text later
+    if unset or setting.optional:
+        value_type = value_type | None
+    option = typer.Option(
+        *([setting.flag] if setting.flag else []),
+        help=setting.help,
+        rich_help_panel=setting.panel,
+        show_default=not unset,
+    )
+    return inspect.Parameter(
+        setting.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Annotated[value_type, option],
+        default=None if unset else setting.default,
+    )
+
+
+def with_settings(
+    declared: Iterable[Setting], *, after: str | None = None, unset: bool = False
+) -> Callable[[F], F]:
+    """Give a command that takes `**settings` one option per setting in `declared`, listed after
+    its parameter `after` (default: after all of them); see `setting_option` for `unset`."""
+    options = [setting_option(s, unset=unset) for s in declared]
+
+    def add_options(command: F) -> F:
+        signature = inspect.signature(command, eval_str=True)
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in signature.parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        at = len(own) if after is None else [p.name for p in own].index(after) + 1
+        # Typer reads a command's options from `inspect.signature`, which returns this.
+        command.__signature__ = signature.replace(parameters=[*own[:at], *options, *own[at:]])  # type: ignore[attr-defined]
+        return command
+
+    return add_options
 
 
 def user_errors(func: F) -> F:
@@ -176,6 +228,7 @@ class _Interrupts:
 
 @app.command()
 @user_errors
+@with_settings(TRAINING_SETTINGS, unset=True)
 def train(
     corpus: Annotated[
         list[str] | None,
@@ -187,14 +240,14 @@ def train(
         Path | None,
         typer.Option(
             help="Continue the run in this directory from its last.pt, exactly where it stopped.",
-            rich_help_panel=RUN,
+            rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     init_from: Annotated[
         Path | None,
         typer.Option(
             help="Start from this checkpoint's weights (fine-tuning); new characters are added.",
-            rich_help_panel=RUN,
+            rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     preset: Annotated[
@@ -202,7 +255,7 @@ def train(
         typer.Option(
             help=f"Start from a preset in configs/ ({', '.join(preset_names())}); "
             f"the defaults are '{DEFAULT_PRESET}'.",
-            rich_help_panel=RUN,
+            rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     config: Annotated[
@@ -210,159 +263,41 @@ def train(
         typer.Option(
             "--config",
             help="TOML file of settings; flags given here override it.",
-            rich_help_panel=RUN,
+            rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Run directory (default runs/<corpus>-<time>).", rich_help_panel=RUN),
+        typer.Option(
+            help="Run directory (default runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL
+        ),
     ] = None,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
             help="Where encoded corpora are cached (default: .cache beside the run).",
-            rich_help_panel=RUN,
+            rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or summary.", rich_help_panel=RUN)
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="No progress bar or summary.", rich_help_panel=RUN_PANEL
+        ),
     ] = False,
-    cell: Annotated[
-        str | None, typer.Option(help="lstm, gru or rnn.", rich_help_panel=MODEL)
-    ] = None,
-    nonlinearity: Annotated[
-        str | None, typer.Option(help="For --cell rnn: tanh or relu.", rich_help_panel=MODEL)
-    ] = None,
-    layers: Annotated[
-        int | None, typer.Option(help="Stacked recurrent layers.", rich_help_panel=MODEL)
-    ] = None,
-    hidden: Annotated[
-        int | None, typer.Option(help="Units per recurrent layer.", rich_help_panel=MODEL)
-    ] = None,
-    embed: Annotated[
-        int | None, typer.Option(help="Character embedding size.", rich_help_panel=MODEL)
-    ] = None,
-    dropout: Annotated[
-        float | None,
-        typer.Option(
-            help="Dropout in [0, 1) between layers and before the output.", rich_help_panel=MODEL
-        ),
-    ] = None,
-    encoding: Annotated[
-        str | None, typer.Option(help="Text encoding of the corpus files.", rich_help_panel=DATA)
-    ] = None,
-    bytes_: Annotated[
-        bool | None,
-        typer.Option(
-            "--bytes/--chars",
-            help="Model raw bytes instead of characters.",
-            rich_help_panel=DATA,
-            show_default=False,
-        ),
-    ] = None,
-    val_frac: Annotated[
-        float | None,
-        typer.Option(
-            help="Fraction of the text, at its end, kept for validation.", rich_help_panel=DATA
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Parallel streams per step.", rich_help_panel=OPTIM)
-    ] = None,
-    seq_len: Annotated[
-        int | None,
-        typer.Option(help="Characters per window of truncated backprop.", rich_help_panel=OPTIM),
-    ] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate (AdamW).", rich_help_panel=OPTIM)
-    ] = None,
-    min_lr: Annotated[
-        float | None,
-        typer.Option(help="Learning rate at the end of the cosine decay.", rich_help_panel=OPTIM),
-    ] = None,
-    warmup_steps: Annotated[
-        int | None, typer.Option(help="Steps of linear warmup.", rich_help_panel=OPTIM)
-    ] = None,
-    weight_decay: Annotated[
-        float | None,
-        typer.Option(help="AdamW weight decay (matrices only).", rich_help_panel=OPTIM),
-    ] = None,
-    beta1: Annotated[float | None, typer.Option(help="AdamW beta1.", rich_help_panel=OPTIM)] = None,
-    beta2: Annotated[float | None, typer.Option(help="AdamW beta2.", rich_help_panel=OPTIM)] = None,
-    grad_clip: Annotated[
-        float | None,
-        typer.Option(help="Clip the gradient norm to this; 0 turns it off.", rich_help_panel=OPTIM),
-    ] = None,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Stop after this many steps.", rich_help_panel=LENGTH)
-    ] = None,
-    max_epochs: Annotated[
-        float | None,
-        typer.Option(
-            help="Stop after this many passes over the training text.", rich_help_panel=LENGTH
-        ),
-    ] = None,
-    max_time: Annotated[
-        str | None,
-        typer.Option(
-            help="Stop after this long (90s, 10m, 2h); the schedule spans it.",
-            rich_help_panel=LENGTH,
-        ),
-    ] = None,
-    eval_every: Annotated[
-        int | None,
-        typer.Option(help="Evaluate and checkpoint every N steps.", rich_help_panel=LENGTH),
-    ] = None,
-    log_every: Annotated[
-        int | None, typer.Option(help="Write a metrics line every N steps.", rich_help_panel=LENGTH)
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(help="Random seed (same seed, same machine: same run).", rich_help_panel=RUN),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto, cpu, cuda or mps.", rich_help_panel=RUN)
-    ] = None,
-    threads: Annotated[int | None, typer.Option(help=THREADS_HELP, rich_help_panel=RUN)] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(help="auto (bf16 on CUDA), fp32, bf16 or fp16.", rich_help_panel=RUN),
-    ] = None,
-    compile_: Annotated[
-        bool | None,
-        typer.Option(
-            "--compile/--no-compile",
-            help="torch.compile the model.",
-            rich_help_panel=RUN,
-            show_default=False,
-        ),
-    ] = None,
+    **overrides: Any,
 ) -> None:
     """Train a model on CORPUS and write checkpoints to a run directory.
 
     Example: charrnn train shakespeare.txt --max-time 10m
     """
-    overrides = {
-        "cell": cell, "nonlinearity": nonlinearity, "layers": layers, "hidden": hidden,
-        "embed": embed, "dropout": dropout, "encoding": encoding, "bytes": bytes_,
-        "val_frac": val_frac, "batch_size": batch_size, "seq_len": seq_len, "lr": lr,
-        "min_lr": min_lr, "warmup_steps": warmup_steps, "weight_decay": weight_decay,
-        "beta1": beta1, "beta2": beta2, "grad_clip": grad_clip, "max_steps": max_steps,
-        "max_epochs": max_epochs, "max_time": max_time, "eval_every": eval_every,
-        "log_every": log_every, "seed": seed, "device": device, "threads": threads,
-        "precision": precision, "compile": compile_,
+    run_options = {
+        "corpus": corpus or None, "resume": resume, "init_from": init_from, "preset": preset,
+        "config": config, "out": out,
     }  # fmt: skip
-    if resume is not None and (corpus or preset or config or out or init_from):
-        raise UsageError(
-            "--resume takes the corpus, settings and directory of the saved run; "
-            "give only run-length, logging and device options with it"
-        )
-    if resume is None and not corpus:
-        raise UsageError("give a CORPUS to train on (or --resume RUN_DIR)")
-    shape_flags = sorted(given_keys(overrides) & MODEL_KEYS)
-    if init_from is not None and shape_flags:
-        flags = ", ".join("--" + key.replace("_", "-") for key in shape_flags)
-        raise UsageError(f"--init-from keeps the checkpoint's network; {flags} cannot change")
+    given = given_keys({**run_options, **overrides})
+    check_resume_flags(given)
+    check_init_from_flags(given)
     load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
@@ -413,23 +348,25 @@ def train(
         )
 
 
+# `prepare` calls data.py itself, not `commands`: commands imports torch (about 1.5 s) and prepare
+# must start at once. Its cache default is the one a default `train` run uses.
 @app.command()
 @user_errors
+@with_settings(
+    (s for s in declared_settings(DataConfig) if s.name in ("encoding", "bytes")), after="corpus"
+)
 def prepare(
     corpus: Annotated[
         list[str], typer.Argument(help="Text files, directories or globs.", show_default=False)
     ],
-    encoding: Annotated[str, typer.Option(help="Text encoding of the corpus files.")] = "utf-8",
-    bytes_: Annotated[
-        bool, typer.Option("--bytes/--chars", help="Model raw bytes instead of characters.")
-    ] = False,
-    cache_dir: Annotated[Path, typer.Option(help="Where the encoded corpus is cached.")] = Path(
-        "runs/.cache"
-    ),
+    cache_dir: Annotated[
+        Path, typer.Option(help="Where the encoded corpus is cached.")
+    ] = DEFAULT_CACHE_DIR,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    **data_settings: Any,
 ) -> None:
     """Read, build the vocabulary, encode and cache CORPUS: exactly what `train` does first."""
-    data_config = resolve_config(overrides={"encoding": encoding, "bytes": bytes_}).data
+    data_config = resolve_config(overrides=data_settings).data
     corpus_data = prepare_corpus(corpus, data_config, cache_dir)
     info = {
         "chars": corpus_data.n_chars,
@@ -447,6 +384,7 @@ def prepare(
 
 @app.command()
 @user_errors
+@with_settings(declared_settings(SampleConfig), after="prime_file")
 def sample(
     checkpoint: Annotated[
         Path,
@@ -454,38 +392,19 @@ def sample(
             help="A checkpoint file, or a run directory (its best.pt).", show_default=False
         ),
     ],
-    length: Annotated[int, typer.Option(help="New characters per sample.")] = 500,
-    temperature: Annotated[float, typer.Option(help="Below 1: safer text; above 1: wilder.")] = 0.8,
-    top_k: Annotated[
-        int | None, typer.Option(help="Draw only from the K most likely characters.")
-    ] = None,
-    top_p: Annotated[
-        float | None,
-        typer.Option(help="Draw only from the most likely characters whose probability adds to P."),
-    ] = None,
-    greedy: Annotated[
-        bool, typer.Option("--greedy", help="Always take the most likely character.")
-    ] = False,
     prime: Annotated[str, typer.Option(help="Text to start from (it begins the output).")] = "",
     prime_file: Annotated[
         Path | None, typer.Option(help="Read the prime from this UTF-8 file.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed for reproducible samples.")] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples to generate, as one batch.")] = 1,
-    stop: Annotated[
-        str | None, typer.Option(help=r"End a sample where this text appears (\n, \t understood).")
-    ] = None,
     separator: Annotated[
         str, typer.Option(help=r"Printed between samples (\n, \t understood).")
     ] = r"\n\n",
-    unknown: Annotated[
-        str, typer.Option(help="Prime characters the model never saw: error or skip.")
-    ] = "error",
     output: Annotated[
         Path | None, typer.Option(help="Write the samples to this file instead of stdout.")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "cpu",
+    device: Annotated[str, typer.Option(help=SAMPLING_DEVICE_HELP)] = DEFAULT_DEVICE,
     threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    **sample_settings: Any,
 ) -> None:
     """Generate text from a trained model; it streams to stdout as it is generated.
 
@@ -496,11 +415,9 @@ def sample(
             prime = prime_file.read_text("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read prime file {prime_file}: {exc}") from None
-    sample_config = SampleConfig(
-        length=length, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-        seed=seed, num_samples=num_samples, stop=unescape(stop), unknown=unknown,
-    )  # fmt: skip
-    stream = output is None and num_samples == 1
+    stop = unescape(sample_settings.pop("stop"))
+    sample_config = SampleConfig(**sample_settings, stop=stop)
+    stream = output is None and sample_config.num_samples == 1
 
     def show(index: int, piece: str) -> None:
         sys.stdout.write(piece)
@@ -546,7 +463,7 @@ def evaluate(
         int | None, typer.Option(help="Parallel stateful streams (default: as in training).")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = DEFAULT_DEVICE,
     threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
 ) -> None:
     """Score text: loss (nats/char), bits per character, perplexity.

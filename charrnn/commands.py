@@ -11,15 +11,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from charrnn.checkpoint import LAST_NAME, Checkpoint, load_checkpoint, load_model, run_lock
 from charrnn.config import (
+    CACHE_DIR_NAME,
+    DEFAULT_DEVICE,
+    RUNS_DIR,
     RunConfig,
     SampleConfig,
+    check_init_from_flags,
+    evaluation_chars,
     resume_config,
     validate_sample_config,
     validate_threads,
@@ -40,9 +45,9 @@ from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_i
 from charrnn.files import atomic_write_json, stale_temp_files
 from charrnn.generate import generate
 from charrnn.model import CharRNN
-from charrnn.train import Progress, Reporter, Trainer, evaluation_chars
 
-CACHE_DIR_NAME = ".cache"
+if TYPE_CHECKING:
+    from charrnn.train import Progress, Reporter
 
 
 @dataclass
@@ -57,7 +62,7 @@ class TrainOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
-def default_run_dir(specs: Sequence[str | Path], runs_root: Path = Path("runs")) -> Path:
+def default_run_dir(specs: Sequence[str | Path], runs_root: Path = RUNS_DIR) -> Path:
     """runs/<first corpus name>-<date>-<time>."""
     stem = Path(str(specs[0]).rstrip("/")).stem or "corpus"
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:40]
@@ -113,6 +118,9 @@ def _run(
     on_start: Callable[[TrainOutcome], None] | None,
 ) -> TrainOutcome:
     """Split, batch and train `job` under the run directory's lock."""
+    # Imported here so that sample, eval and info never load the training loop.
+    from charrnn.train import Progress, Trainer
+
     config = job.config
     train_ids, val_ids = split_train_val(job.ids, config.data.val_frac)
     outcome = TrainOutcome(
@@ -199,10 +207,9 @@ def train_command(
     base = None
     if init_from is not None:
         base = load_checkpoint(init_from)
-        if base.vocab.is_bytes != config.data.bytes:
-            raise UsageError(
-                "--init-from: the checkpoint and --bytes disagree on bytes vs characters"
-            )
+        check_init_from_flags(
+            {"init_from"}, bytes_=config.data.bytes, checkpoint_bytes=base.vocab.is_bytes
+        )
         config = dataclasses.replace(config, model=base.config.model)
         vocab = base.vocab.extended_with(corpus.vocab)
         if vocab.size > base.vocab.size:
@@ -264,7 +271,7 @@ def sample_command(
     checkpoint_path: Path,
     prime: str,
     config: SampleConfig,
-    device_name: str = "auto",
+    device_name: str = DEFAULT_DEVICE,
     on_text: Callable[[int, str], None] | None = None,
     threads: int = 0,
     load_since: CpuSample | None = None,
@@ -282,7 +289,7 @@ def eval_command(
     checkpoint_path: Path,
     files: Sequence[Path],
     encoding: str | None = None,
-    device_name: str = "auto",
+    device_name: str = DEFAULT_DEVICE,
     streams: int | None = None,
     threads: int = 0,
     load_since: CpuSample | None = None,

@@ -1,16 +1,22 @@
 """Configuration as data: frozen dataclasses with defaults, TOML presets, one validation pass.
 
-Keys are flat and equal to the command-line flags (``--batch-size`` is ``batch_size``), so a TOML
-file, a preset and the command line all speak the same names. The defaults below *are* the
-``small`` preset: the recipe tuned for the best validation loss in a short CPU run.
+Every setting is declared once, as a dataclass field made by `setting`: its default, the one line
+of help `--help` shows, its help panel and whether it may change on `--resume`. The `train` and
+`sample` options, the keys a TOML file may set and the `--resume` rules are all read from these
+declarations. Keys are flat and equal to the command-line flags (``--batch-size`` is
+``batch_size``), so a TOML file, a preset and the command line speak the same names. The defaults
+below *are* the ``small`` preset: the recipe tuned for the best validation loss in a short CPU run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import sys
+import typing
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -28,56 +34,190 @@ NONLINEARITIES = ("tanh", "relu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_PRESET = "small"
+DEFAULT_DEVICE = "auto"  # every command: CUDA, then MPS, then the CPU (sampling: the CPU)
+
+# Runs go to runs/<corpus>-<time> unless --out says otherwise; encoded corpora are cached beside
+# the runs that use them, so a default run's cache is runs/.cache (where `prepare` writes too).
+RUNS_DIR = Path("runs")
+CACHE_DIR_NAME = ".cache"
+DEFAULT_CACHE_DIR = RUNS_DIR / CACHE_DIR_NAME
+
+# The help panels of `charrnn train --help`.
+MODEL_PANEL = "Model"
+DATA_PANEL = "Data"
+OPTIM_PANEL = "Optimisation"
+LENGTH_PANEL = "Run length and evaluation"
+RUN_PANEL = "Run"
+
+DEVICE_HELP = "auto, cpu, cuda or mps."
+THREADS_HELP = (
+    "CPU threads for torch; 0 = auto (the cores this process may use). "
+    "Fewer can be faster on a busy machine."
+)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '90', '90s', '1.5m', '2h' or '1d'."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text)
+    if not match:
+        raise UsageError(f"cannot read duration {text!r}: use e.g. 90s, 10m or 2h")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+# ----------------------------------------------------------------------------- declaring settings
+
+
+def setting(
+    default: Any,
+    help: str,
+    panel: str | None = None,
+    *,
+    resumable: bool = False,
+    flag: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+) -> Any:
+    """A dataclass field declaring one setting.
+
+    `resumable`: it may change on `--resume` (it cannot make the run differ from one never
+    stopped). `flag`: the option's spelling when not ``--key-name`` (``"--bytes/--chars"``).
+    `parse`: how text sets it where its type is not text (durations); the command line passes text.
+    """
+    info = {"help": help, "panel": panel, "resumable": resumable, "flag": flag, "parse": parse}
+    return field(default=default, metadata={"setting": info})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting: its dataclass field joined with what `setting` said about it."""
+
+    name: str
+    default: Any
+    type: type  # the type of a value (int for a field declared `int | None`)
+    optional: bool  # None is a value: no limit, or not set
+    help: str
+    panel: str | None
+    resumable: bool
+    flag: str | None
+    parse: Callable[[str], Any] | None
+
+    @property
+    def option(self) -> str:
+        """The command-line option that sets it (``--batch-size``, ``--bytes``)."""
+        return (self.flag or "--" + self.name.replace("_", "-")).split("/")[0]
+
+
+@functools.cache
+def declared_settings(cls: type) -> tuple[Setting, ...]:
+    """The settings a configuration dataclass declares, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    declared = []
+    for f in fields(cls):
+        values = [t for t in typing.get_args(hints[f.name]) if t is not type(None)]
+        declared.append(
+            Setting(
+                name=f.name,
+                default=f.default,
+                type=values[0] if values else hints[f.name],
+                optional=type(None) in typing.get_args(hints[f.name]),
+                **f.metadata["setting"],
+            )
+        )
+    return tuple(declared)
+
+
+def _flag_list(keys: Collection[str]) -> str:
+    """'--hidden, --layers' for the keys `hidden` and `layers`, sorted."""
+    return ", ".join("--" + key.replace("_", "-") for key in sorted(keys))
+
+
+# ----------------------------------------------------------------------------- training settings
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the network: embedding -> stacked recurrent layers -> linear to the vocabulary."""
+    """Shape of the network: embedding -> stacked recurrent layers -> linear to the vocabulary.
 
-    cell: str = "lstm"  # lstm | gru | rnn
-    nonlinearity: str = "tanh"  # rnn only: tanh | relu
-    layers: int = 1  # stacked recurrent layers
-    hidden: int = 256  # units per recurrent layer
-    embed: int = 64  # character embedding size
-    dropout: float = 0.0  # between layers and before the output layer
+    `--init-from` keeps all of it from the checkpoint it starts from.
+    """
+
+    cell: str = setting("lstm", "lstm, gru or rnn.", MODEL_PANEL)
+    nonlinearity: str = setting("tanh", "For --cell rnn: tanh or relu.", MODEL_PANEL)
+    layers: int = setting(1, "Stacked recurrent layers.", MODEL_PANEL)
+    hidden: int = setting(256, "Units per recurrent layer.", MODEL_PANEL)
+    embed: int = setting(64, "Character embedding size.", MODEL_PANEL)
+    dropout: float = setting(
+        0.0, "Dropout in [0, 1) between layers and before the output.", MODEL_PANEL
+    )
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """How a corpus becomes a stream of symbol ids."""
 
-    encoding: str = "utf-8"  # text encoding of every corpus file
-    bytes: bool = False  # model raw bytes (vocabulary <= 256) instead of characters
-    val_frac: float = 0.1  # the last fraction of the text is validation (as nanoGPT)
+    encoding: str = setting("utf-8", "Text encoding of the corpus files.", DATA_PANEL)
+    bytes: bool = setting(  # the vocabulary is then at most 256 symbols
+        False, "Model raw bytes instead of characters.", DATA_PANEL, flag="--bytes/--chars"
+    )
+    val_frac: float = setting(  # the last tenth, as nanoGPT's shakespeare_char: numbers compare
+        0.1, "Fraction of the text, at its end, kept for validation.", DATA_PANEL
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, run length, evaluation and hardware."""
+    """Optimisation, run length, evaluation and hardware.
 
-    batch_size: int = 32  # parallel streams over the training text
-    seq_len: int = 32  # characters per window of truncated backprop through time
-    lr: float = 6e-3  # peak learning rate (AdamW)
-    min_lr: float = 0.0  # learning rate at the end of the cosine decay
-    warmup_steps: int = 20  # linear warmup before the cosine decay
-    weight_decay: float = 0.1  # AdamW decoupled weight decay (recurrent and output matrices)
-    beta1: float = 0.9  # AdamW first-moment decay
-    beta2: float = 0.99  # AdamW second-moment decay
-    grad_clip: float = 1.0  # clip the global gradient norm to this (0 turns clipping off)
-    max_steps: int | None = None  # stop after this many optimiser steps
-    max_epochs: float | None = 10.0  # stop after this many passes over the training text
-    max_time: float | None = None  # stop after this many seconds; the schedule spans the time
-    eval_every: int = 2000  # evaluate on the validation split every N steps (and at the end)
-    eval_streams: int = 16  # validation is scored as this many stateful streams
-    eval_chars: int = (
-        0  # validation characters scored per evaluation; 0 = auto (<= 1/10 of the run)
+    What may change on `--resume` is how long the run goes on, how often it reports and where it
+    runs: nothing that would make the resumed run differ from one that was never stopped.
+    """
+
+    batch_size: int = setting(32, "Parallel streams per step.", OPTIM_PANEL)
+    seq_len: int = setting(32, "Characters per window of truncated backprop.", OPTIM_PANEL)
+    lr: float = setting(6e-3, "Peak learning rate (AdamW).", OPTIM_PANEL)
+    min_lr: float = setting(0.0, "Learning rate at the end of the cosine decay.", OPTIM_PANEL)
+    warmup_steps: int = setting(20, "Steps of linear warmup.", OPTIM_PANEL)
+    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only).", OPTIM_PANEL)
+    beta1: float = setting(0.9, "AdamW beta1.", OPTIM_PANEL)
+    beta2: float = setting(0.99, "AdamW beta2.", OPTIM_PANEL)
+    grad_clip: float = setting(1.0, "Clip the gradient norm to this; 0 turns it off.", OPTIM_PANEL)
+    max_steps: int | None = setting(
+        None, "Stop after this many steps.", LENGTH_PANEL, resumable=True
     )
-    log_every: int = 50  # write a metrics line every N steps
-    seed: int = 1337  # seeds every random number generator
-    device: str = "auto"  # auto | cpu | cuda | mps
-    threads: int = 0  # torch CPU threads; 0 = auto (torch's default, capped by the CPU quota)
-    precision: str = "auto"  # auto (bf16 on CUDA, else fp32) | fp32 | bf16 | fp16
-    compile: bool = False  # torch.compile the model (CUDA only pays off)
+    max_epochs: float | None = setting(
+        10.0, "Stop after this many passes over the training text.", LENGTH_PANEL, resumable=True
+    )
+    max_time: float | None = setting(  # seconds
+        None,
+        "Stop after this long (90s, 10m, 2h); the schedule spans it.",
+        LENGTH_PANEL,
+        resumable=True,
+        parse=parse_duration,
+    )
+    eval_every: int = setting(
+        2000, "Evaluate and checkpoint every N steps.", LENGTH_PANEL, resumable=True
+    )
+    eval_streams: int = setting(  # not resumable: the stream count changes the scores
+        16, "Score validation as this many stateful streams.", LENGTH_PANEL
+    )
+    eval_chars: int = setting(  # not resumable: the prefix changes the scores
+        0,
+        "Validation characters scored at each evaluation, a fixed prefix; "
+        "0 = auto (evaluation takes under ~1/10 of the run).",
+        LENGTH_PANEL,
+    )
+    log_every: int = setting(
+        50, "Write a metrics line every N steps.", LENGTH_PANEL, resumable=True
+    )
+    seed: int = setting(1337, "Random seed (same seed, same machine: same run).", RUN_PANEL)
+    device: str = setting(DEFAULT_DEVICE, DEVICE_HELP, RUN_PANEL, resumable=True)
+    threads: int = setting(0, THREADS_HELP, RUN_PANEL, resumable=True)
+    precision: str = setting(
+        "auto", "auto (bf16 on CUDA), fp32, bf16 or fp16.", RUN_PANEL, resumable=True
+    )
+    compile: bool = setting(
+        False, "torch.compile the model.", RUN_PANEL, resumable=True, flag="--compile/--no-compile"
+    )
 
 
 @dataclass(frozen=True)
@@ -108,34 +248,27 @@ class RunConfig:
 
 
 _SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+TRAINING_SETTINGS = tuple(s for cls in _SECTIONS.values() for s in declared_settings(cls))
+# What may change when a run is resumed, and what `--init-from` takes from its checkpoint.
+RESUMABLE_KEYS = frozenset(s.name for s in TRAINING_SETTINGS if s.resumable)
+MODEL_KEYS = frozenset(s.name for s in declared_settings(ModelConfig))
+TRAINING_KEYS = frozenset(s.name for s in TRAINING_SETTINGS)
 
 
 def _key_sections() -> dict[str, str]:
     """Map each flat key to the section that holds it."""
-    return {f.name: name for name, cls in _SECTIONS.items() for f in fields(cls)}
+    return {s.name: name for name, cls in _SECTIONS.items() for s in declared_settings(cls)}
 
 
-def _field_types() -> dict[str, Any]:
-    defaults = RunConfig()
-    return {
-        key: type(getattr(getattr(defaults, section), key))
-        for key, section in _key_sections().items()
-    }
-
-
-_INT_KEYS = {"max_steps"}
-_FLOAT_KEYS = {"max_epochs", "max_time"}
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check a value's type against the field it sets; accept ints for floats."""
+def _coerce(setting: Setting, value: Any, source: str) -> Any:
+    """Check a value's type against the setting it sets; accept ints for floats."""
+    key, expected = setting.name, setting.type
     if value is None:
-        if key in _INT_KEYS | _FLOAT_KEYS:
+        if setting.optional:
             return None
         raise UsageError(f"{source}: '{key}' cannot be empty")
-    if key == "max_time" and isinstance(value, str):
-        return parse_duration(value)
-    expected = int if key in _INT_KEYS else float if key in _FLOAT_KEYS else _field_types()[key]
+    if setting.parse is not None and isinstance(value, str):
+        return setting.parse(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             return float(value)
@@ -153,11 +286,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 def apply_overrides(config: RunConfig, flat: dict[str, Any], source: str) -> RunConfig:
     """Return `config` with flat keys replaced; unknown keys are a `UsageError` naming the key."""
     key_sections = _key_sections()
+    declared = {s.name: s for s in TRAINING_SETTINGS}
     changes: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
     for key, value in flat.items():
         if key not in key_sections:
             raise UsageError(f"{source}: unknown configuration key '{key}'")
-        changes[key_sections[key]][key] = _coerce(key, value, source)
+        changes[key_sections[key]][key] = _coerce(declared[key], value, source)
     updated = RunConfig(
         **{
             name: dataclasses.replace(getattr(config, name), **values)
@@ -166,15 +300,6 @@ def apply_overrides(config: RunConfig, flat: dict[str, Any], source: str) -> Run
     )
     validate(updated)
     return updated
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from '90', '90s', '1.5m', '2h' or '1d'."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", text)
-    if not match:
-        raise UsageError(f"cannot read duration {text!r}: use e.g. 90s, 10m or 2h")
-    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return float(match.group(1)) * scale
 
 
 def presets_dir() -> Path:
@@ -235,39 +360,60 @@ def resolve_config(
     return apply_overrides(config, given, "command line")
 
 
-# What may change when a run is resumed: how long it goes on and where it runs, nothing that
-# would make the resumed run differ from one that was never stopped.
-RESUMABLE_KEYS = frozenset(
-    {
-        "max_steps",
-        "max_epochs",
-        "max_time",
-        "eval_every",
-        "log_every",
-        "device",
-        "threads",
-        "precision",
-        "compile",
-    }
-)
-# Fine-tuning keeps the network of the checkpoint it starts from.
-MODEL_KEYS = frozenset(f.name for f in fields(ModelConfig))
-
-
 def given_keys(overrides: dict[str, Any]) -> set[str]:
     """The flat keys the command line actually set (None means not given)."""
     return {key for key, value in overrides.items() if value is not None}
 
 
-def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """A saved run's config with only run-length, logging and device settings changed."""
-    refused = sorted(given_keys(overrides) - RESUMABLE_KEYS)
-    if refused:
-        flags = ", ".join("--" + key.replace("_", "-") for key in refused)
+# What `charrnn train` takes to start a run; `--resume` takes them from the saved run instead.
+NEW_RUN_INPUTS = frozenset({"corpus", "preset", "config", "out", "init_from"})
+
+
+def check_resume_flags(given: Collection[str]) -> None:
+    """Raise `UsageError` unless `given` either starts a run from a corpus or resumes one
+    changing only resumable settings.
+
+    `given` names what the command line set: setting keys, and `resume` or the keys of
+    `NEW_RUN_INPUTS` for the run options of the same names.
+    """
+    given = set(given)
+    if "resume" not in given:
+        if "corpus" not in given:
+            raise UsageError("give a CORPUS to train on (or --resume RUN_DIR)")
+        return
+    if given & NEW_RUN_INPUTS:
         raise UsageError(
-            f"--resume continues the saved configuration; {flags} cannot change "
+            "--resume takes the corpus, settings and directory of the saved run; "
+            "give only run-length, logging and device options with it"
+        )
+    refused = (given & TRAINING_KEYS) - RESUMABLE_KEYS
+    if refused:
+        raise UsageError(
+            f"--resume continues the saved configuration; {_flag_list(refused)} cannot change "
             "(start a new run with --init-from to change them)"
         )
+
+
+def check_init_from_flags(
+    given: Collection[str], *, bytes_: bool | None = None, checkpoint_bytes: bool | None = None
+) -> None:
+    """Raise `UsageError` where `--init-from` (`init_from` in `given`, as for
+    `check_resume_flags`) meets a setting it cannot honour: a model-shape flag, since the
+    checkpoint's network is kept, or, once the checkpoint is read, a different `--bytes`."""
+    if "init_from" not in given:
+        return
+    shape_flags = set(given) & MODEL_KEYS
+    if shape_flags:
+        raise UsageError(
+            f"--init-from keeps the checkpoint's network; {_flag_list(shape_flags)} cannot change"
+        )
+    if checkpoint_bytes is not None and checkpoint_bytes != bytes_:
+        raise UsageError("--init-from: the checkpoint and --bytes disagree on bytes vs characters")
+
+
+def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A saved run's config with only run-length, logging and device settings changed."""
+    check_resume_flags({"resume", *given_keys(overrides)})
     given = {k: v for k, v in overrides.items() if v is not None}
     return apply_overrides(saved, given, "command line")
 
@@ -282,6 +428,23 @@ def validate_threads(threads: int) -> None:
     _check(
         0 <= threads <= MAX_THREADS, f"threads must be between 0 and {MAX_THREADS}, got {threads}"
     )
+
+
+MIN_EVAL_CHARS = 100_000  # below this, validation losses are too noisy to compare
+
+
+def evaluation_chars(config: TrainConfig, n_val: int) -> int:
+    """Validation characters scored at each evaluation during training (a fixed prefix).
+
+    `eval_chars`, or for 0 (auto) a quarter of the characters trained between two evaluations,
+    at least `MIN_EVAL_CHARS`: scoring a character costs about a third of training on one
+    (benchmarks/RESULTS.md), so evaluation takes under a tenth of the run on any corpus size.
+    Never more than the split.
+    """
+    if config.eval_chars:
+        return min(n_val, config.eval_chars)
+    between = config.eval_every * config.batch_size * config.seq_len
+    return min(n_val, max(MIN_EVAL_CHARS, between // 4))
 
 
 def recurrent_parameters(model: ModelConfig) -> int:
@@ -361,17 +524,21 @@ UNKNOWN_POLICIES = ("error", "skip")
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How to draw characters."""
+    """How to draw characters; each field is a `charrnn sample` option."""
 
-    length: int = 500  # new characters per sample (the prime is not counted)
-    temperature: float = 0.8  # < 1 is more conservative, > 1 more surprising
-    top_k: int | None = None  # keep only the k most likely characters
-    top_p: float | None = None  # keep the smallest set whose probability reaches p
-    greedy: bool = False  # always take the most likely character
-    seed: int | None = None  # None draws a fresh seed
-    num_samples: int = 1  # samples generated together as one batch
-    stop: str | None = None  # end a sample where this text appears (not included)
-    unknown: str = "error"  # prime characters outside the vocabulary: error | skip
+    length: int = setting(500, "New characters per sample.")  # the prime is not counted
+    temperature: float = setting(0.8, "Below 1: safer text; above 1: wilder.")
+    top_k: int | None = setting(None, "Draw only from the K most likely characters.")
+    top_p: float | None = setting(
+        None, "Draw only from the most likely characters whose probability adds to P."
+    )
+    greedy: bool = setting(False, "Always take the most likely character.", flag="--greedy")
+    seed: int | None = setting(None, "Random seed for reproducible samples.")  # None: a fresh one
+    num_samples: int = setting(1, "Samples to generate, as one batch.")
+    stop: str | None = setting(  # the text itself is not included
+        None, r"End a sample where this text appears (\n, \t understood)."
+    )
+    unknown: str = setting("error", "Prime characters the model never saw: error or skip.")
 
 
 def validate_sample_config(config: SampleConfig) -> None:

@@ -79,23 +79,6 @@ def lr_at(step: int, fraction: float, config: TrainConfig) -> float:
     return warm * (config.min_lr + (config.lr - config.min_lr) * cosine)
 
 
-MIN_EVAL_CHARS = 100_000  # below this, validation losses are too noisy to compare
-
-
-def evaluation_chars(config: TrainConfig, n_val: int) -> int:
-    """Validation characters scored at each evaluation during training (a fixed prefix).
-
-    `eval_chars`, or for 0 (auto) a quarter of the characters trained between two evaluations,
-    at least `MIN_EVAL_CHARS`: scoring a character costs about a third of training on one
-    (benchmarks/RESULTS.md), so evaluation takes under a tenth of the run on any corpus size.
-    Never more than the split.
-    """
-    if config.eval_chars:
-        return min(n_val, config.eval_chars)
-    between = config.eval_every * config.batch_size * config.seq_len
-    return min(n_val, max(MIN_EVAL_CHARS, between // 4))
-
-
 def planned_steps(config: TrainConfig, steps_per_epoch: int) -> int | None:
     """The step budget from max_steps and max_epochs (None when only time limits the run)."""
     limits = []

@@ -6,20 +6,36 @@ few; more error cases run in-process through Typer's runner, which drives the sa
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import typer
 from child import CHILD_ENV, run_charrnn
+from test_config import OTHER_SAMPLE_VALUES, OTHER_VALUES, flat
 from typer.testing import CliRunner
 
+from charrnn import commands
 from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
+from charrnn.config import (
+    DEFAULT_CACHE_DIR,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+    declared_settings,
+)
+from charrnn.errors import UsageError
 
 PRIME = "the "
 TRAIN_FLAGS = [
@@ -138,8 +154,19 @@ sys.argv = ["charrnn", *sys.argv[1:]]
 try:
     main()
 except SystemExit as exit:
-    print("exit", exit.code, "torch" in sys.modules, file=sys.stderr)
+    loaded = ["torch" in sys.modules, "charrnn.train" in sys.modules]
+    print("exit", exit.code, *loaded, file=sys.stderr)
 """
+
+
+def run_load_check(*args: str | Path, cwd: Path) -> tuple[str, str]:
+    """Run `charrnn ARGS` in a child: its stdout, and its last stderr line, which reads
+    `exit CODE TORCH_LOADED TRAIN_LOADED` (whether torch and charrnn.train were imported)."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_CHECK, *map(str, args)],
+        cwd=cwd, env=CHILD_ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return result.stdout, result.stderr.splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -157,13 +184,28 @@ def test_help_option_errors_and_prepare_start_without_loading_torch(
 ):
     # torch is about 1.5 s of start-up; these answer without it (prepare needs only numpy).
     (tmp_path / "corpus.txt").write_text(repetitive_text(2000), "utf-8")
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_CHECK, *args],
-        cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.stderr.splitlines()[-1] == f"exit {exit_code} False", result.stderr
+    stdout, loaded = run_load_check(*args, cwd=tmp_path)
+    assert loaded == f"exit {exit_code} False False"
     if args[0] == "prepare":
-        assert json.loads(result.stdout)["chars"] == 2000
+        assert json.loads(stdout)["chars"] == 2000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sample", "--checkpoint", "run", "--length", "5"],
+        ["eval", "--checkpoint", "run"],
+        ["info", "--checkpoint", "run/best.pt"],
+        ["train", "corpus.txt", "--max-steps", "1", "--hidden", "8", "--device", "cpu", "-q"],
+    ],
+    ids=["sample", "eval", "info", "train"],
+)
+def test_only_train_imports_the_training_loop(run, tmp_path, args):
+    # The training loop is train's alone; the train row shows the check sees it when loaded.
+    if args[0] == "train":
+        args = [*args, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache"]
+    stdout, loaded = run_load_check(*args, cwd=run.parent)
+    assert loaded == f"exit 0 True {args[0] == 'train'}", stdout
 
 
 # ----------------------------------------------------------------------------- in-process
@@ -215,3 +257,197 @@ def test_bad_training_settings_are_usage_errors(write_corpus, tmp_path, flags, f
 def test_failing_train_without_quiet_prints_only_the_error(tmp_path):
     result = invoke("train", "nope.txt", cwd=tmp_path)
     assert_one_error_line(result, 2)
+
+
+def test_a_bad_value_for_a_generated_option_is_one_error_line(tmp_path):
+    result = invoke("train", "corpus.txt", "--eval-streams", "many", cwd=tmp_path)
+    line = assert_one_error_line(result, 2)
+    assert "invalid value for '--eval-streams'" in line
+    assert line.endswith("(see 'charrnn train --help')")
+
+
+# ----------------------------------------------------------------------------- one declaration
+
+TRAIN_RUN_OPTIONS = {
+    "--resume", "--init-from", "--preset", "--config", "--out", "--cache-dir", "--quiet", "--help",
+}  # fmt: skip
+TRAINING_CLASSES = (ModelConfig, DataConfig, TrainConfig)
+
+
+def listed_options(help_text: str) -> list[str]:
+    """The first long flag of every option line of a --help text (`-q, --quiet` is --quiet)."""
+    options = help_text[help_text.index("\nOptions:\n") :]
+    return re.findall(r"^  (?:-\w, )?(--[a-z0-9-]+)", options, flags=re.MULTILINE)
+
+
+def command_options(name: str) -> dict[str, typer.core.TyperOption]:
+    group = typer.main.get_command(app)
+    return {p.name: p for p in group.commands[name].params if p.param_type_name == "option"}
+
+
+def test_train_help_lists_one_option_per_setting_and_the_run_options(tmp_path):
+    result = invoke("train", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    listed = listed_options(result.stdout)
+    keys = [f.name for cls in TRAINING_CLASSES for f in dataclasses.fields(cls)]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == {"--" + key.replace("_", "-") for key in keys} | TRAIN_RUN_OPTIONS
+    assert "--eval-streams" in listed
+    for spelling in ["--bytes / --chars", "--compile / --no-compile", "--max-time <str>"]:
+        assert f"  {spelling} " in result.stdout
+
+
+def test_train_options_carry_their_declared_help_and_panel_and_default_to_not_given():
+    options = command_options("train")
+    for cls in TRAINING_CLASSES:
+        for setting in declared_settings(cls):
+            option = options[setting.name]
+            assert option.help == setting.help
+            assert option.rich_help_panel == setting.panel
+            assert option.default is None  # not given: a preset or a TOML file may set it
+    run_panel = {name for name, o in options.items() if o.rich_help_panel == "Run"}
+    assert {"resume", "init_from", "preset", "config", "out", "cache_dir", "quiet"} <= run_panel
+
+
+def test_sample_options_are_the_sample_config(tmp_path):
+    options = command_options("sample")
+    for field in dataclasses.fields(SampleConfig):
+        assert options[field.name].default == field.default
+    for setting in declared_settings(SampleConfig):
+        assert options[setting.name].help == setting.help
+    fixed = {"checkpoint", "prime", "prime_file", "separator", "output", "device", "threads"}
+    assert set(options) == {f.name for f in dataclasses.fields(SampleConfig)} | fixed
+    listed = listed_options(invoke("sample", "--help", cwd=tmp_path).stdout)
+    assert len(listed) == len(set(listed)) == len(options) + 1  # and --help
+
+
+class _Captured(UsageError):
+    """Raised by a stand-in command once it has recorded its arguments."""
+
+
+@pytest.fixture
+def captured(monkeypatch) -> dict:
+    """Replace the commands the CLI calls with ones that record their arguments and stop."""
+    calls: dict = {}
+
+    def record(name):
+        def command(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            raise _Captured("captured")
+
+        return command
+
+    for name in ["train_command", "resume_command", "sample_command", "eval_command"]:
+        monkeypatch.setattr(commands, name, record(name))
+    return calls
+
+
+def test_train_flags_set_every_setting_and_defaults_are_the_declared_ones(
+    write_corpus, tmp_path, captured
+):
+    write_corpus()
+    invoke("train", "corpus.txt", cwd=tmp_path)
+    assert captured["train_command"][0][1] == RunConfig()
+    flags = []
+    for setting in (s for cls in TRAINING_CLASSES for s in declared_settings(cls)):
+        value = OTHER_VALUES[setting.name]
+        flags += [setting.option] if value is True else [setting.option, str(value)]
+    invoke("train", "corpus.txt", *flags, cwd=tmp_path)
+    assert flat(captured["train_command"][0][1]) == OTHER_VALUES
+
+
+def test_resume_passes_resumable_flags_and_refuses_others_before_loading(tmp_path, captured):
+    invoke("train", "--resume", "run", "--max-steps", "9", "--no-compile", cwd=tmp_path)
+    (run_dir, overrides), _ = captured.pop("resume_command")
+    assert run_dir == Path("run")
+    assert {k: v for k, v in overrides.items() if v is not None} == {
+        "max_steps": 9,
+        "compile": False,
+    }
+    line = assert_one_error_line(invoke("train", "--resume", "run", "--lr", "1", cwd=tmp_path), 2)
+    assert line.endswith("--lr cannot change (start a new run with --init-from to change them)")
+    assert not captured
+
+
+def test_sample_and_eval_defaults(tmp_path, captured):
+    invoke("sample", "--checkpoint", "run", cwd=tmp_path)
+    (path, prime, config, device), kwargs = captured["sample_command"]
+    assert (path, prime, config, device) == (Path("run"), "", SampleConfig(), "auto")
+    assert kwargs["threads"] == 0
+    flags = []
+    for setting in declared_settings(SampleConfig):
+        text = OTHER_SAMPLE_VALUES[setting.name][0]
+        flags += [setting.option] if text is None else [setting.option, text]
+    invoke("sample", "--checkpoint", "run", *flags, cwd=tmp_path)
+    config = captured["sample_command"][0][2]
+    assert dataclasses.asdict(config) == {k: v for k, (_, v) in OTHER_SAMPLE_VALUES.items()}
+    invoke("eval", "--checkpoint", "run", cwd=tmp_path)
+    assert captured["eval_command"][0][3] == "auto"  # the device: one default, auto, everywhere
+
+
+def test_prepare_caches_where_a_default_train_run_does(write_corpus, tmp_path):
+    write_corpus()
+    result = invoke("prepare", "corpus.txt", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Path(json.loads(result.stdout)["cache"]).parent == DEFAULT_CACHE_DIR
+    run_dir = commands.default_run_dir(["corpus.txt"])
+    assert commands.default_cache_dir(run_dir) == DEFAULT_CACHE_DIR == Path("runs/.cache")
+    assert command_options("prepare")["cache_dir"].default == DEFAULT_CACHE_DIR
+
+
+# ----------------------------------------------------------------------------- import graph
+
+PACKAGE = Path(commands.__file__).parent
+# Imports run one way, down this list: a module imports only modules of lower layers.
+LAYERS = [
+    ["__main__"],
+    ["cli"],
+    ["commands"],
+    ["train"],  # the loop scores validation text with evaluate
+    ["generate", "evaluate"],
+    ["checkpoint"],
+    ["model"],
+    ["data"],
+    ["files", "device", "config"],
+    ["errors", "console", "cpuload", "__init__"],
+]
+
+
+def charrnn_imports(path: Path) -> set[str]:
+    """The charrnn modules a source file imports, anywhere in it (`__init__` for the package)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = "charrnn" if node.level else (node.module or "")
+            if node.level and node.module:
+                module = f"charrnn.{node.module}"
+            names = [f"{module}.{alias.name}" for alias in node.names] + [module]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] != "charrnn":
+                continue
+            if len(parts) > 1 and (PACKAGE / f"{parts[1]}.py").is_file():
+                found.add(parts[1])
+            elif len(parts) == 1:
+                found.add("__init__")
+    return found - {path.stem}
+
+
+def test_imports_run_one_way():
+    rank = {module: depth for depth, layer in enumerate(LAYERS) for module in layer}
+    sources = sorted(PACKAGE.glob("*.py"))
+    assert {p.stem for p in sources} == set(rank)  # a new module needs a layer
+    upward = [
+        f"{p.stem} imports {imported}"
+        for p in sources
+        for imported in sorted(charrnn_imports(p))
+        if rank[imported] <= rank[p.stem]
+    ]
+    assert upward == []
+    assert charrnn_imports(PACKAGE / "cli.py") == {
+        "__init__", "commands", "config", "console", "cpuload", "data", "errors",
+    }  # fmt: skip

@@ -14,14 +14,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charrnn.config import (
+    MODEL_KEYS,
+    NEW_RUN_INPUTS,
+    RESUMABLE_KEYS,
+    TRAINING_SETTINGS,
+    DataConfig,
+    ModelConfig,
     RunConfig,
+    SampleConfig,
+    TrainConfig,
     apply_overrides,
+    check_init_from_flags,
+    check_resume_flags,
+    declared_settings,
     load_preset,
     parse_duration,
     preset_names,
     presets_dir,
     read_toml,
     resolve_config,
+    resume_config,
+    setting,
 )
 from charrnn.errors import UsageError
 
@@ -34,6 +47,25 @@ FLAT_KEYS = sorted(
 
 def flat(config: RunConfig) -> dict:
     return {k: v for section in config.to_dict().values() for k, v in section.items()}
+
+
+# A valid value other than the default for every training setting (a new setting needs one).
+OTHER_VALUES = {
+    "cell": "gru", "nonlinearity": "relu", "layers": 2, "hidden": 32, "embed": 8, "dropout": 0.5,
+    "encoding": "latin-1", "bytes": True, "val_frac": 0.2,
+    "batch_size": 4, "seq_len": 8, "lr": 0.01, "min_lr": 0.001, "warmup_steps": 3,
+    "weight_decay": 0.2, "beta1": 0.8, "beta2": 0.9, "grad_clip": 2.0,
+    "max_steps": 5, "max_epochs": 2.0, "max_time": 90.0, "eval_every": 7, "eval_streams": 3,
+    "eval_chars": 500,
+    "log_every": 9, "seed": 5, "device": "cpu", "threads": 1, "precision": "fp32",
+    "compile": True,
+}  # fmt: skip
+# The same for sampling: (command-line text, value); `stop` understands \n.
+OTHER_SAMPLE_VALUES = {
+    "length": ("7", 7), "temperature": ("0.5", 0.5), "top_k": ("3", 3), "top_p": ("0.5", 0.5),
+    "greedy": (None, True), "seed": ("4", 4), "num_samples": ("2", 2), "stop": (r"\n", "\n"),
+    "unknown": ("skip", "skip"),
+}  # fmt: skip
 
 
 def test_precedence_defaults_preset_file_flags(tmp_path):
@@ -215,6 +247,124 @@ def test_at_least_one_run_length_limit():
     with pytest.raises(UsageError, match="at least one"):
         RunConfig().replace(max_epochs=None)
     assert RunConfig().replace(max_epochs=None, max_steps=10).train.max_epochs is None
+
+
+# ----------------------------------------------------------------------------- declarations
+
+
+@dataclasses.dataclass(frozen=True)
+class _Declared:
+    count: int | None = setting(None, "How many.", "Panel", resumable=True)
+    span: float = setting(60.0, "How long.", flag="--span/--no-span", parse=parse_duration)
+
+
+def test_settings_reads_each_declaration():
+    count, span = declared_settings(_Declared)
+    assert (count.name, count.default, count.type, count.optional) == ("count", None, int, True)
+    assert (count.help, count.panel, count.resumable, count.flag) == (
+        "How many.",
+        "Panel",
+        True,
+        None,
+    )
+    assert count.option == "--count" and count.parse is None
+    assert (span.name, span.default, span.type, span.optional) == ("span", 60.0, float, False)
+    assert (span.help, span.panel, span.resumable) == ("How long.", None, False)
+    assert span.option == "--span" and span.parse is parse_duration
+    assert _Declared() == _Declared(count=None, span=60.0)  # still a plain dataclass
+
+
+def test_every_field_is_a_declared_setting_with_help():
+    for cls in (ModelConfig, DataConfig, TrainConfig, SampleConfig):
+        declared = declared_settings(cls)
+        assert [s.name for s in declared] == [f.name for f in dataclasses.fields(cls)]
+        assert [s.default for s in declared] == [f.default for f in dataclasses.fields(cls)]
+        for s in declared:
+            assert s.help.endswith(".") and "\n" not in s.help, s.name
+    assert {s.name for s in TRAINING_SETTINGS} == set(FLAT_KEYS) == set(OTHER_VALUES)
+    assert set(OTHER_SAMPLE_VALUES) == {f.name for f in dataclasses.fields(SampleConfig)}
+    panels = {s.panel for s in TRAINING_SETTINGS}
+    assert panels == {"Model", "Data", "Optimisation", "Run length and evaluation", "Run"}
+
+
+def test_other_values_are_valid_and_not_the_defaults():
+    config = RunConfig().replace(**OTHER_VALUES)
+    assert flat(config) == OTHER_VALUES
+    assert all(flat(RunConfig())[key] != value for key, value in OTHER_VALUES.items())
+
+
+def test_resumable_and_model_keys_come_from_the_declarations():
+    # The policy: how long the run goes on, how it reports and where it runs; nothing that
+    # would make a resumed run differ from one never stopped.
+    assert {
+        "max_steps", "max_epochs", "max_time", "eval_every", "log_every",
+        "device", "threads", "precision", "compile",
+    } == RESUMABLE_KEYS  # fmt: skip
+    assert {s.name for s in TRAINING_SETTINGS if s.resumable} == RESUMABLE_KEYS
+    assert {f.name for f in dataclasses.fields(ModelConfig)} == MODEL_KEYS
+
+
+@pytest.mark.parametrize("key", sorted(OTHER_VALUES))
+def test_resume_changes_only_resumable_settings(key):
+    saved = RunConfig()
+    if key in RESUMABLE_KEYS:
+        resumed = resume_config(saved, {key: OTHER_VALUES[key], "hidden": None})
+        assert flat(resumed) == {**flat(saved), key: OTHER_VALUES[key]}
+        check_resume_flags({"resume", key})
+        return
+    expected = (
+        f"--resume continues the saved configuration; --{key.replace('_', '-')} cannot change "
+        "(start a new run with --init-from to change them)"
+    )
+    for call in (
+        lambda: resume_config(saved, {key: OTHER_VALUES[key]}),
+        lambda: check_resume_flags({"resume", key, "max_steps"}),
+    ):
+        with pytest.raises(UsageError) as info:
+            call()
+        assert str(info.value) == expected
+
+
+def test_resume_flags_rules_and_messages():
+    check_resume_flags({"corpus", "hidden", "preset", "out"})  # a new run
+    with pytest.raises(UsageError) as info:
+        check_resume_flags({"hidden"})
+    assert str(info.value) == "give a CORPUS to train on (or --resume RUN_DIR)"
+    assert {"corpus", "preset", "config", "out", "init_from"} == NEW_RUN_INPUTS
+    for name in NEW_RUN_INPUTS:
+        with pytest.raises(UsageError) as info:
+            check_resume_flags({"resume", name, "max_steps"})
+        assert str(info.value) == (
+            "--resume takes the corpus, settings and directory of the saved run; "
+            "give only run-length, logging and device options with it"
+        )
+    with pytest.raises(UsageError, match="; --hidden, --seq-len cannot change"):
+        check_resume_flags({"resume", "seq_len", "hidden", "threads"})
+
+
+@pytest.mark.parametrize("key", sorted(OTHER_VALUES))
+def test_init_from_refuses_exactly_the_model_flags(key):
+    check_init_from_flags({key})  # no --init-from: any flag
+    if key not in MODEL_KEYS:
+        check_init_from_flags({"init_from", key, "corpus"})
+        return
+    with pytest.raises(UsageError) as info:
+        check_init_from_flags({"init_from", key, "corpus"})
+    assert str(info.value) == (
+        f"--init-from keeps the checkpoint's network; --{key.replace('_', '-')} cannot change"
+    )
+
+
+def test_init_from_flags_rules_and_messages():
+    with pytest.raises(UsageError, match="network; --embed, --hidden cannot change$"):
+        check_init_from_flags({"init_from", "hidden", "embed", "lr"})
+    check_init_from_flags({"init_from"}, bytes_=True, checkpoint_bytes=True)
+    for bytes_, saved in [(True, False), (False, True)]:
+        with pytest.raises(UsageError) as info:
+            check_init_from_flags({"init_from"}, bytes_=bytes_, checkpoint_bytes=saved)
+        assert str(info.value) == (
+            "--init-from: the checkpoint and --bytes disagree on bytes vs characters"
+        )
 
 
 # ----------------------------------------------------------------------------- fuzzing
