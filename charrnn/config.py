@@ -51,8 +51,8 @@ RUN_PANEL = "Run"
 
 DEVICE_HELP = "auto, cpu, cuda or mps."
 THREADS_HELP = (
-    "CPU threads for torch; 0 = auto (the cores this process may use). "
-    "Fewer can be faster on a busy machine."
+    "CPU threads for torch; 0 = auto (the cores other programs leave free, re-checked "
+    "every second). N fixes the count."
 )
 
 
