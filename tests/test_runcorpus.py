@@ -159,3 +159,15 @@ def test_a_bom_never_reaches_the_vocabulary_the_prime_or_the_scores(write_corpus
     assert scores[0].returncode == 0, scores[0].stderr
     assert json.loads(scores[0].stdout) == json.loads(scores[1].stdout)  # the same characters
     assert json.loads(scores[0].stdout)["unknown_chars"] == 0
+
+
+def test_unchanged_files_read_as_another_length_are_refused(write_corpus, tmp_path):
+    # A newer charrnn that reads the same bytes as another text: no silent change of the split.
+    corpus = write_corpus("abc\n" * 10)
+    found, _ = run_corpus({"sources": [str(corpus)]}, DataConfig(), [tmp_path], tmp_path, "x")
+    record = {
+        "sources": [str(corpus)], "key": "0" * 20, "files": [found.files[0].to_dict()],
+        "n_chars": 41,
+    }  # fmt: skip
+    with pytest.raises(CorpusError, match="reads them as 40 characters, not the run's 41; hint"):
+        run_corpus(record, DataConfig(), [tmp_path / "gone"], tmp_path, "hint")
