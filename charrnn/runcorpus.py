@@ -60,7 +60,11 @@ def source_changes(record: dict[str, Any], config: DataConfig) -> list[str]:
         if not path.is_file():
             changes.append(f"{path} is gone")
             continue
-        now = source_file(path, config)
+        try:
+            now = source_file(path, config)
+        except CorpusError:  # unreadable now: the cached copy may still serve
+            changes.append(f"{path} cannot be read")
+            continue
         if now.size != saved["bytes"]:
             changes.append(f"{path}: {_bytes(saved['bytes'])}, now {now.size:,}")
         elif now.sha256 != saved["sha256"]:
