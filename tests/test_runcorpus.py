@@ -15,7 +15,7 @@ from charrnn.commands import resume_command, train_command
 from charrnn.config import DataConfig
 from charrnn.data import prepare_corpus
 from charrnn.errors import CorpusError
-from charrnn.runcorpus import run_corpus
+from charrnn.runcorpus import cache_dirs, run_corpus
 
 RUN_FLAGS = [
     "--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--precision", "fp32",
@@ -171,3 +171,15 @@ def test_unchanged_files_read_as_another_length_are_refused(write_corpus, tmp_pa
     }  # fmt: skip
     with pytest.raises(CorpusError, match="reads them as 40 characters, not the run's 41; hint"):
         run_corpus(record, DataConfig(), [tmp_path / "gone"], tmp_path, "hint")
+
+
+def test_the_copy_is_looked_for_in_the_given_then_the_recorded_then_the_default_directory(
+    tmp_path,
+):
+    given, recorded, beside = tmp_path / "given", tmp_path / "recorded", tmp_path / "runs/.cache"
+    record = {"cache_dir": str(recorded)}
+    assert cache_dirs(record, beside, given) == ([given, recorded, beside], given)
+    assert cache_dirs(record, beside) == ([recorded, beside], beside)  # recorded one is gone
+    recorded.mkdir()
+    assert cache_dirs(record, beside) == ([recorded, beside], recorded)
+    assert cache_dirs({"cache_dir": str(beside)}, beside) == ([beside], beside)
