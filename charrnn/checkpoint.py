@@ -167,21 +167,24 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
         return
     path = run_dir / LOCK_NAME
-    handle = path.open("a+")
+    try:  # unbuffered: a failed write fails here, not again when the file is closed
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise TrainingError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
+            owner = os.pread(handle, 64, 0).decode("ascii", "replace").strip() or "unknown"
             raise TrainingError(
                 f"run directory {run_dir} is in use by another charrnn train (pid {owner}); "
                 "wait for it to finish or use another run directory"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        try:  # the pid is only for the message above; a full disk fails here, at the start
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, str(os.getpid()).encode("ascii"), 0)
+        except OSError as exc:
+            raise TrainingError(f"cannot write {path}: {exc.strerror or exc}") from None
         yield
     finally:
-        handle.close()
+        os.close(handle)

@@ -412,7 +412,7 @@ def sample(
     """
     if prime_file is not None:
         try:
-            prime = prime_file.read_text("utf-8")
+            prime = prime_file.read_text("utf-8-sig")  # without a byte-order mark
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"cannot read prime file {prime_file}: {exc}") from None
     stop = unescape(sample_settings.pop("stop"))
@@ -523,6 +523,7 @@ def info(
             ("best val loss", details["best_val_loss"]),
             ("training time (s)", details["training_seconds"]),
             ("corpus", ", ".join(details["corpus"].get("sources", [])) or "-"),
+            ("corpus key", details["corpus"].get("key") or "-"),
         ],
     )
     print_table("configuration", flat_config)

@@ -45,6 +45,7 @@ from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_i
 from charrnn.files import atomic_write_json, stale_temp_files
 from charrnn.generate import generate
 from charrnn.model import CharRNN
+from charrnn.runcorpus import cache_dirs, corpus_record, run_corpus
 
 if TYPE_CHECKING:
     from charrnn.train import Progress, Reporter
@@ -88,12 +89,7 @@ def _make_run_dir(run_dir: Path) -> None:
 
 
 def _corpus_info(corpus: Corpus, n_train: int, n_val: int) -> dict[str, Any]:
-    return {
-        "sources": [str(Path(s).resolve()) for s in corpus.sources],
-        "n_chars": corpus.n_chars,
-        "n_train": n_train,
-        "n_val": n_val,
-    }
+    return corpus_record(corpus, n_train, n_val)
 
 
 @dataclass
@@ -109,6 +105,7 @@ class _Job:
     warnings: list[str] = field(default_factory=list)
     restore_from: Checkpoint | None = None
     load_since: CpuSample | None = None  # a CPU reading from the command's start
+    corpus_record: dict[str, Any] | None = None  # a resumed run's, kept in its checkpoints
 
 
 def _run(
@@ -126,7 +123,9 @@ def _run(
     outcome = TrainOutcome(
         job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings
     )
-    corpus_info = _corpus_info(job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0]))
+    corpus_info = job.corpus_record or _corpus_info(
+        job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0])
+    )
     with run_lock(job.run_dir), CpuThreads(config.train.threads, job.load_since) as threads:
         for stale in stale_temp_files(job.run_dir):  # left by a killed save; the lock is ours
             stale.unlink(missing_ok=True)
@@ -252,8 +251,14 @@ def resume_command(
         raise CheckpointError(f"run directory {run_dir} has no {LAST_NAME} to resume from")
     checkpoint = load_checkpoint(last)
     config = resume_config(checkpoint.config, overrides)
-    sources = checkpoint.corpus.get("sources") or []
-    corpus = prepare_corpus(sources, config.data, cache_dir or default_cache_dir(run_dir))
+    record = checkpoint.corpus
+    sources = record.get("sources") or []
+    search, write_dir = cache_dirs(record, default_cache_dir(run_dir), cache_dir)
+    hint = (
+        "restore the files, or go on with the new text in a new run: "
+        f"charrnn train {' '.join(sources)} --init-from {last}"
+    )
+    corpus, warnings = run_corpus(record, config.data, search, write_dir, hint)
     if not set(corpus.vocab.symbols) <= set(checkpoint.vocab.symbols):
         raise CorpusError(
             f"the corpus of {run_dir} changed since the run started: {', '.join(sources)}"
@@ -261,8 +266,9 @@ def resume_command(
     ids = corpus.vocab.remap(corpus.ids, checkpoint.vocab)
     model = checkpoint.build_model().train()
     job = _Job(
-        config, corpus, checkpoint.vocab, ids, model, run_dir,
+        config, corpus, checkpoint.vocab, ids, model, run_dir, warnings,
         restore_from=checkpoint, load_since=load_since,
+        corpus_record=record if record.get("key") else None,  # else: pinned from now on
     )  # fmt: skip
     return _run(job, reporter, should_stop, on_start)
 
@@ -315,8 +321,8 @@ def _evaluate(
         raise UsageError(f"streams must be >= 1, got {streams}")
     if files:
         return evaluate_files(model, checkpoint, list(files), encoding, streams, device, threads)
-    cache_dir = default_cache_dir(_run_dir_of(checkpoint_path))
-    return score_ids(model, validation_ids(checkpoint, cache_dir), streams, device, threads)
+    beside_run = default_cache_dir(_run_dir_of(checkpoint_path))
+    return score_ids(model, validation_ids(checkpoint, beside_run), streams, device, threads)
 
 
 def _run_dir_of(checkpoint_path: Path) -> Path:

@@ -8,6 +8,7 @@ fast on any corpus size and never holds the text as Python objects.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import glob
 import hashlib
 import json
@@ -29,6 +30,8 @@ CHUNK_CHARS = 1 << 22  # characters decoded per read; bounds the memory of prepr
 UNICODE_LIMIT = 0x110000
 _SNIFF_BYTES = 8192
 _GLOB_CHARS = set("*?[")
+BOM = "\ufeff"  # a byte-order mark, as decoded
+_BOM_CODECS = {"utf-8-sig", "utf-16", "utf-32"}  # codecs whose decoders drop the mark themselves
 
 
 @dataclass(frozen=True)
@@ -197,15 +200,35 @@ def _text_codec(encoding: str) -> codecs.CodecInfo:
     return info
 
 
+def _strips_bom(encoding: str) -> bool:
+    """True when reading with `encoding` drops a leading U+FEFF itself (the others' decoders
+    already consume the byte-order mark: utf-8-sig, utf-16, utf-32)."""
+    return _text_codec(encoding).name not in _BOM_CODECS
+
+
+def starts_with_bom(path: Path, encoding: str) -> bool:
+    """True when the text of `path` begins with a byte-order mark that reading drops."""
+    if not _strips_bom(encoding):
+        return False
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    return _text_codec(encoding).incrementaldecoder("replace").decode(head).startswith(BOM)
+
+
 def read_text_chunks(path: Path, encoding: str, chunk_bytes: int = CHUNK_CHARS) -> Iterator[str]:
-    """Decoded text of `path` in pieces, with CRLF and CR line ends turned into LF."""
+    """Decoded text of `path` in pieces, with CRLF and CR line ends turned into LF and a
+    leading byte-order mark dropped (as utf-8-sig does: editors write one, no text has it)."""
     decoder = _text_codec(encoding).incrementaldecoder("strict")
     carry = ""  # a final "\r" waits for the next block: it may be half of a "\r\n"
+    at_start = _strips_bom(encoding)
     try:
         with path.open("rb") as handle:
             while True:
                 block = handle.read(chunk_bytes)
-                text = carry + decoder.decode(block, final=not block)
+                decoded = decoder.decode(block, final=not block)
+                if at_start and decoded:
+                    decoded, at_start = decoded.removeprefix(BOM), False
+                text = carry + decoded
                 carry = ""
                 if block and text.endswith("\r"):
                     text, carry = text[:-1], "\r"
@@ -255,6 +278,29 @@ def corpus_symbol_chunks(paths: Sequence[Path], config: DataConfig) -> Iterator[
 
 
 @dataclass(frozen=True)
+class SourceFile:
+    """One corpus file as it was read: its path, size in bytes, SHA-256 and leading BOM."""
+
+    path: str
+    size: int
+    sha256: str
+    bom: bool = False  # a byte-order mark that reading dropped
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "bytes": self.size, "sha256": self.sha256}
+
+
+def source_file(path: Path, config: DataConfig) -> SourceFile:
+    """Size and SHA-256 of `path`, and whether reading it under `config` drops a BOM."""
+    digest, size = hashlib.sha256(), 0
+    for block in read_byte_chunks(path, 1 << 22):
+        digest.update(block)
+        size += len(block)
+    bom = not config.bytes and size > 0 and starts_with_bom(path, config.encoding)
+    return SourceFile(str(path), size, digest.hexdigest(), bom)
+
+
+@dataclass(frozen=True)
 class Corpus:
     """An encoded corpus: its vocabulary and ids (memory-mapped from the cache)."""
 
@@ -263,21 +309,22 @@ class Corpus:
     cache_path: Path
     sources: tuple[str, ...]
     cached: bool  # True when the cache already held it
+    key: str = ""  # the cache key: names the encoded copy in the cache
+    files: tuple[SourceFile, ...] = ()  # the files as read (empty when only the copy was read)
 
     @property
     def n_chars(self) -> int:
         return int(self.ids.shape[0])
 
 
-def corpus_key(paths: Sequence[Path], config: DataConfig) -> str:
+def corpus_key(files: Sequence[SourceFile], config: DataConfig) -> str:
     """Hex digest of the files' contents, their order and how they are decoded."""
     digest = hashlib.sha256(f"charrnn-corpus-{CACHE_FORMAT}".encode())
-    digest.update(f"{config.encoding}|{config.bytes}|{len(paths)}".encode())
-    for path in paths:
-        file_digest = hashlib.sha256()
-        for block in read_byte_chunks(path, 1 << 22):
-            file_digest.update(block)
-        digest.update(file_digest.digest())
+    digest.update(f"{config.encoding}|{config.bytes}|{len(files)}".encode())
+    for file in files:
+        digest.update(bytes.fromhex(file.sha256))
+        if file.bom:  # the text without it differs from what caches before the BOM rule hold
+            digest.update(b"|bom-dropped")
     return digest.hexdigest()
 
 
@@ -326,16 +373,30 @@ def _load_cached(npy: Path, meta: Path) -> tuple[Vocab, np.ndarray] | None:
         return None
 
 
+def _cache_files(cache_dir: Path, key: str) -> tuple[Path, Path]:
+    return cache_dir / f"corpus-{key}.npy", cache_dir / f"corpus-{key}.json"
+
+
+def load_cached_corpus(key: str, cache_dir: Path, sources: Sequence[str]) -> Corpus | None:
+    """The encoded corpus cached under `key` in `cache_dir`, or None when it is not there."""
+    npy, meta = _cache_files(cache_dir, key)
+    hit = _load_cached(npy, meta)
+    if hit is None:
+        return None
+    vocab, ids = hit
+    return Corpus(vocab, ids, npy, tuple(sources), cached=True, key=key)
+
+
 def prepare_corpus(specs: Sequence[str | Path], config: DataConfig, cache_dir: Path) -> Corpus:
     """Read, build the vocabulary, encode and cache a corpus; reuse the cache when it matches."""
     paths = resolve_corpus_paths(specs)
-    key = corpus_key(paths, config)[:20]
-    npy, meta = cache_dir / f"corpus-{key}.npy", cache_dir / f"corpus-{key}.json"
+    files = tuple(source_file(p, config) for p in paths)
+    key = corpus_key(files, config)[:20]
+    npy, meta = _cache_files(cache_dir, key)
     sources = [str(p) for p in paths]
-    hit = _load_cached(npy, meta)
+    hit = load_cached_corpus(key, cache_dir, sources)
     if hit is not None:
-        vocab, ids = hit
-        return Corpus(vocab, ids, npy, tuple(sources), cached=True)
+        return dataclasses.replace(hit, files=files)
     counts = _count_symbols(paths, config)
     n_symbols = int(counts.sum())
     if n_symbols == 0:
@@ -355,9 +416,10 @@ def prepare_corpus(specs: Sequence[str | Path], config: DataConfig, cache_dir: P
     except OSError as exc:  # creating the cache directory
         raise CorpusError(f"cannot write the corpus cache in {cache_dir}: {exc}") from None
     except WriteError as exc:
+        npy.unlink(missing_ok=True)  # without its description the array is never read: free it
         raise CorpusError(f"cannot write the corpus cache in {cache_dir}: {exc.reason}") from None
     ids = np.load(npy, mmap_mode="r")
-    return Corpus(vocab, ids, npy, tuple(sources), cached=False)
+    return Corpus(vocab, ids, npy, tuple(sources), cached=False, key=key, files=files)
 
 
 def encode_text_file(path: Path, vocab: Vocab, encoding: str) -> tuple[np.ndarray, int]:

@@ -13,15 +13,14 @@ import torch.nn.functional as F
 from charrnn.checkpoint import Checkpoint
 from charrnn.data import (
     IGNORE_INDEX,
-    Corpus,
     encode_text_file,
     eval_windows,
-    prepare_corpus,
     split_train_val,
 )
 from charrnn.device import CpuThreads
 from charrnn.errors import CorpusError, UsageError
 from charrnn.model import CharRNN
+from charrnn.runcorpus import cache_dirs, run_corpus
 
 EVAL_WINDOW = 512  # characters per forward call; bounds memory, not the result
 
@@ -88,12 +87,15 @@ def score_ids(
     return EvalResult(float(total), scored)
 
 
-def validation_ids(checkpoint: Checkpoint, cache_dir: Path) -> np.ndarray:
-    """The validation split of the corpus the checkpoint was trained on."""
-    sources = checkpoint.corpus.get("sources")
-    if not sources:
+def validation_ids(checkpoint: Checkpoint, beside_run: Path) -> np.ndarray:
+    """The validation split of the corpus the checkpoint was trained on: its cached copy, else
+    its unchanged source files (`beside_run`: the cache directory a default run uses)."""
+    record = checkpoint.corpus
+    if not record.get("sources"):
         raise UsageError("the checkpoint does not name its corpus; give files to evaluate")
-    corpus: Corpus = prepare_corpus(sources, checkpoint.config.data, cache_dir)
+    search, write_dir = cache_dirs(record, beside_run)
+    hint = "give the files to score instead"
+    corpus, _ = run_corpus(record, checkpoint.config.data, search, write_dir, hint)
     ids = corpus.ids
     if corpus.vocab != checkpoint.vocab:
         # A fine-tuned model's vocabulary extends its corpus': re-map through the symbols.

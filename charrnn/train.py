@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -170,9 +171,18 @@ class MetricsLog:
             raise TrainingError(str(exc)) from None
 
     def append(self, record: dict[str, Any]) -> None:
+        """Add one line; a failed write (a full disk) cuts the file back to its previous lines."""
+        line = (json.dumps(record) + "\n").encode("utf-8")
         try:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+            with self.path.open("ab", buffering=0) as handle:  # unbuffered: no retry on close
+                size = handle.seek(0, os.SEEK_END)
+                try:
+                    view = memoryview(line)
+                    while view:  # a write may take part of the line: a disk filling up
+                        view = view[handle.write(view) or len(view) :]
+                except OSError:
+                    handle.truncate(size)  # shrinking needs no space
+                    raise
         except OSError as exc:
             raise TrainingError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 

@@ -50,6 +50,15 @@ def shared(tmp_path_factory, tiny_config, repetitive_text) -> Path:
         [root / "corpus.txt"], tiny_config(max_steps=2, eval_every=2), out=root / "run",
         cache_dir=root / ".cache",
     )  # fmt: skip
+    # A run whose corpus was edited after its cached copy was deleted.
+    (root / "edited.txt").write_text(repetitive_text(3000), "utf-8")  # its own cache key
+    train_command(
+        [root / "edited.txt"], tiny_config(max_steps=2, eval_every=2), out=root / "edited-run",
+        cache_dir=root / "edited-cache",
+    )  # fmt: skip
+    shutil.rmtree(root / "edited-cache")
+    with (root / "edited.txt").open("a", encoding="utf-8") as handle:
+        handle.write("one more line\n")
     best = load_checkpoint(root / "run" / "best.pt")
     save_checkpoint(best, root / "truncated.pt")
     data = (root / "truncated.pt").read_bytes()
@@ -135,6 +144,11 @@ FAILURES = [
      ["--hidden cannot change"]),
     ("resume-with-corpus", ["train", "corpus.txt", "--resume", "run"], 2,
      ["--resume takes the corpus, settings and directory of the saved run"]),
+    ("resume-corpus-changed", ["train", "--resume", "edited-run"], 1,
+     ["the corpus changed since the run started (", "edited.txt: 3,000 bytes, now 3,014)",
+      "its cached copy (key ", "edited.txt --init-from edited-run/last.pt"]),
+    ("eval-corpus-changed", ["eval", "--checkpoint", "edited-run"], 1,
+     ["the corpus changed since the run started (", "give the files to score instead"]),
     ("init-from-changed-shape",
      ["train", "corpus.txt", "--init-from", "run/best.pt", "--out", "out", "--hidden", "64"], 2,
      ["--init-from keeps the checkpoint's network; --hidden cannot change"]),

@@ -406,7 +406,7 @@ LAYERS = [
     ["train"],  # the loop scores validation text with evaluate
     ["generate", "evaluate"],
     ["checkpoint"],
-    ["model"],
+    ["model", "runcorpus"],
     ["data"],
     ["files", "device", "config"],
     ["errors", "console", "cpuload", "__init__"],

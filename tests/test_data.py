@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from charrnn.config import DataConfig
 from charrnn.data import (
+    CACHE_FORMAT,
     IGNORE_INDEX,
     StreamBatches,
     Vocab,
@@ -404,3 +406,50 @@ def test_eval_windows_score_every_prediction_exactly_once(n, streams, width):
 
 def test_eval_windows_of_one_character_score_nothing():
     assert list(eval_windows(np.arange(1), 4, 512)) == []
+
+
+# ----------------------------------------------------------------------------- byte-order marks
+
+
+@pytest.mark.parametrize(
+    ("raw", "encoding"),
+    [
+        ("\ufeffab\n\ufeffc".encode(), "utf-8"),
+        ("\ufeffab\n\ufeffc".encode("utf-16-le"), "utf-16-le"),
+        ("ab\n\ufeffc".encode("utf-16"), "utf-16"),  # its decoder drops the mark itself
+        ("ab\n\ufeffc".encode("utf-8-sig"), "utf-8-sig"),  # the same
+    ],
+)
+def test_a_bom_at_the_start_of_a_file_is_dropped_and_only_there(tmp_path, raw, encoding):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(raw)
+    assert "".join(read_text_chunks(path, encoding, chunk_bytes=1)) == "ab\n\ufeffc"
+    assert "".join(read_text_chunks(path, encoding)) == "ab\n\ufeffc"
+
+
+def test_bytes_mode_keeps_the_bom_bytes(tmp_path):
+    # --bytes models a file's bytes as they are: the mark is three of them.
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfab\n")
+    corpus = prepare_corpus([path], DataConfig(bytes=True), tmp_path / "cache")
+    assert corpus.n_chars == 6 and {0xEF, 0xBB, 0xBF} <= set(corpus.vocab.symbols)
+
+
+def test_the_cache_key_changes_only_for_files_with_a_bom(tmp_path):
+    # Caches written before BOMs were dropped hold U+FEFF: a file with one must get a new key;
+    # every other file keeps its key (and its cache).
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text("abc\n", "utf-8")
+    marked.write_bytes("\ufeffabc\n".encode())
+
+    def key_before_boms(path: Path) -> str:
+        digest = hashlib.sha256(f"charrnn-corpus-{CACHE_FORMAT}".encode())
+        digest.update(b"utf-8|False|1")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()[:20]
+
+    config = DataConfig()
+    assert prepare_corpus([plain], config, tmp_path / "c").key == key_before_boms(plain)
+    with_bom = prepare_corpus([marked], config, tmp_path / "c")
+    assert with_bom.key != key_before_boms(marked)
+    assert with_bom.vocab == prepare_corpus([plain], config, tmp_path / "c").vocab
