@@ -143,9 +143,12 @@ def _run(
     lock = run_lock(job.run_dir) if writer else contextlib.nullcontext()  # rank 0 writes
     with (
         lock,
-        CpuThreads(config.train.threads, job.load_since) as threads,
         joined(placement, device, config.train.collective_timeout) as world,
-    ):
+        CpuThreads(
+            config.train.threads, job.load_since,
+            share=placement.local_size, partners=world.sibling_pids,
+        ) as threads,
+    ):  # fmt: skip
         if writer:
             for stale in stale_temp_files(job.run_dir):  # left by a killed save; the lock is ours
                 stale.unlink(missing_ok=True)
