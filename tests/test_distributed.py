@@ -176,7 +176,7 @@ def test_sigterm_on_the_launcher_saves_last_and_a_resume_with_two_equals_the_unb
         f"charrnn: stopped at step {step:,}; saved {Path('run') / 'last.pt'}. "
         f"Resume with: charrnn train --resume {Path('run')}"
     ], stderr  # rank 0 alone speaks
-    assert "exitcode  : 143" in stderr or launcher.returncode != 0
+    assert launcher.returncode != 0  # torchrun's own code after a signal (1), not the ranks'
 
     resumed = torchrun("train", "--resume", "run", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
