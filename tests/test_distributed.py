@@ -214,6 +214,13 @@ def test_a_batch_that_does_not_split_among_the_ranks_is_refused(jobs, monkeypatc
     assert not (jobs / "three").exists()
 
 
+def test_a_collective_timeout_under_a_second_is_refused(jobs):
+    result = invoke("train", "corpus.txt", "--out", "t", *FLAGS, "--collective-timeout", "0.5s",
+                    cwd=jobs)  # fmt: skip
+    line = assert_one_error_line(result, 2)
+    assert line == "charrnn: error: collective_timeout must be at least 1 second, got 0.5"
+
+
 # ----------------------------------------------------------------------------- a rank that dies
 
 
