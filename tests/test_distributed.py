@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from child import CHILD_ENV
@@ -22,6 +23,8 @@ from test_cli import assert_one_error_line, invoke
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.commands import eval_command, info_command, resume_command, train_command
+from charrnn.config import resolve_config
+from charrnn.data import StreamBatches, eval_windows
 from charrnn.distributed import Placement, check_batch_split, placement_from_env
 from charrnn.errors import UsageError
 
@@ -106,8 +109,6 @@ def jobs(tmp_path_factory, repetitive_text) -> Path:
     result = torchrun("train", "corpus.txt", "--out", "two", *FLAGS, cwd=root)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    from charrnn.config import resolve_config
-
     train_command([root / "corpus.txt"], resolve_config(overrides=SAME_AS_FLAGS), out=root / "one")
     return root
 
@@ -259,3 +260,27 @@ def test_placement_comes_from_torchruns_variables():
     check_batch_split(8, placement)
     with pytest.raises(UsageError, match="--batch-size 6 cannot be split evenly among 4"):
         check_batch_split(6, placement)
+
+
+@pytest.mark.parametrize(("streams", "parts"), [(4, 2), (5, 2), (3, 4), (16, 3)])
+def test_the_shares_of_an_evaluation_score_every_prediction_once_as_one_process_does(
+    streams, parts
+):
+    ids = np.arange(1, 2001, dtype=np.int64) % 97
+    whole = list(eval_windows(ids, streams, 64))
+    shares = [list(eval_windows(ids, streams, 64, (index, parts))) for index in range(parts)]
+    for window, pieces in enumerate(zip(*[s for s in shares if s], strict=True)):
+        assert np.array_equal(np.concatenate([p[0] for p in pieces]), whole[window][0])
+        assert np.array_equal(np.concatenate([p[1] for p in pieces]), whole[window][1])
+    assert sum(1 for s in shares if not s) == max(0, parts - streams)  # more ranks than streams
+
+
+def test_the_ranks_streams_are_disjoint_rows_of_the_one_process_batch():
+    ids = np.arange(3000, dtype=np.int64) % 50
+    whole = StreamBatches(ids, 8, 16)
+    shares = [StreamBatches(ids, 8, 16, part=(rank, 4)) for rank in range(4)]
+    for step in (0, 3, whole.steps_per_epoch + 1):
+        inputs, targets = whole.batch(step)
+        assert np.array_equal(np.concatenate([s.batch(step)[0] for s in shares]), inputs)
+        assert np.array_equal(np.concatenate([s.batch(step)[1] for s in shares]), targets)
+    assert all(s.chars_per_step == whole.chars_per_step == 8 * 16 for s in shares)
