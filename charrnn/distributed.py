@@ -192,14 +192,16 @@ class World:
 
     def _lost_message(self, doing: str) -> str:
         missing = self.missing_ranks()
-        if missing:
-            who = ", ".join(str(r) for r in missing)
-            head = f"rank {who} of {self.size} stopped answering"
-        else:
-            head = f"a rank of the {self.size} stopped answering"
+        if not missing:  # every rank checked in: one left on an error of its own, and says so
+            return (
+                f"lost contact with the other ranks while {doing} (see their messages); "
+                "all ranks stop; the last checkpoint is left as it was"
+            )
+        who = ", ".join(str(r) for r in missing)
         return (
-            f"{head} while {doing} (it died, hung past --collective-timeout or lost its "
-            "network); all ranks stop; the last checkpoint is left as it was"
+            f"rank {who} of {self.size} stopped answering while {doing} (it died, hung past "
+            "--collective-timeout or lost its network); all ranks stop; the last checkpoint is "
+            "left as it was"
         )
 
     def missing_ranks(self, wait: float = CHECK_IN_S) -> list[int]:
