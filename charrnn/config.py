@@ -220,7 +220,7 @@ class TrainConfig:
     )
     collective_timeout: float = setting(  # seconds; bounds the wait for a rank that died or hung
         300.0,
-        "Under torchrun: how long a rank waits for the others (30s, 5m) before the job stops.",
+        "Under torchrun: how long a rank waits for the others (default 5m) before the job stops.",
         RUN_PANEL,
         resumable=True,
         parse=parse_duration,
