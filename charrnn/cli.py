@@ -328,6 +328,8 @@ def train(
         finally:
             bar.close()
     progress = outcome.progress
+    if not outcome.writer:  # another rank of a torchrun job: rank 0 reports for all of them
+        raise typer.Exit(interrupts.exit_code if interrupts.requested() else 0)
     if interrupts.requested():
         notice_line(
             f"stopped at step {progress.step:,}; saved {outcome.run_dir / 'last.pt'}. "

@@ -6,6 +6,7 @@ call them directly with the same config objects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,13 @@ from charrnn.data import (
     split_train_val,
 )
 from charrnn.device import CpuThreads, select_device, select_sampling_device
+from charrnn.distributed import (
+    check_batch_split,
+    check_resume_world,
+    joined,
+    placement_from_env,
+    rank_device,
+)
 from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
 from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
 from charrnn.files import atomic_write_json, stale_temp_files
@@ -61,6 +69,7 @@ class TrainOutcome:
     corpus: Corpus
     parameters: int
     warnings: list[str] = field(default_factory=list)
+    writer: bool = True  # False on ranks other than 0 under torchrun: rank 0 speaks for the job
 
 
 def default_run_dir(specs: Sequence[str | Path], runs_root: Path = RUNS_DIR) -> Path:
@@ -119,28 +128,50 @@ def _run(
     from charrnn.train import Progress, Trainer
 
     config = job.config
+    placement = placement_from_env()  # under torchrun: this rank; else a world of one
+    writer = placement.is_writer
     train_ids, val_ids = split_train_val(job.ids, config.data.val_frac)
     outcome = TrainOutcome(
-        job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings
-    )
+        job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings,
+        writer=writer,
+    )  # fmt: skip
     corpus_info = job.corpus_record or _corpus_info(
         job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0])
     )
-    with run_lock(job.run_dir), CpuThreads(config.train.threads, job.load_since) as threads:
-        for stale in stale_temp_files(job.run_dir):  # left by a killed save; the lock is ours
-            stale.unlink(missing_ok=True)
+    device = rank_device(select_device(config.train.device), placement)
+    lock = run_lock(job.run_dir) if writer else contextlib.nullcontext()  # rank 0 writes
+    with (
+        lock,
+        joined(placement, device, config.train.collective_timeout) as world,
+        CpuThreads(
+            config.train.threads, job.load_since,
+            share=placement.local_size, partners=world.sibling_pids,
+        ) as threads,
+    ):  # fmt: skip
+        if writer:
+            for stale in stale_temp_files(job.run_dir):  # left by a killed save; the lock is ours
+                stale.unlink(missing_ok=True)
+        if placement.distributed and job.restore_from is None:
+            # The weights are built alike on every rank; dropout draws differ from here on.
+            torch.manual_seed(config.train.seed + placement.rank)
         trainer = Trainer(
             job.model,
-            StreamBatches(train_ids, config.train.batch_size, config.train.seq_len),
+            StreamBatches(
+                train_ids,
+                config.train.batch_size,
+                config.train.seq_len,
+                part=(placement.rank, placement.size),
+            ),  # fmt: skip
             np.asarray(val_ids[: config.train.eval_chars or None]),
             config,
             job.vocab,
             job.run_dir,
-            select_device(config.train.device),
-            reporter=reporter,
+            device,
+            reporter=reporter if writer else None,
             corpus_info=corpus_info,
             should_stop=should_stop,
             threads=threads,
+            world=world,
         )
         if job.restore_from is not None:
             trainer.restore(job.restore_from)
@@ -149,10 +180,11 @@ def _run(
                     f"the run in {job.run_dir} already finished at step {trainer.progress.step:,}; "
                     "pass a larger --max-steps, --max-epochs or --max-time to extend it"
                 )
-            trainer.metrics.truncate_after(trainer.progress.step)
-        else:
+            if writer:
+                trainer.metrics.truncate_after(trainer.progress.step)
+        elif writer:
             write_run_config(job.run_dir, config, corpus_info)
-        if on_start:
+        if on_start and writer:
             on_start(outcome)
         outcome.progress = trainer.run()
     return outcome
@@ -222,8 +254,11 @@ def train_command(
             )
         ids = corpus.vocab.remap(ids, vocab)
     config = _fit_batches(config, ids, warnings)
+    placement = placement_from_env()
+    check_batch_split(config.train.batch_size, placement)
     config = _fix_evaluation_chars(config, ids)
-    _make_run_dir(run_dir)
+    if placement.is_writer:  # the other ranks of a torchrun job write nothing
+        _make_run_dir(run_dir)
     torch.manual_seed(config.train.seed)
     if base is not None:
         model = base.build_model()
@@ -250,6 +285,7 @@ def resume_command(
     if not last.is_file():
         raise CheckpointError(f"run directory {run_dir} has no {LAST_NAME} to resume from")
     checkpoint = load_checkpoint(last)
+    check_resume_world(run_dir, checkpoint.resume.get("world_size", 1), placement_from_env())
     config = resume_config(checkpoint.config, overrides)
     record = checkpoint.corpus
     sources = record.get("sources") or []

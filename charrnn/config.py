@@ -218,6 +218,13 @@ class TrainConfig:
     compile: bool = setting(
         False, "torch.compile the model.", RUN_PANEL, resumable=True, flag="--compile/--no-compile"
     )
+    collective_timeout: float = setting(  # seconds; bounds the wait for a rank that died or hung
+        300.0,
+        "Under torchrun: how long a rank waits for the others (default 5m) before the job stops.",
+        RUN_PANEL,
+        resumable=True,
+        parse=parse_duration,
+    )
 
 
 @dataclass(frozen=True)
@@ -511,6 +518,10 @@ def validate(config: RunConfig) -> None:
     _check(-(2**63) <= t.seed < 2**64, f"seed must be between -2**63 and 2**64 - 1, got {t.seed}")
     _check(t.device in DEVICES, f"unknown device '{t.device}'; choose from {', '.join(DEVICES)}")
     validate_threads(t.threads)
+    _check(
+        math.isfinite(t.collective_timeout) and t.collective_timeout >= 1,
+        f"collective_timeout must be at least 1 second, got {t.collective_timeout}",
+    )
     _check(
         t.precision in PRECISIONS,
         f"unknown precision '{t.precision}'; choose from {', '.join(PRECISIONS)}",

@@ -47,8 +47,26 @@ def allowed_cpus() -> set[int]:
         return set(range(os.cpu_count() or 1))
 
 
-def read_cpu_sample(cpus: set[int] | None = None, stat_path: Path = PROC_STAT) -> CpuSample | None:
-    """The CPU times now, or None where /proc/stat cannot be read."""
+def process_cpu_seconds(pid: int, proc: Path = PROC_STAT.parent) -> float:
+    """CPU-seconds process `pid` has run (user + system), 0 when it is gone or unreadable."""
+    try:
+        text = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text.rpartition(")")[2].split()  # the name in parentheses may hold spaces
+    try:
+        ticks = int(fields[11]) + int(fields[12])  # utime and stime: fields 14 and 15 of stat
+    except (IndexError, ValueError):
+        return 0.0
+    return ticks / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
+def read_cpu_sample(
+    cpus: set[int] | None = None, stat_path: Path = PROC_STAT, partners: tuple[int, ...] = ()
+) -> CpuSample | None:
+    """The CPU times now, or None where /proc/stat cannot be read. `partners`: processes whose
+    CPU time counts as our own (the other ranks of a torchrun job on this machine), so that
+    their load is not taken for another program's."""
     cpus = allowed_cpus() if cpus is None else cpus
     try:
         lines = stat_path.read_text().splitlines()
@@ -65,7 +83,8 @@ def read_cpu_sample(cpus: set[int] | None = None, stat_path: Path = PROC_STAT) -
         seen += 1
     if seen == 0:
         return None
-    return CpuSample(time.monotonic(), busy_ticks / ticks_per_s, time.process_time(), seen)
+    own = time.process_time() + sum(process_cpu_seconds(pid) for pid in partners)
+    return CpuSample(time.monotonic(), busy_ticks / ticks_per_s, own, seen)
 
 
 def foreign_load(before: CpuSample, after: CpuSample) -> float | None:
@@ -77,8 +96,9 @@ def foreign_load(before: CpuSample, after: CpuSample) -> float | None:
     return min(float(after.cpus), max(0.0, others / wall))
 
 
-def threads_for_load(ceiling: int, cpus: int, load: float) -> int:
+def threads_for_load(ceiling: int, cpus: int, load: float, share: int = 1) -> int:
     """Threads to use when other processes keep `load` of our `cpus` busy: the free CPUs
-    (tolerating `LOAD_SLACK`), at least 1 and at most `ceiling` (torch's own count)."""
+    (tolerating `LOAD_SLACK`), at least 1 and at most `ceiling` (torch's own count). `share`
+    processes of one job split the free CPUs evenly (the ranks of a torchrun job on a machine)."""
     free = math.floor(cpus - load + LOAD_SLACK)
-    return max(1, min(ceiling, free))
+    return max(1, min(ceiling, free // share))

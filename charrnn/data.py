@@ -476,20 +476,30 @@ class StreamBatches:
     Step k of an epoch reads columns [k*T, (k+1)*T) of every stream, so the hidden state of
     stream b carries over from one window to the next. Positions are a function of the global
     step alone, which makes resuming exact.
+
+    `part` (index, count) keeps only that contiguous share of the B streams, for one rank of a
+    data-parallel job: the streams are laid out as for the whole batch, so the ranks together
+    read exactly what one process with batch B reads.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int) -> None:
+    def __init__(
+        self, ids: np.ndarray, batch_size: int, seq_len: int, part: tuple[int, int] = (0, 1)
+    ) -> None:
         self.batch_size, self.seq_len = batch_size, seq_len
         self.stream_len = (ids.shape[0] - 1) // batch_size
         if self.stream_len < seq_len:
             raise CorpusError(f"{ids.shape[0]} characters cannot fill {batch_size} x {seq_len}")
+        index, count = part
+        share = batch_size // count
+        self.rows = slice(index * share, (index + 1) * share)  # the streams this share reads
         span = batch_size * self.stream_len
-        self.inputs = ids[:span].reshape(batch_size, self.stream_len)
-        self.targets = ids[1 : span + 1].reshape(batch_size, self.stream_len)
+        self.inputs = ids[:span].reshape(batch_size, self.stream_len)[self.rows]
+        self.targets = ids[1 : span + 1].reshape(batch_size, self.stream_len)[self.rows]
         self.steps_per_epoch = self.stream_len // seq_len
 
     @property
     def chars_per_step(self) -> int:
+        """Characters one step trains on, over all B streams (every share of them)."""
         return self.batch_size * self.seq_len
 
     def starts_epoch(self, step: int) -> bool:
@@ -510,7 +520,7 @@ IGNORE_INDEX = -100
 
 
 def eval_windows(
-    ids: np.ndarray, streams: int, width: int
+    ids: np.ndarray, streams: int, width: int, part: tuple[int, int] = (0, 1)
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Inputs and targets (S, <= width), window by window, scoring every next-character
     prediction of `ids` exactly once.
@@ -518,21 +528,27 @@ def eval_windows(
     The predictions are cut into S contiguous streams of equal length (the state carries from
     one window to the next within a stream); the last stream is padded with targets of
     IGNORE_INDEX. Windows are cut from `ids` as they are needed, so a memory-mapped validation
-    split larger than memory is never loaded whole.
+    split larger than memory is never loaded whole. `part` (index, count) yields only that
+    contiguous share of the S streams (none, when S < count leaves it empty): the shares of one
+    data-parallel evaluation together score every prediction once, as S streams would.
     """
     predictions = ids.shape[0] - 1
     if predictions < 1:
         return
     count = min(streams, predictions)
     length = math.ceil(predictions / count)
+    index, parts = part
+    mine = range(count * index // parts, count * (index + 1) // parts)
+    if not mine:
+        return
     for start in range(0, length, width):
         stop = min(start + width, length)
-        inputs = np.zeros((count, stop - start), dtype=np.int64)
-        targets = np.full((count, stop - start), IGNORE_INDEX, dtype=np.int64)
-        for stream in range(count):
+        inputs = np.zeros((len(mine), stop - start), dtype=np.int64)
+        targets = np.full((len(mine), stop - start), IGNORE_INDEX, dtype=np.int64)
+        for row, stream in enumerate(mine):
             first = stream * length + start
             last = min(stream * length + stop, predictions)
             if last > first:
-                inputs[stream, : last - first] = ids[first:last]
-                targets[stream, : last - first] = ids[first + 1 : last + 1]
+                inputs[row, : last - first] = ids[first:last]
+                targets[row, : last - first] = ids[first + 1 : last + 1]
         yield inputs, targets

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import torch
 
-from charrnn.cpuload import CpuSample, foreign_load, read_cpu_sample, threads_for_load
+from charrnn.cpuload import (
+    CpuSample,
+    allowed_cpus,
+    foreign_load,
+    read_cpu_sample,
+    threads_for_load,
+)
 from charrnn.errors import UsageError
 
 
@@ -84,6 +90,13 @@ def use_cpu_threads(requested: int) -> int:
     return threads
 
 
+def shared_thread_ceiling(share: int) -> int:
+    """The most threads one of `share` processes of a job on this machine takes: its even share
+    of the CPUs it may use (affinity and cgroup quota), at least 1."""
+    cpus = len(allowed_cpus())
+    return max(1, min(cpus, cpu_quota() or cpus) // share)
+
+
 class CpuThreads:
     """Torch's CPU thread count for a command: exactly `requested`, or for 0 (auto) as many as
     the CPUs that other processes leave free, re-judged every `interval` seconds.
@@ -91,18 +104,33 @@ class CpuThreads:
     `since` is a `read_cpu_sample()` taken earlier (the CLI takes one before torch loads), so the
     first choice is made at once from the load seen since then. Loops call `tick()` often
     (every step, window or character); it costs a clock read except once per interval.
+
+    `share` > 1: this is one of that many ranks of a torchrun job on this machine, whose
+    processes are `partners`. Auto then takes this rank's even share of the CPUs, and of the
+    CPUs other programs leave free, counting the partners' load as the job's own. (torchrun sets
+    OMP_NUM_THREADS=1 for every rank; auto does not follow it, an explicit count does.)
     """
 
     def __init__(
-        self, requested: int, since: CpuSample | None = None, interval: float = 1.0
+        self,
+        requested: int,
+        since: CpuSample | None = None,
+        interval: float = 1.0,
+        share: int = 1,
+        partners: tuple[int, ...] = (),
     ) -> None:
         self.previous = torch.get_num_threads()
-        self.ceiling = use_cpu_threads(requested)
+        if requested == 0 and share > 1:
+            self.ceiling = use_cpu_threads(shared_thread_ceiling(share))
+            since = None  # taken before the partners were known: their start-up looks foreign
+        else:
+            self.ceiling = use_cpu_threads(requested)
+        self.share, self.partners = share, partners
         self.adaptive = requested == 0 and self.ceiling > 1
         self.interval = interval
         self.count = self.ceiling
         self.changes = 0  # how often auto changed the count (reported in metrics)
-        self._last = read_cpu_sample() if self.adaptive else None
+        self._last = self._read() if self.adaptive else None
         self._next = time.monotonic() + interval
         if self.adaptive and since is not None and self._last is not None:
             self._apply(foreign_load(since, self._last))
@@ -122,7 +150,7 @@ class CpuThreads:
 
     def adjust(self) -> None:
         """Read the load since the last reading and set the thread count for it."""
-        sample = read_cpu_sample()
+        sample = self._read()
         self._next = time.monotonic() + self.interval
         if sample is None or self._last is None:
             return
@@ -131,10 +159,13 @@ class CpuThreads:
             self._last = sample
             self._apply(load)
 
+    def _read(self) -> CpuSample | None:
+        return read_cpu_sample(partners=self.partners)
+
     def _apply(self, load: float | None) -> None:
         if load is None or self._last is None:
             return
-        count = threads_for_load(self.ceiling, self._last.cpus, load)
+        count = threads_for_load(self.ceiling, self._last.cpus, load, self.share)
         if count != self.count:
             torch.set_num_threads(count)
             self.count = count

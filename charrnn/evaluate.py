@@ -62,15 +62,17 @@ def score_ids(
     streams: int,
     device: torch.device | str = "cpu",
     threads: CpuThreads | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> EvalResult:
     """Stateful next-character loss over `ids`, cut into `streams` parallel streams
-    (`threads`, when given, re-judges the CPU thread count as the windows go)."""
+    (`threads`, when given, re-judges the CPU thread count as the windows go; `part`, see
+    `eval_windows`, scores one share of the streams)."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     scored, state = 0, None
     with torch.inference_mode():
-        for inputs, targets in eval_windows(ids, streams, EVAL_WINDOW):
+        for inputs, targets in eval_windows(ids, streams, EVAL_WINDOW, part):
             if threads is not None:
                 threads.tick()
             x = torch.from_numpy(inputs).to(device)

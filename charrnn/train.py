@@ -26,8 +26,9 @@ from charrnn.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, save_checkpoint
 from charrnn.config import RunConfig, TrainConfig
 from charrnn.data import StreamBatches, Vocab
 from charrnn.device import CpuThreads, autocast_dtype
+from charrnn.distributed import World
 from charrnn.errors import TrainingError, WriteError
-from charrnn.evaluate import score_ids
+from charrnn.evaluate import EvalResult, score_ids
 from charrnn.files import atomic_write_text
 from charrnn.model import CharRNN, State, detach_state
 
@@ -121,25 +122,39 @@ def _state_to_cpu(state: State | None) -> Any:
     return state.detach().cpu()
 
 
-def _state_from_saved(saved: Any, device: torch.device) -> State | None:
+def _state_from_saved(saved: Any, device: torch.device, rows: slice = slice(None)) -> State | None:
+    """The saved hidden state (all streams of the job) on `device`, only the streams `rows`."""
     if saved is None:
         return None
     if isinstance(saved, list | tuple):
-        return (saved[0].to(device), saved[1].to(device))
-    return saved.to(device)
+        return (saved[0][:, rows].to(device), saved[1][:, rows].to(device))
+    return saved[:, rows].to(device)
 
 
-def _rng_state() -> dict[str, Any]:
+def _join_states(states: list[Any]) -> Any:
+    """The ranks' hidden states (CPU, in rank order) as one state of all the job's streams."""
+    if states[0] is None or len(states) == 1:
+        return states[0]
+    if isinstance(states[0], list):
+        return [torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1)]
+    return torch.cat(states, dim=1)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if device.type == "cuda" and device.index is not None:  # a rank owns one GPU
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
+    elif torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore_rng(state: dict[str, Any]) -> None:
+def _restore_rng(state: dict[str, Any], device: torch.device) -> None:
     if "torch" in state:
         torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda_device" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -235,6 +250,7 @@ class Trainer:
         corpus_info: dict[str, Any] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         threads: CpuThreads | None = None,
+        world: World | None = None,
     ) -> None:
         self.model, self.batches, self.val_ids = model.to(device), batches, val_ids
         self.config, self.vocab, self.run_dir, self.device = config, vocab, run_dir, device
@@ -242,10 +258,14 @@ class Trainer:
         self.corpus_info = corpus_info or {}
         self.should_stop = should_stop
         self.threads = threads
+        # The ranks of a data-parallel job (`batches` is then this rank's share of the streams),
+        # or a world of one whose collectives return their input.
+        self.world = world or World(device=device)
         self.optimizer = make_optimizer(self.model, config.train, device)
         self.amp_dtype = autocast_dtype(config.train.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
-        self.forward = torch.compile(self.model) if config.train.compile else self.model
+        trained = self.world.wrap(self.model)  # DistributedDataParallel averages the gradients
+        self.forward = torch.compile(trained) if config.train.compile else trained
         self.progress = Progress()
         self.state: State | None = None
         self.total_steps = planned_steps(config.train, batches.steps_per_epoch)
@@ -259,8 +279,9 @@ class Trainer:
         self.progress = Progress.from_dict(checkpoint.progress)
         if "optimizer" in resume:
             self.optimizer.load_state_dict(resume["optimizer"])
-        _restore_rng(resume.get("rng", {}))
-        self.state = _state_from_saved(resume.get("hidden"), self.device)
+        rank_rng = resume.get("rank_rng") or [resume.get("rng", {})]
+        _restore_rng(rank_rng[self.world.rank], self.device)
+        self.state = _state_from_saved(resume.get("hidden"), self.device, self.batches.rows)
 
     # ------------------------------------------------------------------ schedule
 
@@ -322,11 +343,13 @@ class Trainer:
         bad_in_a_row, evaluated_at, lr = 0, -1, t.lr
         clock = time.perf_counter() - self.progress.elapsed
         batches = self._batches()
-        while self.fraction_done() < 1.0 and not self.should_stop():
+        stop = self._stop_agreed()
+        while not stop and self.fraction_done() < 1.0:
             lr = lr_at(self.progress.step, self.fraction_done(), t)
             if self.threads is not None:
                 self.threads.tick()
-            loss = self.train_step(*next(batches), lr)
+            with self.world.collective(f"training step {self.progress.step:,}"):
+                loss = self.train_step(*next(batches), lr)
             bad_in_a_row = 0 if loss is not None else bad_in_a_row + 1
             if loss is None:
                 self.progress.skipped_steps += 1
@@ -343,16 +366,27 @@ class Trainer:
             if at_eval or self.progress.step % t.log_every == 0:
                 self.write_metrics(window, lr, evaluate=at_eval)
                 evaluated_at = self.progress.step if at_eval else evaluated_at
+            stop = self._stop_agreed()
         self.progress.elapsed = time.perf_counter() - clock
-        if self.should_stop():
+        if stop:
             self.save_last()
         elif evaluated_at != self.progress.step and self.progress.step > 0:
             self.write_metrics(window, lr, evaluate=True)
         return self.progress
 
+    def _stop_agreed(self) -> bool:
+        """`should_stop()`, agreed by all ranks (one's request stops every one, at the same step);
+        the ranks also agree on the elapsed time, so the schedule and time limit match on each."""
+        stop, self.progress.elapsed = self.world.max_of(
+            [float(self.should_stop()), self.progress.elapsed]
+        )
+        return bool(stop)
+
     def write_metrics(self, window: _LogWindow, lr: float, evaluate: bool) -> None:
         """One metrics line for the window since the last; with `evaluate`, score and save."""
         record = window.close(lr)
+        if record["train_loss"] is not None and self.world.size > 1:  # the mean of the ranks'
+            record["train_loss"] = self.world.sum_of([record["train_loss"]])[0] / self.world.size
         if record["train_loss"] is not None:
             self.progress.train_loss = record["train_loss"]
         if evaluate:
@@ -365,7 +399,9 @@ class Trainer:
         self.reporter.update(self.fraction_done(), {**record, "step": self.progress.step})
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append a metrics line stamped with the step, characters and elapsed time."""
+        """Append a metrics line stamped with the step, characters and elapsed time (rank 0)."""
+        if not self.world.is_writer:
+            return
         stamped = {
             "step": self.progress.step,
             "chars": self.progress.chars_seen,
@@ -380,25 +416,38 @@ class Trainer:
     def evaluate_and_save(self) -> float:
         """Score the validation split, then write last.pt and (when it improved) best.pt."""
         self.check_weights_finite()
-        result = score_ids(
-            self.model, self.val_ids, self.config.train.eval_streams, self.device, self.threads
-        )
+        streams, world = self.config.train.eval_streams, self.world
+        share = score_ids(
+            self.model, self.val_ids, streams, self.device, self.threads, (world.rank, world.size)
+        )  # each rank scores its share of the streams; the sums make the whole split's score
+        loss_sum, chars = world.sum_of([share.loss_sum, float(share.chars)])
+        result = EvalResult(loss_sum, int(chars))
         self.progress.val_loss = result.loss
         if self.progress.best_val_loss is None or result.loss < self.progress.best_val_loss:
             self.progress.best_val_loss = result.loss
-            save_checkpoint(self.checkpoint(with_resume=False), self.run_dir / BEST_NAME)
-        save_checkpoint(self.checkpoint(with_resume=True), self.run_dir / LAST_NAME)
+            self._save(self.checkpoint(with_resume=False), BEST_NAME)
+        self._save(self.checkpoint(with_resume=True), LAST_NAME)
         return result.loss
 
+    def _save(self, checkpoint: Checkpoint, name: str) -> None:
+        if self.world.is_writer:  # every rank builds it (a collective); rank 0 writes it
+            save_checkpoint(checkpoint, self.run_dir / name)
+
     def checkpoint(self, with_resume: bool) -> Checkpoint:
-        """The current model and progress as a `Checkpoint` (resume state optional)."""
+        """The current model and progress as a `Checkpoint` (resume state optional). With resume
+        state it is a collective: the hidden state of every rank's streams and every rank's
+        random-number state are gathered (the weights and optimizer are the same on all)."""
         resume: dict[str, Any] = {}
         if with_resume:
+            ranks = self.world.gather((_rng_state(self.device), _state_to_cpu(self.state)))
             resume = {
                 "optimizer": self.optimizer.state_dict(),
-                "rng": _rng_state(),
-                "hidden": _state_to_cpu(self.state),
+                "rng": ranks[0][0],
+                "hidden": _join_states([hidden for _, hidden in ranks]),
             }
+            if self.world.size > 1:
+                resume["rank_rng"] = [rng for rng, _ in ranks]
+                resume["world_size"] = self.world.size
         model_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return Checkpoint(
             config=self.config,
@@ -420,4 +469,4 @@ class Trainer:
     def save_last(self) -> None:
         """Write last.pt with everything resuming needs."""
         self.check_weights_finite()
-        save_checkpoint(self.checkpoint(with_resume=True), self.run_dir / LAST_NAME)
+        self._save(self.checkpoint(with_resume=True), LAST_NAME)

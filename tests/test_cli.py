@@ -407,7 +407,7 @@ LAYERS = [
     ["generate", "evaluate"],
     ["checkpoint"],
     ["model", "runcorpus"],
-    ["data"],
+    ["data", "distributed"],  # distributed: the process group and collectives of torchrun
     ["files", "device", "config"],
     ["errors", "console", "cpuload", "__init__"],
 ]

@@ -58,6 +58,7 @@ OTHER_VALUES = {
     "max_steps": 5, "max_epochs": 2.0, "max_time": 90.0, "eval_every": 7, "eval_streams": 3,
     "eval_chars": 500,
     "log_every": 9, "seed": 5, "device": "cpu", "threads": 1, "precision": "fp32",
+    "collective_timeout": 30.0,
     "compile": True,
 }  # fmt: skip
 # The same for sampling: (command-line text, value); `stop` understands \n.
@@ -298,7 +299,7 @@ def test_resumable_and_model_keys_come_from_the_declarations():
     # would make a resumed run differ from one never stopped.
     assert {
         "max_steps", "max_epochs", "max_time", "eval_every", "log_every",
-        "device", "threads", "precision", "compile",
+        "device", "threads", "precision", "compile", "collective_timeout",
     } == RESUMABLE_KEYS  # fmt: skip
     assert {s.name for s in TRAINING_SETTINGS if s.resumable} == RESUMABLE_KEYS
     assert {f.name for f in dataclasses.fields(ModelConfig)} == MODEL_KEYS

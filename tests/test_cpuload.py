@@ -15,10 +15,11 @@ from charrnn.cpuload import (
     CpuSample,
     allowed_cpus,
     foreign_load,
+    process_cpu_seconds,
     read_cpu_sample,
     threads_for_load,
 )
-from charrnn.device import CpuThreads
+from charrnn.device import CpuThreads, shared_thread_ceiling
 
 STAT = """cpu  400 0 200 9000 10 0 5 0 0 0
 cpu0 100 0 50 4500 5 0 2 0 0 0
@@ -105,3 +106,48 @@ def test_auto_gives_a_cpu_up_beside_a_real_busy_process() -> None:
         busy.kill()
         busy.wait()
         torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- ranks of torchrun
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "cpus", "load", "share", "expected"),
+    [
+        (8, 8, 0.0, 2, 4),  # two ranks on an idle 8-core machine: four threads each
+        (8, 8, 2.0, 2, 3),  # another program keeps two busy: the six free ones, split
+        (16, 16, 0.0, 4, 4),
+        (4, 8, 0.0, 1, 4),  # one process: torch's own count stays the ceiling
+        (2, 2, 1.0, 2, 1),  # more ranks than free CPUs: never fewer than one
+    ],
+)
+def test_ranks_on_one_machine_split_the_free_cpus(
+    ceiling: int, cpus: int, load: float, share: int, expected: int
+) -> None:
+    assert threads_for_load(ceiling, cpus, load, share) == expected
+
+
+@pytest.mark.skipif(read_cpu_sample() is None, reason="needs /proc")
+def test_the_other_ranks_cpu_time_counts_as_our_own() -> None:
+    partner = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])  # a sibling rank, busy
+    try:
+        time.sleep(0.5)
+        alone = read_cpu_sample()
+        partner_before = process_cpu_seconds(partner.pid)
+        with_partner = read_cpu_sample(partners=(partner.pid,))
+        assert alone is not None and with_partner is not None
+        assert partner_before > 0.05
+        assert with_partner.own - alone.own >= partner_before  # CPU times only grow
+    finally:
+        partner.kill()
+        partner.wait()
+    assert process_cpu_seconds(partner.pid) == 0.0  # gone: counts nothing
+
+
+def test_auto_under_torchrun_takes_its_share_of_the_cpus_not_omp_num_threads() -> None:
+    with CpuThreads(0, share=2) as threads:  # torchrun's OMP_NUM_THREADS=1 is what tests run with
+        assert threads.ceiling == shared_thread_ceiling(2) == max(1, len(allowed_cpus()) // 2)
+        assert torch.get_num_threads() == threads.count <= threads.ceiling
+    with CpuThreads(3, share=2) as threads:  # an explicit count stays as asked
+        assert threads.count == 3 and not threads.adaptive
+    assert torch.get_num_threads() == 1
