@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -19,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from charrnn import __version__
 from charrnn.config import (
     DEFAULT_CACHE_DIR,
     DEFAULT_DEVICE,
@@ -38,10 +39,18 @@ from charrnn.config import (
     preset_names,
     resolve_config,
 )
-from charrnn.console import ProgressBar, error_line, notice_line, print_table, warning_line
+from charrnn.console import (
+    ProgressBar,
+    error_line,
+    notice_line,
+    print_columns,
+    print_table,
+    warning_line,
+)
 from charrnn.cpuload import read_cpu_sample
 from charrnn.data import prepare_corpus
 from charrnn.errors import CharRNNError, UsageError
+from charrnn.version import __version__
 
 if TYPE_CHECKING:
     from charrnn import commands
@@ -314,17 +323,12 @@ def train(
 
     with _Interrupts() as interrupts:
         try:
-            if resume is not None:
-                outcome = commands.resume_command(
-                    resume, overrides, cache_dir=cache_dir, reporter=bar,
-                    should_stop=interrupts.requested, on_start=started, load_since=load_since,
-                )  # fmt: skip
-            else:
-                outcome = commands.train_command(
-                    corpus, resolve_config(preset, config, overrides), out=out,
-                    cache_dir=cache_dir, reporter=bar, should_stop=interrupts.requested,
-                    on_start=started, init_from=init_from, load_since=load_since,
-                )  # fmt: skip
+            outcome = commands.train_or_resume(
+                corpus, overrides, resume=resume, init_from=init_from, preset=preset,
+                config_file=config, out=out, cache_dir=cache_dir, reporter=bar,
+                should_stop=interrupts.requested, on_start=started, load_since=load_since,
+                on_preview=None if quiet else bar.preview,
+            )  # fmt: skip
         finally:
             bar.close()
     progress = outcome.progress
@@ -335,17 +339,26 @@ def train(
         )
         raise typer.Exit(interrupts.exit_code)
     if not quiet:
-        print_table(
-            f"trained {outcome.run_dir}",
-            [
-                ("steps", progress.step),
-                ("characters seen", progress.chars_seen),
-                ("training time (s)", round(progress.elapsed, 1)),
-                ("final val loss (nats/char)", progress.val_loss),
-                ("best val loss (nats/char)", progress.best_val_loss),
-                ("best checkpoint", str(outcome.run_dir / "best.pt")),
-            ],
-        )
+        print_table(f"trained {outcome.run_dir}", training_summary(outcome.run_dir, progress))
+
+
+def training_summary(run_dir: Path, progress: commands.Progress) -> list[tuple[str, Any]]:
+    """The rows of the table `train` ends with, down to the command that samples the best model."""
+    best = run_dir / "best.pt"
+    rows: list[tuple[str, Any]] = [
+        ("steps", progress.step),
+        ("characters seen", progress.chars_seen),
+        ("training time (s)", round(progress.elapsed, 1)),
+        ("final val loss (nats/char)", progress.val_loss),
+    ]
+    if progress.best_val_loss is not None:
+        rows += [
+            ("best val loss (nats/char)", progress.best_val_loss),
+            ("best val bits/char", progress.best_val_loss / math.log(2)),
+            ("best checkpoint", str(best)),
+            ("sample it with", f"charrnn sample --checkpoint {shlex.quote(str(best))}"),
+        ]
+    return rows
 
 
 # `prepare` calls data.py itself, not `commands`: commands imports torch (about 1.5 s) and prepare
@@ -526,6 +539,60 @@ def info(
         ],
     )
     print_table("configuration", flat_config)
+
+
+@app.command()
+@user_errors
+def plot(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories to draw.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Image to write: .png, .svg or .pdf.")
+    ] = Path("curves.png"),
+    width: Annotated[int, typer.Option(help="Image width in pixels.")] = 1400,
+    height: Annotated[int, typer.Option(help="Image height in pixels.")] = 600,
+) -> None:
+    """Draw learning curves: train and validation loss against characters seen and time.
+
+    Example: charrnn plot runs/small runs/medium -o curves.png (needs 'charrnn[plot]')
+    """
+    from charrnn.plot import plot_runs
+    from charrnn.runs import read_run
+
+    written = plot_runs([read_run(path) for path in runs], output, width, height)
+    notice_line(f"wrote {written}")
+
+
+COMPARE_COLUMNS = {
+    "run": "run", "model": "model", "parameters": "params", "steps": "steps",
+    "chars": "chars seen", "best_val_loss": "best val", "best_val_bpc": "bits/char",
+    "elapsed_s": "time (s)", "chars_per_s": "chars/s",
+}  # fmt: skip
+
+
+@app.command()
+@user_errors
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories to compare.", show_default=False)
+    ],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list, one object per run.")
+    ] = False,
+) -> None:
+    """Compare runs in one table: model, parameters, steps, characters, best loss, time, speed.
+
+    Example: charrnn compare runs/*
+    """
+    from charrnn import commands
+
+    summaries = commands.compare_command(runs)
+    if json_output:
+        print(json.dumps(summaries))
+        return
+    rows = [[summary[key] for key in COMPARE_COLUMNS] for summary in summaries]
+    print_columns("runs (loss in nats/char)", list(COMPARE_COLUMNS.values()), rows)
 
 
 def main() -> None:

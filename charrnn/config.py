@@ -209,6 +209,12 @@ class TrainConfig:
     log_every: int = setting(
         50, "Write a metrics line every N steps.", LENGTH_PANEL, resumable=True
     )
+    preview_chars: int = setting(  # drawn with its own generator: the run is the same without
+        160,
+        "Characters of sample text shown under the bar at each evaluation; 0 = none.",
+        LENGTH_PANEL,
+        resumable=True,
+    )
     seed: int = setting(1337, "Random seed (same seed, same machine: same run).", RUN_PANEL)
     device: str = setting(DEFAULT_DEVICE, DEVICE_HELP, RUN_PANEL, resumable=True)
     threads: int = setting(0, THREADS_HELP, RUN_PANEL, resumable=True)
@@ -430,6 +436,7 @@ def validate_threads(threads: int) -> None:
     )
 
 
+MAX_PREVIEW_CHARS = 10_000  # two lines of it under the bar; more is not a preview
 MIN_EVAL_CHARS = 100_000  # below this, validation losses are too noisy to compare
 
 
@@ -507,6 +514,10 @@ def validate(config: RunConfig) -> None:
     _check(t.eval_streams >= 1, f"eval_streams must be >= 1, got {t.eval_streams}")
     _check(t.eval_chars >= 0, f"eval_chars cannot be negative (0 = auto), got {t.eval_chars}")
     _check(t.log_every >= 1, f"log_every must be >= 1, got {t.log_every}")
+    _check(
+        0 <= t.preview_chars <= MAX_PREVIEW_CHARS,
+        f"preview_chars must be between 0 and {MAX_PREVIEW_CHARS}, got {t.preview_chars}",
+    )
     # The range torch.manual_seed accepts.
     _check(-(2**63) <= t.seed < 2**64, f"seed must be between -2**63 and 2**64 - 1, got {t.seed}")
     _check(t.device in DEVICES, f"unknown device '{t.device}'; choose from {', '.join(DEVICES)}")
