@@ -88,7 +88,7 @@ app = typer.Typer(
     name="charrnn",
     cls=_OneLineErrors,
     help="Train character-level RNN/LSTM/GRU language models on text; sample and score them.",
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -116,7 +116,7 @@ def setting_option(setting: Setting, *, unset: bool = False) -> inspect.Paramete
         *([setting.flag] if setting.flag else []),
         help=setting.help,
         rich_help_panel=setting.panel,
-        show_default=not unset,
+        show_default=shown_default(setting) if unset else True,
     )
     return inspect.Parameter(
         setting.name,
@@ -124,6 +124,18 @@ def setting_option(setting: Setting, *, unset: bool = False) -> inspect.Paramete
         annotation=Annotated[value_type, option],
         default=None if unset else setting.default,
     )
+
+
+def shown_default(setting: Setting) -> str | bool:
+    """The default `--help` shows for an option whose value is 'not given' (None), so that a
+    preset or TOML file can set it: the declared default. A None default shows nothing; the
+    setting's help says what it means."""
+    if setting.default is None:
+        return False
+    if setting.type is bool and setting.flag and "/" in setting.flag:
+        on, off = setting.flag.split("/")
+        return (on if setting.default else off).lstrip("-")
+    return str(setting.default)
 
 
 def with_settings(
@@ -248,22 +260,24 @@ def train(
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue the run in this directory from its last.pt, exactly where it stopped.",
+            help="Continue the run in this directory from its last.pt, exactly where it stopped "
+            "(default: a new run).",
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     init_from: Annotated[
         Path | None,
         typer.Option(
-            help="Start from this checkpoint's weights (fine-tuning); new characters are added.",
+            help="Start from this checkpoint's weights (fine-tuning); new characters are added "
+            "(default: fresh weights).",
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     preset: Annotated[
         str | None,
         typer.Option(
-            help=f"Start from a preset in configs/ ({', '.join(preset_names())}); "
-            f"the defaults are '{DEFAULT_PRESET}'.",
+            help=f"Start from a preset in configs/ ({', '.join(preset_names())}) "
+            f"(default: {DEFAULT_PRESET}, the settings' own defaults).",
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
@@ -271,7 +285,7 @@ def train(
         Path | None,
         typer.Option(
             "--config",
-            help="TOML file of settings; flags given here override it.",
+            help="TOML file of settings; flags given here override it (default: none).",
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
@@ -405,15 +419,20 @@ def sample(
             help="A checkpoint file, or a run directory (its best.pt).", show_default=False
         ),
     ],
-    prime: Annotated[str, typer.Option(help="Text to start from (it begins the output).")] = "",
+    prime: Annotated[
+        str,
+        typer.Option(
+            help="Text to start from; it begins the output (default: none, the model draws one)."
+        ),
+    ] = "",
     prime_file: Annotated[
-        Path | None, typer.Option(help="Read the prime from this UTF-8 file.")
+        Path | None, typer.Option(help="Read the prime from this UTF-8 file (default: --prime).")
     ] = None,
     separator: Annotated[
         str, typer.Option(help=r"Printed between samples (\n, \t understood).")
     ] = r"\n\n",
     output: Annotated[
-        Path | None, typer.Option(help="Write the samples to this file instead of stdout.")
+        Path | None, typer.Option(help="Write the samples to this file (default: stdout).")
     ] = None,
     device: Annotated[str, typer.Option(help=SAMPLING_DEVICE_HELP)] = DEFAULT_DEVICE,
     threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,

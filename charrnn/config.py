@@ -182,14 +182,14 @@ class TrainConfig:
     beta2: float = setting(0.99, "AdamW beta2.", OPTIM_PANEL)
     grad_clip: float = setting(1.0, "Clip the gradient norm to this; 0 turns it off.", OPTIM_PANEL)
     max_steps: int | None = setting(
-        None, "Stop after this many steps.", LENGTH_PANEL, resumable=True
+        None, "Stop after this many steps (default: no limit).", LENGTH_PANEL, resumable=True
     )
     max_epochs: float | None = setting(
         10.0, "Stop after this many passes over the training text.", LENGTH_PANEL, resumable=True
     )
     max_time: float | None = setting(  # seconds
         None,
-        "Stop after this long (90s, 10m, 2h); the schedule spans it.",
+        "Stop after this long (90s, 10m, 2h); the schedule spans it (default: no limit).",
         LENGTH_PANEL,
         resumable=True,
         parse=parse_duration,
@@ -539,15 +539,18 @@ class SampleConfig:
 
     length: int = setting(500, "New characters per sample.")  # the prime is not counted
     temperature: float = setting(0.8, "Below 1: safer text; above 1: wilder.")
-    top_k: int | None = setting(None, "Draw only from the K most likely characters.")
+    top_k: int | None = setting(None, "Draw only from the K most likely characters (default: all).")
     top_p: float | None = setting(
-        None, "Draw only from the most likely characters whose probability adds to P."
+        None,
+        "Draw only from the most likely characters whose probability adds to P (default: all).",
     )
     greedy: bool = setting(False, "Always take the most likely character.", flag="--greedy")
-    seed: int | None = setting(None, "Random seed for reproducible samples.")  # None: a fresh one
+    seed: int | None = setting(
+        None, "Random seed for the same text again (default: a fresh one)."
+    )  # None: a fresh one
     num_samples: int = setting(1, "Samples to generate, as one batch.")
     stop: str | None = setting(  # the text itself is not included
-        None, r"End a sample where this text appears (\n, \t understood)."
+        None, r"End a sample where this text appears (\n, \t understood; default: never)."
     )
     unknown: str = setting("error", "Prime characters the model never saw: error or skip.")
 

@@ -71,13 +71,11 @@ class ProgressBar:
         self._preview_bars: list[tqdm] = []
         self._pending_preview: list[str] = []
         self._printed_percent = -1
-        self._started = time.monotonic()
 
     @property
     def bar(self) -> tqdm:
         """The tqdm bar, created on first use so failures before training print no bar."""
         if self._bar is None:
-            self._started = time.monotonic()
             self._bar = tqdm(
                 total=BAR_STEPS,
                 disable=self.disabled,
@@ -105,7 +103,8 @@ class ProgressBar:
             percent = min(100, int(fraction * 100))
             if evaluated or percent > self._printed_percent:
                 self._printed_percent = percent
-                elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - self._started))
+                seconds = fields.get("elapsed_s") or 0.0
+                elapsed = time.strftime("%H:%M:%S", time.gmtime(seconds))
                 self._print(f"train {percent:3d}% {elapsed} {self._status(fields)}")
             if evaluated:
                 for line in self._pending_preview:

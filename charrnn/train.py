@@ -362,7 +362,10 @@ class Trainer:
                 self.model.train()  # whatever the callback did with it
             window.restart()  # the next window's chars/s is training speed, not evaluation's
         self.log(record)
-        self.reporter.update(self.fraction_done(), {**record, "step": self.progress.step})
+        self.reporter.update(
+            self.fraction_done(),
+            {**record, "step": self.progress.step, "elapsed_s": self.progress.elapsed},
+        )
 
     def log(self, record: dict[str, Any]) -> None:
         """Append a metrics line stamped with the step, characters and elapsed time."""

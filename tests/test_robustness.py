@@ -133,6 +133,28 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
     assert without_timing(records) == without_timing(metrics(tmp_path / "straight"))
 
 
+def test_a_run_that_shows_previews_is_the_same_run_bit_for_bit(
+    write_corpus, tmp_path, dropout_config
+):
+    corpus, config = write_corpus(), dropout_config(preview_chars=40)
+    plain = train_command([corpus], config, out=tmp_path / "plain")
+    previews: list[tuple[int, str]] = []
+    shown = train_command(
+        [corpus], config, out=tmp_path / "shown", on_preview=lambda *p: previews.append(p)
+    )
+    assert [step for step, _ in previews] == list(range(6, 2 * N + 1, 6))  # each evaluation
+    assert all(len(text) == 40 for _, text in previews)
+    for name in ("last.pt", "best.pt"):
+        a = load_checkpoint(tmp_path / "plain" / name)
+        b = load_checkpoint(tmp_path / "shown" / name)
+        assert_same(a.model_state, b.model_state, name)
+        assert_same(a.resume, b.resume, name)  # the random states too: dropout drew the same
+    assert shown.progress.best_val_loss == plain.progress.best_val_loss
+    assert without_timing(metrics(tmp_path / "shown")) == without_timing(
+        metrics(tmp_path / "plain")
+    )
+
+
 def test_extending_a_finished_run_equals_one_long_run(write_corpus, tmp_path, dropout_config):
     # Constant learning rate: the schedule does not depend on the planned length.
     corpus = write_corpus()
