@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -456,3 +457,30 @@ def test_imports_run_one_way():
     assert charrnn_imports(PACKAGE / "cli.py") == {
         "commands", "config", "console", "cpuload", "data", "errors", "plot", "runs", "version",
     }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the training view
+
+CONTROL_CODES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # ANSI escapes start with \x1b; \r too
+
+
+def test_train_through_a_pipe_prints_plain_lines_previews_and_a_summary(tmp_path, repetitive_text):
+    (tmp_path / "corpus.txt").write_text(repetitive_text(5000), "utf-8")
+    flags = [flag for flag in TRAIN_FLAGS if flag != "--quiet"]
+    env = {k: v for k, v in CHILD_ENV.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    result = run_charrnn(
+        "train", "corpus.txt", "--out", "run", *flags, "--preview-chars", "60",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not CONTROL_CODES.search(result.stdout + result.stderr)
+    previews = [line for line in result.stderr.splitlines() if line.startswith("  | ")]
+    assert len(previews) == 2 * 3  # two lines at each of the 3 evaluations (steps 10, 20, 30)
+    assert all(len(line) == len("  | ") + 30 for line in previews)
+    status = [line for line in result.stderr.splitlines() if line.startswith("train ")]
+    assert status[-1].startswith("train 100% ") and "step 30 " in status[-1]
+    best = load_checkpoint(tmp_path / "run" / "best.pt").progress["best_val_loss"]
+    assert f"{best / math.log(2):.4g}" in result.stdout  # the best val loss in bits/char
+    command = re.search(r"charrnn sample --checkpoint \S+", result.stdout).group(0)
+    sampled = invoke(*shlex.split(command)[1:], "--length", "20", cwd=tmp_path)
+    assert sampled.returncode == 0 and len(sampled.stdout) == 21  # the command works as printed

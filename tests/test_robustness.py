@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 from test_cli import invoke
 
 import charrnn.checkpoint
-import charrnn.train
 from charrnn.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path, run_lock
 from charrnn.cli import EXIT_SIGINT, EXIT_SIGTERM, _Interrupts
 from charrnn.commands import resume_command, train_command
@@ -455,7 +454,9 @@ def _nan_loss_at(monkeypatch, bad_steps: set[int]) -> None:
         calls.append(1)
         return loss * math.nan if len(calls) - 1 in bad_steps else loss
 
-    monkeypatch.setattr(charrnn.train, "F", SimpleNamespace(cross_entropy=cross_entropy))
+    # The module itself: `charrnn.train` is the API's function (see charrnn/__init__.py).
+    training_loop = sys.modules["charrnn.train"]
+    monkeypatch.setattr(training_loop, "F", SimpleNamespace(cross_entropy=cross_entropy))
 
 
 def test_a_few_non_finite_steps_are_skipped_and_counted(
