@@ -292,7 +292,7 @@ def train(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Run directory (default runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL
+            help="Run directory (default: runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL
         ),
     ] = None,
     cache_dir: Annotated[

@@ -171,7 +171,11 @@ def print_columns(
         table.add_column(name, justify="left" if index < 2 else "right")
     for row in rows:
         table.add_row(*(Text(_fmt(value)) for value in row))  # Text: no markup in run names
-    (console or Console()).print(table)
+    console = console or Console()
+    if not console.is_terminal:  # a file or a pipe: the whole table, unwrapped
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console = Console(width=max(console.width, natural))
+    console.print(table)
 
 
 def error_line(message: str) -> None:

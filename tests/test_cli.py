@@ -484,3 +484,46 @@ def test_train_through_a_pipe_prints_plain_lines_previews_and_a_summary(tmp_path
     command = re.search(r"charrnn sample --checkpoint \S+", result.stdout).group(0)
     sampled = invoke(*shlex.split(command)[1:], "--length", "20", cwd=tmp_path)
     assert sampled.returncode == 0 and len(sampled.stdout) == 21  # the command works as printed
+
+
+# ----------------------------------------------------------------------------- help and completion
+
+
+def every_option() -> list[tuple[str, typer.core.TyperOption, str]]:
+    """(command, option, its help line as --help renders it) for the app and every command."""
+    group = typer.main.get_command(app)
+    root = typer.Context(group, info_name="charrnn")
+    found = [("charrnn", p, p.get_help_record(root)[1]) for p in group.params]
+    for name, command in group.commands.items():
+        context = typer.Context(command, info_name=name, parent=root)
+        found += [(name, p, p.get_help_record(context)[1]) for p in command.params]
+    return [(name, p, text) for name, p, text in found if p.param_type_name == "option"]
+
+
+def test_every_option_has_one_line_of_help_with_its_default():
+    options = every_option()
+    assert {name for name, _, _ in options} >= {"train", "sample", "plot", "compare", "charrnn"}
+    for command, option, text in options:
+        where = f"{command} {option.opts[0]}"
+        assert option.help and "\n" not in option.help.strip(), where
+        if option.is_flag and not option.secondary_opts:
+            continue  # an on/off switch, off unless given
+        assert re.search(r"default: \S|\[required\]", text), where
+    train = {option.name: text for command, option, text in options if command == "train"}
+    # Click's way of showing a default that is not the option's value (None: 'not given').
+    assert "[default: (256)]" in train["hidden"] and "[default: (chars)]" in train["bytes"]
+    assert "[default: (160)]" in train["preview_chars"]
+
+
+def test_shell_completion_completes_commands_and_options(tmp_path):
+    script = Path(sys.executable).parent / "charrnn"  # completion goes by the program's name
+    env = {**CHILD_ENV, "_CHARRNN_COMPLETE": "complete_bash", "COMP_CWORD": "2"}
+    words = {"charrnn tr": "1", "charrnn train --max-t": "2"}
+    replies = [
+        subprocess.run(
+            [script], cwd=tmp_path, env={**env, "COMP_WORDS": line, "COMP_CWORD": cword},
+            capture_output=True, text=True, timeout=60,
+        ).stdout.split()
+        for line, cword in words.items()
+    ]  # fmt: skip
+    assert replies == [["train"], ["--max-time"]]
