@@ -62,6 +62,8 @@ def draw_curves(runs: Sequence[RunHistory], width: int, height: int) -> Any:
     """A figure of `width` x `height` pixels: two panels, loss against characters seen and
     against training time; train loss a thin line, validation loss dots joined by a thick one."""
     pyplot = import_pyplot()
+    from matplotlib.ticker import EngFormatter
+
     figure, (by_chars, by_time) = pyplot.subplots(
         1, 2, figsize=(width / DPI, height / DPI), dpi=DPI, sharey=True, layout="constrained"
     )
@@ -80,30 +82,34 @@ def draw_curves(runs: Sequence[RunHistory], width: int, height: int) -> Any:
                 color=colour, linewidth=2.0, marker="o", markersize=3,
                 label=run_label(run) if axes is by_chars else None,
             )  # fmt: skip
+    by_chars.xaxis.set_major_formatter(EngFormatter(sep=""))  # 500k, 1M, not "1e6"
     by_chars.set_xlabel("characters seen")
     by_chars.set_ylabel("loss (nats/char)")
     by_time.set_xlabel(time_label)
     for axes in (by_chars, by_time):
         axes.grid(True, alpha=0.3)
-    by_chars.set_title("thin: train loss; thick with dots: validation loss", fontsize="small")
+    figure.suptitle("train loss: thin lines; validation loss: thick lines with dots", size="small")
     _clip_start(by_chars, runs)
     figure.legend(loc="outside lower center", fontsize="small", ncols=1 if len(runs) < 4 else 2)
     return figure
 
 
+START_SHARE = 0.1  # of each run's train-loss points, left above the view
+
+
 def _clip_start(axes: Any, runs: Sequence[RunHistory]) -> None:
-    """Leave the first losses (near log(vocabulary)) above the view: the part worth reading is
-    where runs differ, below the first validation loss."""
-    losses = [r["val_loss"] for run in runs for r in run.val_points()]
-    losses += [r["train_loss"] for run in runs for r in run.train_points()]
-    if not losses:
+    """Leave the first train losses (near log(vocabulary), falling fast) above the view: the
+    part worth reading is where runs differ. Every validation loss stays in view."""
+    shown = [r["val_loss"] for run in runs for r in run.val_points()]
+    for run in runs:
+        train = [r["train_loss"] for r in run.train_points()]
+        shown += train[max(1, math.ceil(START_SHARE * len(train))) :] or train
+    shown = [loss for loss in shown if math.isfinite(loss)]
+    if not shown:
         return
-    low = min(losses)
-    first_vals = [run.val_points()[0]["val_loss"] for run in runs if run.val_points()]
-    high = max(first_vals) if first_vals else max(losses)
-    if math.isfinite(low) and math.isfinite(high) and high > low:
-        margin = 0.05 * (high - low)
-        axes.set_ylim(low - margin, high + margin)
+    low, high = min(shown), max(shown)
+    margin = 0.05 * (high - low) or 0.05
+    axes.set_ylim(low - margin, high + margin)
 
 
 def plot_runs(runs: Sequence[RunHistory], output: Path, width: int, height: int) -> Path:
