@@ -32,10 +32,8 @@ from charrnn.config import (
     DataConfig,
     SampleConfig,
     Setting,
-    check_init_from_flags,
-    check_resume_flags,
+    check_train_options,
     declared_settings,
-    given_keys,
     preset_names,
     resolve_config,
 )
@@ -314,13 +312,11 @@ def train(
 
     Example: charrnn train shakespeare.txt --max-time 10m
     """
-    run_options = {
-        "corpus": corpus or None, "resume": resume, "init_from": init_from, "preset": preset,
-        "config": config, "out": out,
-    }  # fmt: skip
-    given = given_keys({**run_options, **overrides})
-    check_resume_flags(given)
-    check_init_from_flags(given)
+    # Before torch loads, so that a wrong combination fails at once (the command checks again).
+    check_train_options(
+        overrides, corpus=corpus, resume=resume, init_from=init_from, preset=preset,
+        config=config, out=out,
+    )  # fmt: skip
     load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 

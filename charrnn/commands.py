@@ -31,9 +31,8 @@ from charrnn.config import (
     RunConfig,
     SampleConfig,
     check_init_from_flags,
-    check_resume_flags,
+    check_train_options,
     evaluation_chars,
-    given_keys,
     resolve_config,
     resume_config,
     validate_sample_config,
@@ -321,13 +320,10 @@ def train_or_resume(
 
     `settings` maps setting keys to values; None means not given.
     """
-    run_options = {
-        "corpus": corpus or None, "resume": resume, "init_from": init_from, "preset": preset,
-        "config": config_file, "out": out,
-    }  # fmt: skip
-    given = given_keys({**run_options, **settings})
-    check_resume_flags(given)
-    check_init_from_flags(given)
+    check_train_options(
+        settings, corpus=corpus, resume=resume, init_from=init_from, preset=preset,
+        config=config_file, out=out,
+    )  # fmt: skip
     if resume is not None:
         return resume_command(
             resume, settings, cache_dir=cache_dir, reporter=reporter, should_stop=should_stop,

@@ -417,6 +417,15 @@ def check_init_from_flags(
         raise UsageError("--init-from: the checkpoint and --bytes disagree on bytes vs characters")
 
 
+def check_train_options(settings: dict[str, Any], **run_options: Any) -> None:
+    """Raise `UsageError` for a `train` request that neither starts a run nor resumes one
+    cleanly (see `check_resume_flags`, `check_init_from_flags`); `run_options` are `corpus`
+    and the keys of `NEW_RUN_INPUTS` and `resume`, None (or empty) when not given."""
+    given = given_keys({**{k: v or None for k, v in run_options.items()}, **settings})
+    check_resume_flags(given)
+    check_init_from_flags(given)
+
+
 def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """A saved run's config with only run-length, logging and device settings changed."""
     check_resume_flags({"resume", *given_keys(overrides)})
