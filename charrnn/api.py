@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,10 @@ class Model:
         return score_text(self.network, self.vocab, text)
 
 
-def _stream(run: Any, buffered: int = 256) -> Iterator[str]:
+OnText = Callable[[int, str], None]
+
+
+def _stream(run: Callable[[OnText], Any], buffered: int = 256) -> Iterator[str]:
     """Run `run(on_text)` in a thread and yield each piece it reports as it comes.
 
     The generating loop keeps torch's inference mode (a per-thread flag) on its own thread, so
