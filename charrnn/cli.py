@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -19,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from charrnn import __version__
 from charrnn.config import (
     DEFAULT_CACHE_DIR,
     DEFAULT_DEVICE,
@@ -31,17 +32,23 @@ from charrnn.config import (
     DataConfig,
     SampleConfig,
     Setting,
-    check_init_from_flags,
-    check_resume_flags,
+    check_train_options,
     declared_settings,
-    given_keys,
     preset_names,
     resolve_config,
 )
-from charrnn.console import ProgressBar, error_line, notice_line, print_table, warning_line
+from charrnn.console import (
+    ProgressBar,
+    error_line,
+    notice_line,
+    print_columns,
+    print_table,
+    warning_line,
+)
 from charrnn.cpuload import read_cpu_sample
 from charrnn.data import prepare_corpus
 from charrnn.errors import CharRNNError, UsageError
+from charrnn.version import __version__
 
 if TYPE_CHECKING:
     from charrnn import commands
@@ -79,7 +86,7 @@ app = typer.Typer(
     name="charrnn",
     cls=_OneLineErrors,
     help="Train character-level RNN/LSTM/GRU language models on text; sample and score them.",
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -107,7 +114,7 @@ def setting_option(setting: Setting, *, unset: bool = False) -> inspect.Paramete
         *([setting.flag] if setting.flag else []),
         help=setting.help,
         rich_help_panel=setting.panel,
-        show_default=not unset,
+        show_default=shown_default(setting) if unset else True,
     )
     return inspect.Parameter(
         setting.name,
@@ -115,6 +122,18 @@ def setting_option(setting: Setting, *, unset: bool = False) -> inspect.Paramete
         annotation=Annotated[value_type, option],
         default=None if unset else setting.default,
     )
+
+
+def shown_default(setting: Setting) -> str | bool:
+    """The default `--help` shows for an option whose value is 'not given' (None), so that a
+    preset or TOML file can set it: the declared default. A None default shows nothing; the
+    setting's help says what it means."""
+    if setting.default is None:
+        return False
+    if setting.type is bool and setting.flag and "/" in setting.flag:
+        on, off = setting.flag.split("/")
+        return (on if setting.default else off).lstrip("-")
+    return str(setting.default)
 
 
 def with_settings(
@@ -239,22 +258,24 @@ def train(
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="Continue the run in this directory from its last.pt, exactly where it stopped.",
+            help="Continue the run in this directory from its last.pt, exactly where it stopped "
+            "(default: a new run).",
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     init_from: Annotated[
         Path | None,
         typer.Option(
-            help="Start from this checkpoint's weights (fine-tuning); new characters are added.",
+            help="Start from this checkpoint's weights (fine-tuning); new characters are added "
+            "(default: fresh weights).",
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     preset: Annotated[
         str | None,
         typer.Option(
-            help=f"Start from a preset in configs/ ({', '.join(preset_names())}); "
-            f"the defaults are '{DEFAULT_PRESET}'.",
+            help=f"Start from a preset in configs/ ({', '.join(preset_names())}) "
+            f"(default: {DEFAULT_PRESET}, the settings' own defaults).",
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
@@ -262,14 +283,14 @@ def train(
         Path | None,
         typer.Option(
             "--config",
-            help="TOML file of settings; flags given here override it.",
+            help="TOML file of settings; flags given here override it (default: none).",
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Run directory (default runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL
+            help="Run directory (default: runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL
         ),
     ] = None,
     cache_dir: Annotated[
@@ -291,13 +312,11 @@ def train(
 
     Example: charrnn train shakespeare.txt --max-time 10m
     """
-    run_options = {
-        "corpus": corpus or None, "resume": resume, "init_from": init_from, "preset": preset,
-        "config": config, "out": out,
-    }  # fmt: skip
-    given = given_keys({**run_options, **overrides})
-    check_resume_flags(given)
-    check_init_from_flags(given)
+    # Before torch loads, so that a wrong combination fails at once (the command checks again).
+    check_train_options(
+        overrides, corpus=corpus, resume=resume, init_from=init_from, preset=preset,
+        config=config, out=out,
+    )  # fmt: skip
     load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
@@ -314,17 +333,12 @@ def train(
 
     with _Interrupts() as interrupts:
         try:
-            if resume is not None:
-                outcome = commands.resume_command(
-                    resume, overrides, cache_dir=cache_dir, reporter=bar,
-                    should_stop=interrupts.requested, on_start=started, load_since=load_since,
-                )  # fmt: skip
-            else:
-                outcome = commands.train_command(
-                    corpus, resolve_config(preset, config, overrides), out=out,
-                    cache_dir=cache_dir, reporter=bar, should_stop=interrupts.requested,
-                    on_start=started, init_from=init_from, load_since=load_since,
-                )  # fmt: skip
+            outcome = commands.train_or_resume(
+                corpus, overrides, resume=resume, init_from=init_from, preset=preset,
+                config_file=config, out=out, cache_dir=cache_dir, reporter=bar,
+                should_stop=interrupts.requested, on_start=started, load_since=load_since,
+                on_preview=None if quiet else bar.preview,
+            )  # fmt: skip
         finally:
             bar.close()
     progress = outcome.progress
@@ -337,17 +351,26 @@ def train(
         )
         raise typer.Exit(interrupts.exit_code)
     if not quiet:
-        print_table(
-            f"trained {outcome.run_dir}",
-            [
-                ("steps", progress.step),
-                ("characters seen", progress.chars_seen),
-                ("training time (s)", round(progress.elapsed, 1)),
-                ("final val loss (nats/char)", progress.val_loss),
-                ("best val loss (nats/char)", progress.best_val_loss),
-                ("best checkpoint", str(outcome.run_dir / "best.pt")),
-            ],
-        )
+        print_table(f"trained {outcome.run_dir}", training_summary(outcome.run_dir, progress))
+
+
+def training_summary(run_dir: Path, progress: commands.Progress) -> list[tuple[str, Any]]:
+    """The rows of the table `train` ends with, down to the command that samples the best model."""
+    best = run_dir / "best.pt"
+    rows: list[tuple[str, Any]] = [
+        ("steps", progress.step),
+        ("characters seen", progress.chars_seen),
+        ("training time (s)", round(progress.elapsed, 1)),
+        ("final val loss (nats/char)", progress.val_loss),
+    ]
+    if progress.best_val_loss is not None:
+        rows += [
+            ("best val loss (nats/char)", progress.best_val_loss),
+            ("best val bits/char", progress.best_val_loss / math.log(2)),
+            ("best checkpoint", str(best)),
+            ("sample it with", f"charrnn sample --checkpoint {shlex.quote(str(best))}"),
+        ]
+    return rows
 
 
 # `prepare` calls data.py itself, not `commands`: commands imports torch (about 1.5 s) and prepare
@@ -394,15 +417,20 @@ def sample(
             help="A checkpoint file, or a run directory (its best.pt).", show_default=False
         ),
     ],
-    prime: Annotated[str, typer.Option(help="Text to start from (it begins the output).")] = "",
+    prime: Annotated[
+        str,
+        typer.Option(
+            help="Text to start from; it begins the output (default: none, the model draws one)."
+        ),
+    ] = "",
     prime_file: Annotated[
-        Path | None, typer.Option(help="Read the prime from this UTF-8 file.")
+        Path | None, typer.Option(help="Read the prime from this UTF-8 file (default: --prime).")
     ] = None,
     separator: Annotated[
         str, typer.Option(help=r"Printed between samples (\n, \t understood).")
     ] = r"\n\n",
     output: Annotated[
-        Path | None, typer.Option(help="Write the samples to this file instead of stdout.")
+        Path | None, typer.Option(help="Write the samples to this file (default: stdout).")
     ] = None,
     device: Annotated[str, typer.Option(help=SAMPLING_DEVICE_HELP)] = DEFAULT_DEVICE,
     threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
@@ -529,6 +557,60 @@ def info(
         ],
     )
     print_table("configuration", flat_config)
+
+
+@app.command()
+@user_errors
+def plot(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories to draw.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Image to write: .png, .svg or .pdf.")
+    ] = Path("curves.png"),
+    width: Annotated[int, typer.Option(help="Image width in pixels.")] = 1400,
+    height: Annotated[int, typer.Option(help="Image height in pixels.")] = 600,
+) -> None:
+    """Draw learning curves: train and validation loss against characters seen and time.
+
+    Example: charrnn plot runs/small runs/medium -o curves.png (needs 'charrnn[plot]')
+    """
+    from charrnn.plot import plot_runs
+    from charrnn.runs import read_run
+
+    written = plot_runs([read_run(path) for path in runs], output, width, height)
+    notice_line(f"wrote {written}")
+
+
+COMPARE_COLUMNS = {
+    "run": "run", "model": "model", "parameters": "params", "steps": "steps",
+    "chars": "chars seen", "best_val_loss": "best val", "best_val_bpc": "bits/char",
+    "elapsed_s": "time (s)", "chars_per_s": "chars/s",
+}  # fmt: skip
+
+
+@app.command()
+@user_errors
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories to compare.", show_default=False)
+    ],
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list, one object per run.")
+    ] = False,
+) -> None:
+    """Compare runs in one table: model, parameters, steps, characters, best loss, time, speed.
+
+    Example: charrnn compare runs/*
+    """
+    from charrnn import commands
+
+    summaries = commands.compare_command(runs)
+    if json_output:
+        print(json.dumps(summaries))
+        return
+    rows = [[summary[key] for key in COMPARE_COLUMNS] for summary in summaries]
+    print_columns("runs (loss in nats/char)", list(COMPARE_COLUMNS.values()), rows)
 
 
 def main() -> None:

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from charrnn.checkpoint import LAST_NAME, Checkpoint, load_checkpoint, load_model, run_lock
+from charrnn.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    Checkpoint,
+    load_checkpoint,
+    load_model,
+    run_lock,
+)
 from charrnn.config import (
     CACHE_DIR_NAME,
     DEFAULT_DEVICE,
@@ -25,7 +32,9 @@ from charrnn.config import (
     RunConfig,
     SampleConfig,
     check_init_from_flags,
+    check_train_options,
     evaluation_chars,
+    resolve_config,
     resume_config,
     validate_sample_config,
     validate_threads,
@@ -51,9 +60,10 @@ from charrnn.distributed import (
 from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
 from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
 from charrnn.files import atomic_write_json, stale_temp_files
-from charrnn.generate import generate
+from charrnn.generate import generate, preview_text
 from charrnn.model import CharRNN
 from charrnn.runcorpus import cache_dirs, corpus_record, run_corpus
+from charrnn.runs import read_run, summarize
 
 if TYPE_CHECKING:
     from charrnn.train import Progress, Reporter
@@ -122,8 +132,10 @@ def _run(
     reporter: Reporter | None,
     should_stop: Callable[[], bool],
     on_start: Callable[[TrainOutcome], None] | None,
+    on_preview: Callable[[int, str], None] | None = None,
 ) -> TrainOutcome:
-    """Split, batch and train `job` under the run directory's lock."""
+    """Split, batch and train `job` under the run directory's lock; `on_preview(step, text)`
+    receives a sample of `preview_chars` after each evaluation."""
     # Imported here so that sample, eval and info never load the training loop.
     from charrnn.train import Progress, Trainer
 
@@ -172,6 +184,7 @@ def _run(
             should_stop=should_stop,
             threads=threads,
             world=world,
+            on_evaluate=_previewer(job, threads, on_preview) if writer else None,
         )
         if job.restore_from is not None:
             trainer.restore(job.restore_from)
@@ -188,6 +201,22 @@ def _run(
             on_start(outcome)
         outcome.progress = trainer.run()
     return outcome
+
+
+def _previewer(
+    job: _Job, threads: CpuThreads, on_preview: Callable[[int, str], None] | None
+) -> Callable[[CharRNN, Progress], None] | None:
+    """The trainer's after-evaluation hook that samples a preview, or None for no preview."""
+    length = job.config.train.preview_chars
+    if on_preview is None or length == 0:
+        return None
+
+    def preview(model: CharRNN, progress: Progress) -> None:
+        # The run's seed at every evaluation: the text changes only as the model does.
+        text = preview_text(model, job.vocab, length, job.config.train.seed, threads)
+        on_preview(progress.step, text)
+
+    return preview
 
 
 def write_run_config(run_dir: Path, config: RunConfig, corpus_info: dict[str, Any]) -> None:
@@ -227,8 +256,10 @@ def train_command(
     on_start: Callable[[TrainOutcome], None] | None = None,
     init_from: Path | None = None,
     load_since: CpuSample | None = None,
+    on_preview: Callable[[int, str], None] | None = None,
 ) -> TrainOutcome:
-    """Prepare the corpus, build the model (fresh, or from `init_from`) and train it."""
+    """Prepare the corpus, build the model (fresh, or from `init_from`) and train it
+    (`on_preview(step, text)`: a sample after each evaluation, see `_run`)."""
     run_dir = out or default_run_dir(specs)
     cache_dir = cache_dir or default_cache_dir(run_dir)
     select_device(config.train.device)  # fail before the corpus work, not after
@@ -266,7 +297,7 @@ def train_command(
     else:
         model = CharRNN(config.model, vocab.size)
     job = _Job(config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since)
-    return _run(job, reporter, should_stop, on_start)
+    return _run(job, reporter, should_stop, on_start, on_preview)
 
 
 def resume_command(
@@ -277,6 +308,7 @@ def resume_command(
     should_stop: Callable[[], bool] = lambda: False,
     on_start: Callable[[TrainOutcome], None] | None = None,
     load_since: CpuSample | None = None,
+    on_preview: Callable[[int, str], None] | None = None,
 ) -> TrainOutcome:
     """Continue a run from its last.pt exactly where it stopped (or extend a finished one)."""
     if not run_dir.is_dir():
@@ -306,7 +338,45 @@ def resume_command(
         restore_from=checkpoint, load_since=load_since,
         corpus_record=record if record.get("key") else None,  # else: pinned from now on
     )  # fmt: skip
-    return _run(job, reporter, should_stop, on_start)
+    return _run(job, reporter, should_stop, on_start, on_preview)
+
+
+def train_or_resume(
+    corpus: Sequence[str | Path] | None,
+    settings: dict[str, Any],
+    *,
+    resume: Path | None = None,
+    init_from: Path | None = None,
+    preset: str | None = None,
+    config_file: Path | None = None,
+    out: Path | None = None,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_start: Callable[[TrainOutcome], None] | None = None,
+    load_since: CpuSample | None = None,
+    on_preview: Callable[[int, str], None] | None = None,
+) -> TrainOutcome:
+    """What `charrnn train` and `charrnn.train` do: check the options, then start a run from
+    `corpus` (defaults <- preset <- config file <- `settings`) or continue `resume`.
+
+    `settings` maps setting keys to values; None means not given.
+    """
+    check_train_options(
+        settings, corpus=corpus, resume=resume, init_from=init_from, preset=preset,
+        config=config_file, out=out,
+    )  # fmt: skip
+    if resume is not None:
+        return resume_command(
+            resume, settings, cache_dir=cache_dir, reporter=reporter, should_stop=should_stop,
+            on_start=on_start, load_since=load_since, on_preview=on_preview,
+        )  # fmt: skip
+    assert corpus  # check_resume_flags refused a run with neither
+    return train_command(
+        corpus, resolve_config(preset, config_file, settings), out=out, cache_dir=cache_dir,
+        reporter=reporter, should_stop=should_stop, on_start=on_start, init_from=init_from,
+        load_since=load_since, on_preview=on_preview,
+    )  # fmt: skip
 
 
 def sample_command(
@@ -389,3 +459,21 @@ def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any
         "training_seconds": progress.get("elapsed"),
         "corpus": checkpoint.corpus,
     }
+
+
+def compare_command(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    """Each run's key configuration, parameters, progress and best loss (see `runs.summarize`)."""
+    summaries = []
+    for run_dir in run_dirs:
+        run = read_run(run_dir)
+        summaries.append(summarize(run, _parameters_of(run.path)))
+    return summaries
+
+
+def _parameters_of(run_dir: Path) -> int | None:
+    """The parameter count of a run's model, from its best (else last) checkpoint."""
+    for name in (BEST_NAME, LAST_NAME):
+        if (run_dir / name).is_file():
+            checkpoint = load_checkpoint(run_dir / name)
+            return sum(tensor.numel() for tensor in checkpoint.model_state.values())
+    return None

@@ -182,14 +182,14 @@ class TrainConfig:
     beta2: float = setting(0.99, "AdamW beta2.", OPTIM_PANEL)
     grad_clip: float = setting(1.0, "Clip the gradient norm to this; 0 turns it off.", OPTIM_PANEL)
     max_steps: int | None = setting(
-        None, "Stop after this many steps.", LENGTH_PANEL, resumable=True
+        None, "Stop after this many steps (default: no limit).", LENGTH_PANEL, resumable=True
     )
     max_epochs: float | None = setting(
         10.0, "Stop after this many passes over the training text.", LENGTH_PANEL, resumable=True
     )
     max_time: float | None = setting(  # seconds
         None,
-        "Stop after this long (90s, 10m, 2h); the schedule spans it.",
+        "Stop after this long (90s, 10m, 2h); the schedule spans it (default: no limit).",
         LENGTH_PANEL,
         resumable=True,
         parse=parse_duration,
@@ -208,6 +208,12 @@ class TrainConfig:
     )
     log_every: int = setting(
         50, "Write a metrics line every N steps.", LENGTH_PANEL, resumable=True
+    )
+    preview_chars: int = setting(  # drawn with its own generator: the run is the same without
+        160,
+        "Characters of sample text shown under the bar at each evaluation; 0 = none.",
+        LENGTH_PANEL,
+        resumable=True,
     )
     seed: int = setting(1337, "Random seed (same seed, same machine: same run).", RUN_PANEL)
     device: str = setting(DEFAULT_DEVICE, DEVICE_HELP, RUN_PANEL, resumable=True)
@@ -418,6 +424,15 @@ def check_init_from_flags(
         raise UsageError("--init-from: the checkpoint and --bytes disagree on bytes vs characters")
 
 
+def check_train_options(settings: dict[str, Any], **run_options: Any) -> None:
+    """Raise `UsageError` for a `train` request that neither starts a run nor resumes one
+    cleanly (see `check_resume_flags`, `check_init_from_flags`); `run_options` are `corpus`
+    and the keys of `NEW_RUN_INPUTS` and `resume`, None (or empty) when not given."""
+    given = given_keys({**{k: v or None for k, v in run_options.items()}, **settings})
+    check_resume_flags(given)
+    check_init_from_flags(given)
+
+
 def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """A saved run's config with only run-length, logging and device settings changed."""
     check_resume_flags({"resume", *given_keys(overrides)})
@@ -437,6 +452,7 @@ def validate_threads(threads: int) -> None:
     )
 
 
+MAX_PREVIEW_CHARS = 10_000  # two lines of it under the bar; more is not a preview
 MIN_EVAL_CHARS = 100_000  # below this, validation losses are too noisy to compare
 
 
@@ -514,6 +530,10 @@ def validate(config: RunConfig) -> None:
     _check(t.eval_streams >= 1, f"eval_streams must be >= 1, got {t.eval_streams}")
     _check(t.eval_chars >= 0, f"eval_chars cannot be negative (0 = auto), got {t.eval_chars}")
     _check(t.log_every >= 1, f"log_every must be >= 1, got {t.log_every}")
+    _check(
+        0 <= t.preview_chars <= MAX_PREVIEW_CHARS,
+        f"preview_chars must be between 0 and {MAX_PREVIEW_CHARS}, got {t.preview_chars}",
+    )
     # The range torch.manual_seed accepts.
     _check(-(2**63) <= t.seed < 2**64, f"seed must be between -2**63 and 2**64 - 1, got {t.seed}")
     _check(t.device in DEVICES, f"unknown device '{t.device}'; choose from {', '.join(DEVICES)}")
@@ -539,15 +559,18 @@ class SampleConfig:
 
     length: int = setting(500, "New characters per sample.")  # the prime is not counted
     temperature: float = setting(0.8, "Below 1: safer text; above 1: wilder.")
-    top_k: int | None = setting(None, "Draw only from the K most likely characters.")
+    top_k: int | None = setting(None, "Draw only from the K most likely characters (default: all).")
     top_p: float | None = setting(
-        None, "Draw only from the most likely characters whose probability adds to P."
+        None,
+        "Draw only from the most likely characters whose probability adds to P (default: all).",
     )
     greedy: bool = setting(False, "Always take the most likely character.", flag="--greedy")
-    seed: int | None = setting(None, "Random seed for reproducible samples.")  # None: a fresh one
+    seed: int | None = setting(
+        None, "Random seed for the same text again (default: a fresh one)."
+    )  # None: a fresh one
     num_samples: int = setting(1, "Samples to generate, as one batch.")
     stop: str | None = setting(  # the text itself is not included
-        None, r"End a sample where this text appears (\n, \t understood)."
+        None, r"End a sample where this text appears (\n, \t understood; default: never)."
     )
     unknown: str = setting("error", "Prime characters the model never saw: error or skip.")
 

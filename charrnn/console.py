@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import shutil
 import sys
-from typing import Any
+import time
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from tqdm import tqdm
 
 BAR_STEPS = 1000  # the bar counts thousandths of the run's budget (steps or time)
@@ -23,13 +26,51 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-class ProgressBar:
-    """A tqdm bar over the run's budget showing step, loss, val loss and chars/s."""
+PREVIEW_LINES = 2
+PREVIEW_PREFIX = "  | "
+_VISIBLE = {"\n": "\u21b5", "\t": "\u2192"}  # newline and tab, shown as arrows
 
-    def __init__(self, disable: bool = False) -> None:
+
+def visible_text(text: str) -> str:
+    """`text` on one line with no control codes: newlines and tabs as arrows, other
+    unprintable characters as escapes (\\x1b)."""
+    return "".join(_VISIBLE.get(ch) or (ch if ch.isprintable() else ascii(ch)[1:-1]) for ch in text)
+
+
+def preview_lines(text: str, width: int | None = None) -> list[str]:
+    """A sample as at most `PREVIEW_LINES` lines of `width` characters (default: the text cut
+    into that many equal parts), each starting with `PREVIEW_PREFIX`."""
+    flat = visible_text(text)
+    width = width or max(1, math.ceil(len(flat) / PREVIEW_LINES))
+    parts = [flat[i : i + width] for i in range(0, len(flat), width)][:PREVIEW_LINES]
+    return [PREVIEW_PREFIX + part for part in parts]
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
+class ProgressBar:
+    """The training view on stderr.
+
+    On a terminal: a tqdm bar over the run's budget (step, loss, val loss, chars/s) with the
+    latest sample preview on two lines under it. Anywhere else (a pipe, `| tee`, a log file, CI,
+    a notebook): plain lines with no control codes, one per percent of the run and one for each
+    evaluation, followed by that evaluation's preview.
+    """
+
+    def __init__(self, disable: bool = False, file: TextIO | None = None) -> None:
         self.disabled = disable
+        self.file = file or sys.stderr
+        self.interactive = _is_terminal(self.file)
         self.last_val: float | None = None
         self._bar: tqdm | None = None
+        self._preview_bars: list[tqdm] = []
+        self._pending_preview: list[str] = []
+        self._printed_percent = -1
 
     @property
     def bar(self) -> tqdm:
@@ -38,32 +79,77 @@ class ProgressBar:
             self._bar = tqdm(
                 total=BAR_STEPS,
                 disable=self.disabled,
-                file=sys.stderr,
+                file=self.file,
                 dynamic_ncols=True,
                 bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
                 desc="train",
             )
         return self._bar
 
+    def _status(self, fields: dict[str, Any]) -> str:
+        return (
+            f"step {fields.get('step', 0):,} loss {_fmt(fields.get('train_loss'))} "
+            f"val {_fmt(self.last_val)} {_fmt(fields.get('chars_per_s'))} chars/s"
+        )
+
     def update(self, fraction: float, fields: dict[str, Any]) -> None:
+        """Show the run's progress after a metrics line (`fields`: that line's values)."""
+        evaluated = "val_loss" in fields
+        if evaluated:
+            self.last_val = fields["val_loss"]
+        if self.disabled:
+            return
+        if not self.interactive:
+            percent = min(100, int(fraction * 100))
+            if evaluated or percent > self._printed_percent:
+                self._printed_percent = percent
+                seconds = fields.get("elapsed_s") or 0.0
+                elapsed = time.strftime("%H:%M:%S", time.gmtime(seconds))
+                self._print(f"train {percent:3d}% {elapsed} {self._status(fields)}")
+            if evaluated:
+                for line in self._pending_preview:
+                    self._print(line)
+                self._pending_preview = []
+            return
         target = min(BAR_STEPS, int(fraction * BAR_STEPS))
         if target > self.bar.n:
             self.bar.update(target - self.bar.n)
-        if "val_loss" in fields:
-            self.last_val = fields["val_loss"]
-        self.bar.set_postfix_str(
-            f"step {fields.get('step', 0):,} loss {_fmt(fields.get('train_loss'))} "
-            f"val {_fmt(self.last_val)} {_fmt(fields.get('chars_per_s'))} chars/s",
-            refresh=True,
-        )
+        self.bar.set_postfix_str(self._status(fields), refresh=True)
+
+    def preview(self, step: int, text: str) -> None:
+        """Show a sample of the model at `step` (on a terminal: under the bar, replacing the last;
+        elsewhere: printed after the evaluation's line)."""
+        if self.disabled:
+            return
+        if not self.interactive:
+            self._pending_preview = preview_lines(text)
+            return
+        width = max(10, shutil.get_terminal_size().columns - len(PREVIEW_PREFIX) - 1)
+        lines = preview_lines(text, width)
+        while len(self._preview_bars) < PREVIEW_LINES:
+            position = len(self._preview_bars) + 1
+            self._preview_bars.append(
+                tqdm(total=0, position=position, bar_format="{desc}", file=self.file, leave=True)
+            )
+        for index, preview_bar in enumerate(self._preview_bars):
+            preview_bar.set_description_str(lines[index] if index < len(lines) else "")
 
     def message(self, text: str) -> None:
-        if not self.disabled:
-            self.bar.write(text, file=sys.stderr)
+        if self.disabled:
+            return
+        if self.interactive:
+            self.bar.write(text, file=self.file)
+        else:
+            self._print(text)
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.file, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+        for preview_bar in self._preview_bars:
+            preview_bar.close()
 
 
 def print_table(title: str, rows: list[tuple[str, Any]], console: Console | None = None) -> None:
@@ -74,6 +160,22 @@ def print_table(title: str, rows: list[tuple[str, Any]], console: Console | None
     for name, value in rows:
         table.add_row(name, _fmt(value))
     (console or Console()).print(table)
+
+
+def print_columns(
+    title: str, header: list[str], rows: list[list[Any]], console: Console | None = None
+) -> None:
+    """A table with a header row; text columns (the first two) left, numbers right."""
+    table = Table(title=title, title_justify="left")
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index < 2 else "right")
+    for row in rows:
+        table.add_row(*(Text(_fmt(value)) for value in row))  # Text: no markup in run names
+    console = console or Console()
+    if not console.is_terminal:  # a file or a pipe: the whole table, unwrapped
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        console = Console(width=max(console.width, natural))
+    console.print(table)
 
 
 def error_line(message: str) -> None:

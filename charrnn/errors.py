@@ -33,3 +33,7 @@ class WriteError(CharRNNError):
     def __init__(self, path: object, reason: str) -> None:
         super().__init__(f"cannot write {path}: {reason}")
         self.path, self.reason = path, reason
+
+
+class MissingExtraError(CharRNNError):
+    """A command needs an optional dependency that is not installed; the message says how."""

@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from charrnn.checkpoint import Checkpoint
 from charrnn.data import (
     IGNORE_INDEX,
+    Vocab,
     encode_text_file,
     eval_windows,
     split_train_val,
+    symbols_of,
 )
 from charrnn.device import CpuThreads
 from charrnn.errors import CorpusError, UsageError
@@ -133,3 +135,55 @@ def evaluate_files(
             "nothing to score: the text has fewer than two characters the model knows"
         )
     return EvalResult(loss_sum, chars, unknown)
+
+
+@dataclass(frozen=True)
+class TextScore:
+    """How well a model predicts one text: each scored symbol with its loss (nats), in order.
+
+    The first known symbol has no context and is not scored, as in `charrnn eval`; symbols
+    the vocabulary lacks are left out and counted in `unknown_chars`.
+    """
+
+    per_char: list[tuple[str, float]]
+    unknown_chars: int = 0
+
+    @property
+    def chars(self) -> int:
+        return len(self.per_char)
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy in nats per character."""
+        return sum(loss for _, loss in self.per_char) / self.chars if self.chars else math.nan
+
+    @property
+    def bpc(self) -> float:
+        return self.loss / math.log(2)
+
+
+def score_text(
+    model: CharRNN, vocab: Vocab, text: str, threads: CpuThreads | None = None
+) -> TextScore:
+    """Score `text` as one stateful stream; the mean equals `charrnn eval FILE --streams 1`."""
+    ids, _ = vocab.encode_known(text)
+    unknown = int(symbols_of(text, vocab.is_bytes).shape[0] - ids.shape[0])
+    device = model.head.weight.device
+    was_training = model.training
+    model.eval()
+    losses: list[float] = []
+    state = None
+    with torch.inference_mode():
+        for inputs, targets in eval_windows(ids, 1, EVAL_WINDOW):
+            if threads is not None:
+                threads.tick()
+            logits, state = model(torch.from_numpy(inputs).to(device), state)
+            step_losses = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                torch.from_numpy(targets).to(device).reshape(-1),
+                reduction="none",
+            )
+            losses += step_losses.double().tolist()
+    model.train(was_training)
+    symbols = [vocab.decode([int(i)]) for i in ids[1:]]
+    return TextScore(list(zip(symbols, losses, strict=True)), unknown)

@@ -194,3 +194,18 @@ def generate(
             if on_text:
                 on_text(index, tail)
     return ["".join(sample) for sample in pieces]
+
+
+def preview_text(
+    model: CharRNN, vocab: Vocab, length: int, seed: int, threads: CpuThreads | None = None
+) -> str:
+    """`length` characters drawn from a fresh state with the default sampling options.
+
+    The draws come from a generator seeded with `seed`, never from the global random state, and
+    the model's train/eval mode is restored: a training run that previews is the same run.
+    """
+    was_training = model.training
+    try:
+        return generate(model, vocab, "", SampleConfig(length=length, seed=seed), None, threads)[0]
+    finally:
+        model.train(was_training)

@@ -235,7 +235,12 @@ class _LogWindow:
 
 
 class Trainer:
-    """Runs truncated-BPTT training of `model` on `batches`, scoring on `val_ids`."""
+    """Runs truncated-BPTT training of `model` on `batches`, scoring on `val_ids`.
+
+    `on_evaluate(model, progress)` runs after each evaluation, outside the timed windows; it
+    must leave the global random state alone (draw from its own generator) so that the run
+    stays the same with it or without it.
+    """
 
     def __init__(
         self,
@@ -251,6 +256,7 @@ class Trainer:
         should_stop: Callable[[], bool] = lambda: False,
         threads: CpuThreads | None = None,
         world: World | None = None,
+        on_evaluate: Callable[[CharRNN, Progress], None] | None = None,
     ) -> None:
         self.model, self.batches, self.val_ids = model.to(device), batches, val_ids
         self.config, self.vocab, self.run_dir, self.device = config, vocab, run_dir, device
@@ -261,6 +267,7 @@ class Trainer:
         # The ranks of a data-parallel job (`batches` is then this rank's share of the streams),
         # or a world of one whose collectives return their input.
         self.world = world or World(device=device)
+        self.on_evaluate = on_evaluate  # e.g. the sample preview; told after every evaluation
         self.optimizer = make_optimizer(self.model, config.train, device)
         self.amp_dtype = autocast_dtype(config.train.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
@@ -394,9 +401,15 @@ class Trainer:
             record["val_loss"] = self.evaluate_and_save()
             record["val_chars"] = int(self.val_ids.shape[0])
             record["eval_s"] = round(time.perf_counter() - started, 3)
+            if self.on_evaluate is not None:
+                self.on_evaluate(self.model, self.progress)
+                self.model.train()  # whatever the callback did with it
             window.restart()  # the next window's chars/s is training speed, not evaluation's
         self.log(record)
-        self.reporter.update(self.fraction_done(), {**record, "step": self.progress.step})
+        self.reporter.update(
+            self.fraction_done(),
+            {**record, "step": self.progress.step, "elapsed_s": self.progress.elapsed},
+        )
 
     def log(self, record: dict[str, Any]) -> None:
         """Append a metrics line stamped with the step, characters and elapsed time (rank 0)."""

@@ -114,6 +114,8 @@ FAILURES = [
      ["typo.toml: unknown configuration key 'hiden'"]),
     ("malformed-toml", ["train", "corpus.txt", "--config", "broken.toml"], 2,
      ["broken.toml: malformed TOML"]),
+    ("preview-chars-range", ["train", "corpus.txt", "--preview-chars", "-1"], 2,
+     ["preview_chars must be between 0 and 10000, got -1"]),
     ("val-frac-range", ["train", "corpus.txt", "--val-frac", "1"], 2,
      ["val_frac must be in (0, 1), got 1.0"]),
     ("no-validation-text", ["train", "corpus.txt", "--val-frac", "0.0001"], 1,
@@ -161,6 +163,14 @@ FAILURES = [
      ["checkpoint format 999 is newer than this charrnn reads (1); upgrade charrnn"]),
     ("code-in-pickle", ["info", "--checkpoint", "evil.pt"], 1,
      ["evil.pt: refused to load", "could run code"]),
+    ("plot-missing-run", ["plot", "nowhere"], 2, ["run directory not found: nowhere"]),
+    ("plot-not-a-run", ["plot", "norun"], 2,
+     ["norun is not a run directory (it has no config.json)"]),
+    ("plot-image-format", ["plot", "run", "-o", "curves.gif"], 2,
+     ["cannot tell the image format of curves.gif; end it in .png, .svg or .pdf"]),
+    ("plot-image-size", ["plot", "run", "--width", "10"], 2,
+     ["image size 10x600 is out of range (200x150 to 20000x20000)"]),
+    ("compare-not-a-run", ["compare", "run", "norun"], 2, ["norun is not a run directory"]),
 ]  # fmt: skip
 
 

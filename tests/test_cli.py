@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -400,16 +401,17 @@ def test_prepare_caches_where_a_default_train_run_does(write_corpus, tmp_path):
 PACKAGE = Path(commands.__file__).parent
 # Imports run one way, down this list: a module imports only modules of lower layers.
 LAYERS = [
+    ["__init__"],  # the package's face: re-exports the API of `api`, imported on first use
     ["__main__"],
-    ["cli"],
+    ["cli", "api"],  # two front ends over the same commands
     ["commands"],
     ["train"],  # the loop scores validation text with evaluate
-    ["generate", "evaluate"],
+    ["generate", "evaluate", "plot"],
     ["checkpoint"],
     ["model", "runcorpus"],
-    ["data", "distributed"],  # distributed: the process group and collectives of torchrun
+    ["data", "distributed", "runs"],  # distributed: the process group and collectives of torchrun
     ["files", "device", "config"],
-    ["errors", "console", "cpuload", "__init__"],
+    ["errors", "console", "cpuload", "version"],
 ]
 
 
@@ -423,7 +425,11 @@ def charrnn_imports(path: Path) -> set[str]:
             module = "charrnn" if node.level else (node.module or "")
             if node.level and node.module:
                 module = f"charrnn.{node.module}"
-            names = [f"{module}.{alias.name}" for alias in node.names] + [module]
+            names = [f"{module}.{alias.name}" for alias in node.names]
+            # `from charrnn import commands` imports the submodule; other names come from
+            # the package's own __init__.
+            if any(not (PACKAGE / f"{alias.name}.py").is_file() for alias in node.names):
+                names.append(module)
         else:
             continue
         for name in names:
@@ -449,5 +455,75 @@ def test_imports_run_one_way():
     ]
     assert upward == []
     assert charrnn_imports(PACKAGE / "cli.py") == {
-        "__init__", "commands", "config", "console", "cpuload", "data", "errors",
+        "commands", "config", "console", "cpuload", "data", "errors", "plot", "runs", "version",
     }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the training view
+
+CONTROL_CODES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # ANSI escapes start with \x1b; \r too
+
+
+def test_train_through_a_pipe_prints_plain_lines_previews_and_a_summary(tmp_path, repetitive_text):
+    (tmp_path / "corpus.txt").write_text(repetitive_text(5000), "utf-8")
+    flags = [flag for flag in TRAIN_FLAGS if flag != "--quiet"]
+    env = {k: v for k, v in CHILD_ENV.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    result = run_charrnn(
+        "train", "corpus.txt", "--out", "run", *flags, "--preview-chars", "60",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not CONTROL_CODES.search(result.stdout + result.stderr)
+    previews = [line for line in result.stderr.splitlines() if line.startswith("  | ")]
+    assert len(previews) == 2 * 3  # two lines at each of the 3 evaluations (steps 10, 20, 30)
+    assert all(len(line) == len("  | ") + 30 for line in previews)
+    status = [line for line in result.stderr.splitlines() if line.startswith("train ")]
+    assert status[-1].startswith("train 100% ") and "step 30 " in status[-1]
+    best = load_checkpoint(tmp_path / "run" / "best.pt").progress["best_val_loss"]
+    assert f"{best / math.log(2):.4g}" in result.stdout  # the best val loss in bits/char
+    command = re.search(r"charrnn sample --checkpoint \S+", result.stdout).group(0)
+    sampled = invoke(*shlex.split(command)[1:], "--length", "20", cwd=tmp_path)
+    assert sampled.returncode == 0 and len(sampled.stdout) == 21  # the command works as printed
+
+
+# ----------------------------------------------------------------------------- help and completion
+
+
+def every_option() -> list[tuple[str, typer.core.TyperOption, str]]:
+    """(command, option, its help line as --help renders it) for the app and every command."""
+    group = typer.main.get_command(app)
+    root = typer.Context(group, info_name="charrnn")
+    found = [("charrnn", p, p.get_help_record(root)[1]) for p in group.params]
+    for name, command in group.commands.items():
+        context = typer.Context(command, info_name=name, parent=root)
+        found += [(name, p, p.get_help_record(context)[1]) for p in command.params]
+    return [(name, p, text) for name, p, text in found if p.param_type_name == "option"]
+
+
+def test_every_option_has_one_line_of_help_with_its_default():
+    options = every_option()
+    assert {name for name, _, _ in options} >= {"train", "sample", "plot", "compare", "charrnn"}
+    for command, option, text in options:
+        where = f"{command} {option.opts[0]}"
+        assert option.help and "\n" not in option.help.strip(), where
+        if option.is_flag and not option.secondary_opts:
+            continue  # an on/off switch, off unless given
+        assert re.search(r"default: \S|\[required\]", text), where
+    train = {option.name: text for command, option, text in options if command == "train"}
+    # Click's way of showing a default that is not the option's value (None: 'not given').
+    assert "[default: (256)]" in train["hidden"] and "[default: (chars)]" in train["bytes"]
+    assert "[default: (160)]" in train["preview_chars"]
+
+
+def test_shell_completion_completes_commands_and_options(tmp_path):
+    script = Path(sys.executable).parent / "charrnn"  # completion goes by the program's name
+    env = {**CHILD_ENV, "_CHARRNN_COMPLETE": "complete_bash", "COMP_CWORD": "2"}
+    words = {"charrnn tr": "1", "charrnn train --max-t": "2"}
+    replies = [
+        subprocess.run(
+            [script], cwd=tmp_path, env={**env, "COMP_WORDS": line, "COMP_CWORD": cword},
+            capture_output=True, text=True, timeout=60,
+        ).stdout.split()
+        for line, cword in words.items()
+    ]  # fmt: skip
+    assert replies == [["train"], ["--max-time"]]

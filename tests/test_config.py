@@ -57,7 +57,8 @@ OTHER_VALUES = {
     "weight_decay": 0.2, "beta1": 0.8, "beta2": 0.9, "grad_clip": 2.0,
     "max_steps": 5, "max_epochs": 2.0, "max_time": 90.0, "eval_every": 7, "eval_streams": 3,
     "eval_chars": 500,
-    "log_every": 9, "seed": 5, "device": "cpu", "threads": 1, "precision": "fp32",
+    "log_every": 9, "preview_chars": 40,
+    "seed": 5, "device": "cpu", "threads": 1, "precision": "fp32",
     "collective_timeout": 30.0,
     "compile": True,
 }  # fmt: skip
@@ -298,7 +299,7 @@ def test_resumable_and_model_keys_come_from_the_declarations():
     # The policy: how long the run goes on, how it reports and where it runs; nothing that
     # would make a resumed run differ from one never stopped.
     assert {
-        "max_steps", "max_epochs", "max_time", "eval_every", "log_every",
+        "max_steps", "max_epochs", "max_time", "eval_every", "log_every", "preview_chars",
         "device", "threads", "precision", "compile", "collective_timeout",
     } == RESUMABLE_KEYS  # fmt: skip
     assert {s.name for s in TRAINING_SETTINGS if s.resumable} == RESUMABLE_KEYS

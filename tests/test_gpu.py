@@ -54,3 +54,17 @@ def test_cuda_sampling_is_seeded_and_stepper_matches_cudnn(tmp_path, write_corpu
         for t in range(7):
             logits = stepper.step(ids[:, t])
             assert (logits - fused[:, t]).abs().max().item() < 1e-4
+
+
+@needs_cuda
+def test_previews_on_cuda_draw_on_the_gpu_and_leave_the_run_alone(
+    write_corpus, tmp_path, tiny_config
+):
+    config = tiny_config(device="cuda", precision="bf16", preview_chars=30, max_steps=20)
+    previews: list[tuple[int, str]] = []
+    outcome = train_command(
+        [write_corpus()], config, out=tmp_path / "run", on_preview=lambda *p: previews.append(p)
+    )
+    assert [step for step, _ in previews] == [10, 20]
+    assert all(len(text) == 30 for _, text in previews)
+    assert math.isfinite(outcome.progress.best_val_loss)

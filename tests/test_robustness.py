@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 from test_cli import invoke
 
 import charrnn.checkpoint
-import charrnn.train
 from charrnn.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path, run_lock
 from charrnn.cli import EXIT_SIGINT, EXIT_SIGTERM, _Interrupts
 from charrnn.commands import resume_command, train_command
@@ -131,6 +130,28 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps))  # no step logged twice
     assert without_timing(records) == without_timing(metrics(tmp_path / "straight"))
+
+
+def test_a_run_that_shows_previews_is_the_same_run_bit_for_bit(
+    write_corpus, tmp_path, dropout_config
+):
+    corpus, config = write_corpus(), dropout_config(preview_chars=40)
+    plain = train_command([corpus], config, out=tmp_path / "plain")
+    previews: list[tuple[int, str]] = []
+    shown = train_command(
+        [corpus], config, out=tmp_path / "shown", on_preview=lambda *p: previews.append(p)
+    )
+    assert [step for step, _ in previews] == list(range(6, 2 * N + 1, 6))  # each evaluation
+    assert all(len(text) == 40 for _, text in previews)
+    for name in ("last.pt", "best.pt"):
+        a = load_checkpoint(tmp_path / "plain" / name)
+        b = load_checkpoint(tmp_path / "shown" / name)
+        assert_same(a.model_state, b.model_state, name)
+        assert_same(a.resume, b.resume, name)  # the random states too: dropout drew the same
+    assert shown.progress.best_val_loss == plain.progress.best_val_loss
+    assert without_timing(metrics(tmp_path / "shown")) == without_timing(
+        metrics(tmp_path / "plain")
+    )
 
 
 def test_extending_a_finished_run_equals_one_long_run(write_corpus, tmp_path, dropout_config):
@@ -440,7 +461,9 @@ def _nan_loss_at(monkeypatch, bad_steps: set[int]) -> None:
         calls.append(1)
         return loss * math.nan if len(calls) - 1 in bad_steps else loss
 
-    monkeypatch.setattr(charrnn.train, "F", SimpleNamespace(cross_entropy=cross_entropy))
+    # The module itself: `charrnn.train` is the API's function (see charrnn/__init__.py).
+    training_loop = sys.modules["charrnn.train"]
+    monkeypatch.setattr(training_loop, "F", SimpleNamespace(cross_entropy=cross_entropy))
 
 
 def test_a_few_non_finite_steps_are_skipped_and_counted(

@@ -1,0 +1,164 @@
+"""The Python API, for notebooks and scripts: `charrnn.load` and `charrnn.train`.
+
+It calls the functions the command line calls (`commands.train_or_resume`, `generate`,
+`describe_checkpoint`), with the same setting names, so a notebook and `charrnn train` make
+the same run from the same settings.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from charrnn.checkpoint import Checkpoint, load_model
+from charrnn.commands import describe_checkpoint, train_or_resume
+from charrnn.config import DEFAULT_DEVICE, SampleConfig, validate_sample_config
+from charrnn.console import ProgressBar
+from charrnn.device import select_sampling_device
+from charrnn.evaluate import TextScore, score_text
+from charrnn.generate import generate, prime_ids
+from charrnn.model import CharRNN
+
+_DONE = object()  # ends the stream of chunks from the generating thread
+
+
+class _Cancelled(Exception):
+    """Raised inside the generating thread when the reader stopped reading."""
+
+
+class Model:
+    """A trained model loaded for use: generate text, score text, and its `info`."""
+
+    def __init__(self, model: CharRNN, checkpoint: Checkpoint, path: Path) -> None:
+        self.network, self.checkpoint, self.path = model, checkpoint, path
+        self.vocab = checkpoint.vocab
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What `charrnn info --json` prints: configuration, vocabulary, size and progress."""
+        return describe_checkpoint(self.checkpoint, self.network)
+
+    def __repr__(self) -> str:
+        m = self.checkpoint.config.model
+        return f"<charrnn.Model {self.path}: {m.cell} {m.layers}x{m.hidden}>"
+
+    def generate(self, prime: str = "", **sample_options: Any) -> Iterator[str]:
+        """Yield the text as it is generated, in chunks: first the prime, then new characters.
+
+        `sample_options` are the `charrnn sample` options (`length`, `temperature`, `top_k`,
+        `top_p`, `greedy`, `seed`, `stop`, `unknown`); one sample at a time (`num_samples` 1).
+        """
+        config = replace(SampleConfig(), **sample_options)
+        if config.num_samples != 1:
+            raise TypeError("generate yields one sample; call it once per sample")
+        validate_sample_config(config)
+        prime_ids(self.vocab, prime, config.unknown)  # an unknown character fails here, at once
+        return _stream(lambda on_text: generate(self.network, self.vocab, prime, config, on_text))
+
+    def sample(self, prime: str = "", **sample_options: Any) -> str:
+        """The whole text `generate` yields, as one string."""
+        return "".join(self.generate(prime, **sample_options))
+
+    def score(self, text: str) -> TextScore:
+        """Loss (nats/char), bits per character and the loss of every character of `text`."""
+        return score_text(self.network, self.vocab, text)
+
+
+OnText = Callable[[int, str], None]
+
+
+def _stream(run: Callable[[OnText], Any], buffered: int = 256) -> Iterator[str]:
+    """Run `run(on_text)` in a thread and yield each piece it reports as it comes.
+
+    The generating loop keeps torch's inference mode (a per-thread flag) on its own thread, so
+    the caller's code between chunks never runs inside it; a reader that stops early stops the
+    thread at its next character.
+    """
+    pieces: queue.Queue[Any] = queue.Queue(maxsize=buffered)
+    stop = threading.Event()
+
+    def on_text(index: int, piece: str) -> None:
+        while not stop.is_set():
+            try:
+                pieces.put(piece, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Cancelled
+
+    def work() -> None:
+        try:
+            run(on_text)
+            outcome: Any = _DONE
+        except _Cancelled:
+            return
+        except BaseException as exc:  # handed to the reader, who raises it
+            outcome = exc
+        while not stop.is_set():
+            try:
+                pieces.put(outcome, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    worker = threading.Thread(target=work, name="charrnn-generate", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = pieces.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def load(path: str | Path, device: str = DEFAULT_DEVICE) -> Model:
+    """The model in a checkpoint file or a run directory (its best.pt).
+
+    `device`: as for `charrnn sample`, auto means the CPU.
+    """
+    network, checkpoint = load_model(Path(path), select_sampling_device(device))
+    return Model(network, checkpoint, Path(path))
+
+
+def train(
+    corpus: str | Path | Sequence[str | Path] | None = None,
+    *,
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+    preset: str | None = None,
+    config: str | Path | None = None,
+    out: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    quiet: bool = False,
+    **settings: Any,
+) -> Path:
+    """Train as `charrnn train` does and return the run directory.
+
+    `corpus`: a path, a glob or a list of them; `settings` are the options of `charrnn train`
+    with underscores (`hidden=128`, `max_time="10m"`). `resume=RUN_DIR` continues a run
+    (`max_steps=...` extends it). `quiet=False` shows the progress view on stderr.
+    """
+    specs = [corpus] if isinstance(corpus, str | Path) else list(corpus or [])
+    bar = ProgressBar(disable=quiet)
+    try:
+        outcome = train_or_resume(
+            [str(s) for s in specs], settings, resume=_path(resume), init_from=_path(init_from),
+            preset=preset, config_file=_path(config), out=_path(out), cache_dir=_path(cache_dir),
+            reporter=bar, on_preview=None if quiet else bar.preview,
+        )  # fmt: skip
+    finally:
+        bar.close()
+    return outcome.run_dir
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
