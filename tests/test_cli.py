@@ -403,8 +403,8 @@ LAYERS = [
     ["__main__"],
     ["cli"],
     ["commands"],
-    ["train"],  # the loop scores validation text with evaluate
-    ["generate", "evaluate"],
+    ["train", "inspect_view"],  # the loop scores validation text with evaluate
+    ["generate", "evaluate", "inspection"],
     ["checkpoint"],
     ["model"],
     ["data"],
