@@ -366,7 +366,7 @@ def html_report(inspection: Inspection, source: str, unit: UnitRef | None) -> st
         "initial": None if unit is None else vars(unit),
         "find": [_tracker_dict(t) for t in inspection.trackers],
     }
-    data = json.dumps(payload, ensure_ascii=True).replace("</", "<\\/")
+    data = json.dumps(payload, ensure_ascii=True).replace("<", "\\u003c")  # no "</script>"
     summary = (
         f"{inspection.chars:,} characters scored, {inspection.bpc:.4f} bits per character, "
         f"{inspection.unknown_chars:,} outside the vocabulary; showing the first "
