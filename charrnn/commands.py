@@ -379,6 +379,8 @@ def inspect_command(
         raise UsageError(f"--show must be >= 0 (0: all), got {options.show}")
     if options.find_top < 1:
         raise UsageError(f"--find-top must be >= 1, got {options.find_top}")
+    if options.html is not None and not options.html.parent.is_dir():  # say so before the work
+        raise UsageError(f"cannot write {options.html}: no directory {options.html.parent}")
     device = select_device(device_name)
     model, checkpoint = load_model(checkpoint_path, device)
     config = checkpoint.config.model

@@ -113,7 +113,7 @@ def _text_with_bars(inspection: Inspection, chars: list[str], values: np.ndarray
             level = levels[k]
             bars.append(" " if level is None else BLOCKS[max(1, round(level * 8))])
         if char == "\n" or len(line) == PLAIN_WIDTH or k == len(chars) - 1:
-            out += ["".join(line), "".join(bars)]
+            out += ["".join(line), "".join(bars)] if line else [""]  # a blank line stays one
             line, bars = [], []
     return Text("\n".join(out))
 
@@ -185,14 +185,17 @@ def trackers_table(inspection: Inspection) -> Table:
     table = Table(title="units that track features of the text (--find)", title_justify="left")
     for name in ("feature", "layer:unit", "state", "correlation", "meaning"):
         table.add_column(name, justify="right" if name == "correlation" else "left")
+    previous = None
     for tracker in inspection.trackers:
         table.add_row(
             tracker.feature,
             f"{tracker.unit.layer}:{tracker.unit.unit}",
             tracker.unit.state,
             f"{tracker.correlation:+.3f}",
-            FEATURE_HELP[tracker.feature],
+            FEATURE_HELP[tracker.feature] if tracker.feature != previous else "",
+            end_section=False,
         )
+        previous = tracker.feature
     absent = [name for name, present in inspection.feature_present.items() if not present]
     if absent:
         table.caption = f"not in this text (no correlation): {', '.join(absent)}"

@@ -44,12 +44,12 @@ FEATURES = (
     "digit",
 )
 FEATURE_HELP = {
-    "quote": 'inside double quotes (from an opening " to its closing one)',
-    "bracket_depth": "depth of nested ( [ {",
-    "line_position": "characters since the last newline",
-    "line_start": "the first character of a line",
-    "word_start": "the first letter of a word",
-    "speaker_line": "on a speaker-name line (capitals, then a colon: 'ROMEO:')",
+    "quote": 'inside "double quotes"',
+    "bracket_depth": "nesting depth of ( [ {",
+    "line_position": "characters since the newline",
+    "line_start": "first character of a line",
+    "word_start": "first letter of a word",
+    "speaker_line": "a name line: 'ROMEO:'",
     "digit": "a digit",
 }
 

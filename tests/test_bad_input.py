@@ -147,6 +147,19 @@ FAILURES = [
      ["checkpoint format 999 is newer than this charrnn reads (1); upgrade charrnn"]),
     ("code-in-pickle", ["info", "--checkpoint", "evil.pt"], 1,
      ["evil.pt: refused to load", "could run code"]),
+    ("inspect-missing-text", ["inspect", "--checkpoint", "run", "missing.txt"], 2,
+     ["file not found: missing.txt"]),
+    ("inspect-empty-text", ["inspect", "--checkpoint", "run", "empty.txt"], 1,
+     ["nothing to score"]),
+    ("inspect-cell-index-format", ["inspect", "--checkpoint", "run", "corpus.txt",
+     "--cell-index", "42"], 2, ["--cell-index 42: expected LAYER:UNIT, e.g. 0:42 (both from 0)"]),
+    ("inspect-cell-index-range", ["inspect", "--checkpoint", "run", "corpus.txt",
+     "--cell-index", "1:0"], 2,
+     ["--cell-index 1:0: the model has 1 layer(s) of 16 units (layers 0-0, units 0-15)"]),
+    ("inspect-state", ["inspect", "--checkpoint", "run", "corpus.txt", "--state", "x"], 2,
+     ["--state x: expected c (LSTM cell state) or h (output)"]),
+    ("inspect-html-no-directory", ["inspect", "--checkpoint", "run", "corpus.txt", "--html",
+     "nodir/page.html"], 2, ["cannot write nodir/page.html: no directory nodir"]),
 ]  # fmt: skip
 
 
