@@ -372,7 +372,7 @@ def inspect_command(
     """Stream a text (a file, or stdin for "-") through a model and show what it expected, what
     its units did, and (with `options.find`) which units track simple features of the text."""
     from charrnn import inspect_view
-    from charrnn.inspection import UnitRef, inspect_symbols, parse_cell_index, read_symbols
+    from charrnn.inspection import UnitRef, inspect_symbols, parse_cell_index, symbol_chunks
 
     validate_threads(threads)
     if options.show < 0:
@@ -395,12 +395,12 @@ def inspect_command(
     if options.cell_index is not None:
         layer, index = parse_cell_index(options.cell_index, config.layers, config.hidden)
         unit = UnitRef(layer, index, state)
-    symbols = read_symbols(
+    chunks = symbol_chunks(
         source, checkpoint.vocab, options.encoding or checkpoint.config.data.encoding
     )
     with CpuThreads(threads, load_since) as cpu_threads:
         inspection = inspect_symbols(
-            model, checkpoint.vocab, symbols, options.show, options.find, device, cpu_threads,
+            model, checkpoint.vocab, chunks, options.show, options.find, device, cpu_threads,
             options.find_top,
         )  # fmt: skip
     label = "stdin" if str(source) == "-" else str(source)

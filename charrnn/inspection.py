@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,25 +72,28 @@ class InspectOptions:
 # ----------------------------------------------------------------------------- reading the text
 
 
-def read_symbols(source: Path | str, vocab: Vocab, encoding: str) -> np.ndarray:
-    """Every symbol (code point, or byte for a bytes model) of a file, or of stdin for "-"."""
+def symbol_chunks(source: Path | str, vocab: Vocab, encoding: str) -> Iterator[np.ndarray]:
+    """The symbols (code points, or bytes for a bytes model) of a file piece by piece, or of
+    stdin for "-" (read whole). A missing file fails here, before any piece is read."""
     if str(source) == "-":
-        data = sys.stdin.buffer.read()
-        if vocab.is_bytes:
-            return symbols_of(data, True)
-        try:
-            text = data.decode(encoding)
-        except (UnicodeDecodeError, LookupError) as exc:
-            raise CorpusError(f"stdin: not valid {encoding} ({exc})") from None
-        return symbols_of(text.replace("\r\n", "\n").replace("\r", "\n"), False)
+        return iter([_stdin_symbols(vocab, encoding)])
     path = Path(source)
     if not path.is_file():
         raise UsageError(f"file not found: {path}")
     if vocab.is_bytes:
-        chunks = [symbols_of(block, True) for block in read_byte_chunks(path)]
-    else:
-        chunks = [symbols_of(text, False) for text in read_text_chunks(path, encoding)]
-    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint32)
+        return (symbols_of(block, True) for block in read_byte_chunks(path))
+    return (symbols_of(text, False) for text in read_text_chunks(path, encoding))
+
+
+def _stdin_symbols(vocab: Vocab, encoding: str) -> np.ndarray:
+    data = sys.stdin.buffer.read()
+    if vocab.is_bytes:
+        return symbols_of(data, True)
+    try:
+        text = data.decode(encoding)
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise CorpusError(f"stdin: not valid {encoding} ({exc})") from None
+    return symbols_of(text.replace("\r\n", "\n").replace("\r", "\n"), False)
 
 
 def symbol_text(symbol: int, is_bytes: bool) -> str:
@@ -102,28 +105,58 @@ def symbol_text(symbol: int, is_bytes: bool) -> str:
 
 # ----------------------------------------------------------------------------- text features
 
+NEWLINE = ord("\n")
+MAX_NAME_LINE = 64  # a speaker-name line is at most this long; so a window looks this far ahead
+
 
 def text_features(symbols: np.ndarray) -> np.ndarray:
-    """(n, len(FEATURES)) float32 values of the simple features at each symbol, computed from the
-    text up to and including it (speaker_line looks at its whole line)."""
-    s = np.asarray(symbols, dtype=np.int64)
-    n = s.shape[0]
-    out = np.zeros((n, len(FEATURES)), dtype=np.float32)
-    if n == 0:
+    """(n, len(FEATURES)) float32 values of the simple features at each symbol of a whole text."""
+    return FeatureStream().features(np.asarray(symbols), np.zeros(0, dtype=np.int64))
+
+
+@dataclass
+class FeatureStream:
+    """FEATURES of a text read window by window: what each feature needs from before a window
+    (quote parity, bracket depth, position in the line, the previous symbol, the line so far)
+    is carried; speaker_line also looks at the rest of the line, up to MAX_NAME_LINE ahead."""
+
+    parity: int = 0
+    depth: int = 0
+    line_position: int = 0
+    previous: int = NEWLINE
+    line_so_far: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def features(self, window: np.ndarray, ahead: np.ndarray) -> np.ndarray:
+        """Features at each symbol of `window`; `ahead`: the next MAX_NAME_LINE + 1 symbols
+        (fewer only where the text ends)."""
+        s = np.asarray(window, dtype=np.int64)
+        n = s.shape[0]
+        out = np.zeros((n, len(FEATURES)), dtype=np.float32)
+        if n == 0:
+            return out
+        index = np.arange(n)
+        newline = s == NEWLINE
+        quotes = np.cumsum(s == ord('"')) + self.parity
+        out[:, 0] = quotes % 2
+        out[:, 1] = _bracket_depth(s, self.depth)
+        last_newline = np.maximum.accumulate(np.where(newline, index, -1 - self.line_position))
+        out[:, 2] = index - last_newline
+        previous = np.concatenate([[self.previous], s[:-1]])
+        out[:, 3] = (previous == NEWLINE) & ~newline
+        out[:, 4] = _is_letter(s) & ~_is_letter(previous)
+        out[:, 6] = (s >= ord("0")) & (s <= ord("9"))
+        rest = np.asarray(ahead[: MAX_NAME_LINE + 1], dtype=np.int64)
+        ends = np.flatnonzero(rest == NEWLINE)
+        rest = rest[: ends[0] + 1] if ends.shape[0] else rest
+        context = np.concatenate([self.line_so_far, s, rest])
+        before = self.line_so_far.shape[0]
+        out[:, 5] = _speaker_lines(context, context == NEWLINE)[before : before + n]
+        self.parity, self.depth = int(quotes[-1] % 2), int(out[-1, 1])
+        self.line_position, self.previous = int(out[-1, 2]), int(s[-1])
+        newlines = np.flatnonzero(newline)
+        tail = s[newlines[-1] + 1 :] if newlines.shape[0] else np.concatenate([self.line_so_far, s])
+        self.line_so_far = tail[-(MAX_NAME_LINE + 1) :]  # a longer line is no name line anyway
         return out
-    index = np.arange(n)
-    newline = s == ord("\n")
-    out[:, 0] = np.cumsum(s == ord('"')) % 2
-    out[:, 1] = _bracket_depth(s)
-    last_newline = np.maximum.accumulate(np.where(newline, index, -1))
-    out[:, 2] = index - last_newline
-    previous = np.concatenate([[ord("\n")], s[:-1]])
-    out[:, 3] = (previous == ord("\n")) & ~newline
-    letters = _is_letter(s)
-    out[:, 4] = letters & ~_is_letter(previous)
-    out[:, 5] = _speaker_lines(s, newline)
-    out[:, 6] = (s >= ord("0")) & (s <= ord("9"))
-    return out
 
 
 def _is_letter(s: np.ndarray) -> np.ndarray:
@@ -132,25 +165,26 @@ def _is_letter(s: np.ndarray) -> np.ndarray:
     return letters[np.searchsorted(unique, s)]
 
 
-def _bracket_depth(s: np.ndarray) -> np.ndarray:
-    """Nesting depth after each symbol; a closing bracket with none open leaves it at 0."""
+def _bracket_depth(s: np.ndarray, depth: int = 0) -> np.ndarray:
+    """Nesting depth after each symbol, from `depth` before the first; a closing bracket with
+    none open leaves it at 0."""
     step = np.isin(s, [ord(c) for c in "([{"]).astype(np.int64)
     step -= np.isin(s, [ord(c) for c in ")]}"])
     changes = np.flatnonzero(step)
     if changes.shape[0] == 0:
-        return np.zeros(s.shape[0], dtype=np.int64)
-    depth_after = np.zeros(changes.shape[0], dtype=np.int64)
-    depth = 0
+        return np.full(s.shape[0], depth, dtype=np.int64)
+    depth_after, start = np.zeros(changes.shape[0], dtype=np.int64), depth
     for k, position in enumerate(changes.tolist()):  # only the bracket positions, usually few
         depth = max(0, depth + int(step[position]))
         depth_after[k] = depth
     at = np.searchsorted(changes, np.arange(s.shape[0]), side="right") - 1
-    return np.where(at >= 0, depth_after[np.maximum(at, 0)], 0)
+    return np.where(at >= 0, depth_after[np.maximum(at, 0)], start)
 
 
 def _speaker_lines(s: np.ndarray, newline: np.ndarray) -> np.ndarray:
-    """1 on each symbol (its newline included) of a line of capitals, spaces and apostrophes
-    that ends in a colon and starts with a capital."""
+    """1 on each symbol (its newline included) of a line of at most MAX_NAME_LINE capitals,
+    spaces and apostrophes that starts with a capital and ends in a colon. `s` starts at the
+    start of a line."""
     line = np.concatenate([[0], np.cumsum(newline)[:-1]])  # a newline belongs to its line
     n_lines = int(line[-1]) + 1
     body = ~newline
@@ -162,7 +196,8 @@ def _speaker_lines(s: np.ndarray, newline: np.ndarray) -> np.ndarray:
     colons = np.bincount(line, weights=colon_last, minlength=n_lines)
     first = np.concatenate([[True], newline[:-1]])
     starts_upper = np.bincount(line, weights=first & upper, minlength=n_lines)
-    speaker = (bad == 0) & (colons == 1) & (starts_upper == 1)
+    length = np.bincount(line, weights=body, minlength=n_lines)
+    speaker = (bad == 0) & (colons == 1) & (starts_upper == 1) & (length <= MAX_NAME_LINE)
     return speaker[line]
 
 
@@ -313,6 +348,11 @@ class Correlations:
         self.sff += (f * f).sum(0)
         self.svf += v.T @ f
 
+    def feature_varies(self) -> np.ndarray:
+        """Per feature: whether it took more than one value."""
+        n = max(self.n, 1)
+        return self.sff / n - (self.sf / n) ** 2 > 1e-12
+
     def result(self) -> np.ndarray:
         """(units, features) correlations; NaN where a unit or a feature never varies."""
         n = max(self.n, 1)
@@ -459,111 +499,221 @@ def parse_cell_index(text: str, layers: int, hidden: int) -> tuple[int, int]:
     return layer, unit
 
 
+class _KnownStream:
+    """The ids of the known symbols of a text read piece by piece (`pending`, from known index
+    `offset`), and the first `show` symbols of all (0: all) with whether each is known."""
+
+    def __init__(self, chunks: Iterable[np.ndarray], vocab: Vocab, show: int) -> None:
+        self.table = vocab.lookup_table()
+        self.chunks = iter(chunks)
+        self.show = show
+        self.pending = np.zeros(0, dtype=np.int64)
+        self.offset = self.seen = self.unknown = 0
+        self.shown_symbols: list[np.ndarray] = []
+        self.shown_known: list[np.ndarray] = []
+        self.exhausted = False
+
+    def fill(self, count: int) -> None:
+        """Read until `count` known ids are pending or the text ends."""
+        while self.pending.shape[0] < count and not self.exhausted:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.exhausted = True
+                return
+            plus_one = self.table[np.asarray(chunk, dtype=np.int64)]
+            known = plus_one > 0
+            room = chunk.shape[0] if self.show == 0 else max(0, self.show - self.seen)
+            if room:
+                self.shown_symbols.append(np.asarray(chunk[:room], dtype=np.int64))
+                self.shown_known.append(known[:room])
+            self.seen += chunk.shape[0]
+            self.unknown += int((~known).sum())
+            self.pending = np.concatenate([self.pending, plus_one[known].astype(np.int64) - 1])
+
+    def advance(self, count: int) -> None:
+        self.pending, self.offset = self.pending[count:], self.offset + count
+
+    def shown_limit(self) -> int:
+        """Known positions below this are shown (every one read so far, until `show` symbols
+        have been read)."""
+        if self.show == 0 or self.seen < self.show:
+            return self.offset + self.pending.shape[0]
+        return int(sum(int(k.sum()) for k in self.shown_known))
+
+
+class _SpanFinder:
+    """The most surprising SPAN_CHARS-long runs, found window by window: each window keeps its
+    best CANDIDATES starts, enough for SPANS non-overlapping picks over the whole text."""
+
+    CANDIDATES = SPANS * 2 * SPAN_CHARS + SPANS
+
+    def __init__(self) -> None:
+        self.bits = np.zeros(0, dtype=np.float64)
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.first = 1  # position of self.bits[0]: the first character has no loss
+        self.candidates: list[tuple[float, int, np.ndarray, np.ndarray]] = []
+
+    def add(self, bits: np.ndarray, ids: np.ndarray) -> None:
+        """The bits and ids of the next positions."""
+        self.bits = np.concatenate([self.bits, bits.astype(np.float64)])
+        self.ids = np.concatenate([self.ids, ids])
+        if self.bits.shape[0] >= SPAN_CHARS:
+            sums = np.convolve(self.bits, np.ones(SPAN_CHARS), mode="valid")
+            best = np.argsort(-sums, kind="stable")[: self.CANDIDATES]
+            self.candidates += [
+                (float(sums[k]), self.first + int(k), self.ids[k : k + SPAN_CHARS].copy(),
+                 self.bits[k : k + SPAN_CHARS].copy())
+                for k in best.tolist()
+            ]  # fmt: skip
+            self.candidates.sort(key=lambda c: (-c[0], c[1]))
+            del self.candidates[self.CANDIDATES :]
+            keep = SPAN_CHARS - 1  # the starts not yet complete
+            self.first += self.bits.shape[0] - keep
+            self.bits, self.ids = self.bits[-keep:], self.ids[-keep:]
+
+    def result(self, vocab: Vocab) -> list[dict]:
+        """Up to SPANS non-overlapping spans, most bits first (a shorter text: one span of it)."""
+        candidates = self.candidates or (
+            [(float(self.bits.sum()), self.first, self.ids, self.bits)] if self.bits.size else []
+        )
+        taken: list[tuple[float, int, np.ndarray, np.ndarray]] = []
+        for candidate in candidates:
+            if all(abs(candidate[1] - other[1]) >= SPAN_CHARS for other in taken):
+                taken.append(candidate)
+                if len(taken) == SPANS:
+                    break
+        return [
+            {
+                "start": start,
+                "text": "".join(symbol_text(vocab.symbols[i], vocab.is_bytes) for i in ids),
+                "bits": total,
+                "bits_per_char": total / bits.shape[0],
+                "worst": int(bits.argmax()),
+                "worst_bits": float(bits.max()),
+            }
+            for total, start, ids, bits in taken
+        ]
+
+
 def inspect_symbols(
     model: CharRNN,
     vocab: Vocab,
-    symbols: np.ndarray,
+    chunks: Iterable[np.ndarray] | np.ndarray,
     show: int,
     find: bool,
     device: torch.device | str = "cpu",
     threads: CpuThreads | None = None,
     trackers_per_feature: int = 1,
 ) -> Inspection:
-    """Stream `symbols` through `model`: surprisal, unit values for the first `show` symbols
-    (0: all), trackers of FEATURES (with `find`) and gate statistics for the whole text."""
-    lookup = vocab.lookup_table()
-    plus_one = lookup[np.asarray(symbols, dtype=np.int64)]
-    known = plus_one > 0
-    ids = (plus_one[known] - 1).astype(np.int64)
-    if ids.shape[0] < 2:
-        raise CorpusError(
-            "nothing to score: the text has fewer than two characters the model knows"
-        )
-    show = symbols.shape[0] if show == 0 else min(show, symbols.shape[0])
-    shown_known = int(known[:show].sum())
+    """Stream a text (symbol arrays, piece by piece) through `model`: surprisal, top-5 and unit
+    values for the first `show` symbols (0: all); totals, spans, trackers of FEATURES (with
+    `find`) and gate statistics for the whole text, in memory for one window."""
+    stream = _KnownStream([chunks] if isinstance(chunks, np.ndarray) else chunks, vocab, show)
     tracer = Tracer(model)
     config = model.config
     shape = (config.layers, config.hidden)
-    features = text_features(symbols[known]) if find else None
+    code_points = np.asarray(vocab.symbols, dtype=np.int64)
+    feature_stream = FeatureStream() if find else None
     correlations = {
         name: Correlations(config.layers * config.hidden, len(FEATURES))
         for name in tracer.state_names
     }
     gate_stats = {name: GateStats.empty(name, *shape) for name in GATE_NAMES.get(config.cell, ())}
-    bits_known = np.full(ids.shape[0], np.nan, dtype=np.float32)
-    top_ids = np.zeros((shown_known, TOP_K), dtype=np.int64)
-    top_probs = np.zeros((shown_known, TOP_K), dtype=np.float32)
-    values = {
-        name: np.zeros((shown_known, *shape), dtype=np.float32) for name in tracer.state_names
-    }
+    spans = _SpanFinder()
+    shown_bits: list[np.ndarray] = [np.full(1, np.nan, dtype=np.float32)]  # from position 0
+    shown_top: list[tuple[np.ndarray, np.ndarray]] = []  # from position 1
+    shown_values: dict[str, list[np.ndarray]] = {name: [] for name in tracer.state_names}
     loss_sum = 0.0
     model.eval()
-    for start, window in _windows(ids.shape[0]):
+    while True:
+        stream.fill(WINDOW + MAX_NAME_LINE + 2)
+        count = min(WINDOW, stream.pending.shape[0])
+        if count == 0 or (stream.offset == 0 and stream.pending.shape[0] < 2):
+            break
         if threads is not None:
             threads.tick()
-        inputs = torch.from_numpy(ids[window]).to(device)
-        trace = tracer.run(inputs)
-        stop = window.stop
-        targets = ids[start + 1 : stop + 1]
+        start, window = stream.offset, stream.pending[:count]
+        targets = stream.pending[1 : count + 1]
+        trace = tracer.run(torch.from_numpy(window).to(device))
+        limit = stream.shown_limit()
         with torch.inference_mode():
             scored = trace.logits[: targets.shape[0]]
             losses = F.cross_entropy(
                 scored, torch.from_numpy(targets).to(scored.device), reduction="none"
             ).double()
             loss_sum += float(losses.sum())
-            bits_known[start + 1 : start + 1 + targets.shape[0]] = (
-                (losses / math.log(2)).float().cpu().numpy()
-            )
-            keep = max(0, min(stop, shown_known - 1) - start)  # predictions for shown symbols
+            bits = (losses / math.log(2)).float().cpu().numpy()
+            spans.add(bits, targets)
+            keep = max(0, min(start + targets.shape[0], limit - 1) - start)  # shown predictions
             if keep:
+                shown_bits.append(bits[:keep])
                 probs, top = trace.logits[:keep].softmax(-1).topk(min(TOP_K, vocab.size), dim=-1)
-                top_ids[start + 1 : start + 1 + keep, : top.shape[1]] = top.cpu().numpy()
-                top_probs[start + 1 : start + 1 + keep, : top.shape[1]] = probs.cpu().numpy()
+                shown_top.append((top.cpu().numpy(), probs.cpu().numpy()))
         host = {name: v.cpu().numpy() for name, v in trace.values.items()}
-        shown_here = max(0, min(stop, shown_known) - start)
+        shown_here = max(0, min(start + count, limit) - start)
+        features = None
+        if feature_stream is not None:
+            ahead = code_points[stream.pending[count : count + MAX_NAME_LINE + 1]]
+            features = feature_stream.features(code_points[window], ahead)
         for name, value in host.items():
             if shown_here:
-                values[name][start : start + shown_here] = value[:shown_here]
+                shown_values[name].append(value[:shown_here])
             if features is not None:
-                correlations[name].add(value.reshape(value.shape[0], -1), features[window])
+                correlations[name].add(value.reshape(value.shape[0], -1), features)
         for name, gate in trace.gates.items():
             gate_stats[name].add(gate.cpu().numpy())
-    shown_symbols = symbols[:show]
-    shown_mask = known[:show]
+        stream.advance(count)
+    total_known = stream.offset + stream.pending.shape[0]
+    if total_known < 2:
+        raise CorpusError(
+            "nothing to score: the text has fewer than two characters the model knows"
+        )
+    symbols = np.concatenate(stream.shown_symbols) if stream.shown_symbols else np.zeros(0)
+    shown_mask = np.concatenate(stream.shown_known) if stream.shown_known else np.zeros(0, bool)
+    shown_known = int(shown_mask.sum())
+    top_ids = np.zeros((shown_known, TOP_K), dtype=np.int64)
+    top_probs = np.zeros((shown_known, TOP_K), dtype=np.float32)
+    if shown_top:
+        ids_part = np.concatenate([t for t, _ in shown_top])
+        top_ids[1 : 1 + ids_part.shape[0], : ids_part.shape[1]] = ids_part
+        top_probs[1 : 1 + ids_part.shape[0], : ids_part.shape[1]] = np.concatenate(
+            [p for _, p in shown_top]
+        )
+    values = {
+        name: np.concatenate(parts)[:shown_known]
+        if parts
+        else np.zeros((0, *shape), dtype=np.float32)
+        for name, parts in shown_values.items()
+    }
     inspection = Inspection(
         is_bytes=vocab.is_bytes,
         cell=config.cell,
         layers=config.layers,
         hidden=config.hidden,
         state_names=tracer.state_names,
-        symbols=shown_symbols,
+        symbols=symbols.astype(np.int64),
         known=shown_mask,
-        bits=_spread(bits_known[:shown_known], shown_mask),
+        bits=_spread(np.concatenate(shown_bits)[:shown_known], shown_mask),
         top_ids=_spread(top_ids, shown_mask, fill=0),
         top_probs=_spread(top_probs, shown_mask, fill=0.0),
         values={name: _spread(v, shown_mask) for name, v in values.items()},
         vocab=vocab,
         loss_sum=loss_sum,
-        chars=int(ids.shape[0] - 1),
-        unknown_chars=int((~known).sum()),
-        total_symbols=int(symbols.shape[0]),
-        spans=surprising_spans(bits_known, ids, vocab),
+        chars=total_known - 1,
+        unknown_chars=stream.unknown,
+        total_symbols=stream.seen,
+        spans=spans.result(vocab),
         gates=[row for stats in gate_stats.values() for row in stats.summary()],
     )
-    if features is not None:
-        present = features.std(0) > 0
-        inspection.feature_present = {
-            name: bool(p) for name, p in zip(FEATURES, present, strict=False)
-        }
+    if feature_stream is not None:
+        any_state = next(iter(correlations.values()))
+        inspection.feature_present = dict(
+            zip(FEATURES, any_state.feature_varies().tolist(), strict=True)
+        )
         inspection.trackers = best_trackers(
             {name: c.result() for name, c in correlations.items()}, shape, trackers_per_feature
         )
     return inspection
-
-
-def _windows(n: int) -> Iterator[tuple[int, slice]]:
-    for start in range(0, n, WINDOW):
-        yield start, slice(start, min(start + WINDOW, n))
 
 
 def _spread(known_rows: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> np.ndarray:
@@ -571,34 +721,6 @@ def _spread(known_rows: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> n
     out = np.full((mask.shape[0], *known_rows.shape[1:]), fill, dtype=known_rows.dtype)
     out[mask] = known_rows
     return out
-
-
-def surprising_spans(bits: np.ndarray, ids: np.ndarray, vocab: Vocab) -> list[dict]:
-    """The SPANS non-overlapping runs of SPAN_CHARS known symbols with the most bits in all."""
-    scored = np.nan_to_num(bits, nan=0.0).astype(np.float64)
-    width = min(SPAN_CHARS, scored.shape[0])
-    sums = np.convolve(scored, np.ones(width), mode="valid")
-    taken: list[int] = []
-    for start in np.argsort(-sums, kind="stable").tolist():
-        if all(abs(start - other) >= width for other in taken):
-            taken.append(start)
-            if len(taken) == SPANS:
-                break
-    spans = []
-    for start in taken:
-        piece = ids[start : start + width]
-        worst = start + int(np.nanargmax(np.nan_to_num(bits[start : start + width], nan=-1.0)))
-        spans.append(
-            {
-                "start": start,
-                "text": "".join(symbol_text(vocab.symbols[i], vocab.is_bytes) for i in piece),
-                "bits": float(sums[start]),
-                "bits_per_char": float(sums[start] / width),
-                "worst": worst - start,
-                "worst_bits": float(bits[worst]),
-            }
-        )
-    return spans
 
 
 def best_trackers(

@@ -312,3 +312,72 @@ def test_bad_inspect_options_are_one_error_line(tmp_path, args, fragment):
     (tmp_path / "text.txt").write_text(TEXT, "utf-8")
     result = invoke("inspect", "--checkpoint", "model.pt", "text.txt", *args, cwd=tmp_path)
     assert fragment in assert_one_error_line(result, 2)
+
+
+def _speaker_text(n_lines: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(n_lines):
+        kind = rng.integers(0, 4)
+        if kind == 0:
+            lines.append(rng.choice(["ROMEO:", "FIRST CITIZEN:", "KING HENRY VI:", "Nurse:"]))
+        elif kind == 1:
+            lines.append('"(a [b" c) 12' * int(rng.integers(0, 3)))
+        else:
+            lines.append("word " * int(rng.integers(0, 20)))
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("cut", [5, 64, 100])
+def test_features_read_window_by_window_equal_the_whole_texts(cut):
+    from charrnn.inspection import MAX_NAME_LINE, FeatureStream
+
+    s = symbols_of(_speaker_text(150, cut), False).astype(np.int64)
+    whole = text_features(s)
+    stream = FeatureStream()
+    parts = [
+        stream.features(s[k : k + cut], s[k + cut : k + cut + MAX_NAME_LINE + 1])
+        for k in range(0, s.shape[0], cut)
+    ]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert whole[:, FEATURES.index("speaker_line")].sum() > 0
+
+
+def test_spans_found_window_by_window_are_the_best_non_overlapping_runs():
+    from charrnn.inspection import SPAN_CHARS, SPANS, _SpanFinder
+
+    rng = np.random.default_rng(7)
+    bits = rng.exponential(1.0, 3000).astype(np.float32)
+    bits[1500:1510] += 20  # two bursts, one crossing a window edge
+    bits[510:515] += 30
+    finder = _SpanFinder()
+    for k in range(0, 3000, 512):
+        finder.add(bits[k : k + 512], np.zeros(len(bits[k : k + 512]), dtype=np.int64))
+    spans = finder.result(text_vocab("a"))
+    sums = np.convolve(bits.astype(np.float64), np.ones(SPAN_CHARS), mode="valid")
+    taken: list[int] = []
+    for start in np.argsort(-sums, kind="stable").tolist():
+        if all(abs(start - other) >= SPAN_CHARS for other in taken):
+            taken.append(start)
+    assert [s["start"] - 1 for s in spans] == taken[:SPANS]  # positions count from 1
+    assert spans[0]["bits"] == pytest.approx(sums[taken[0]])
+
+
+def test_the_text_read_in_pieces_gives_the_same_inspection():
+    text = _speaker_text(120, 3)
+    vocab = text_vocab(text)
+    model = random_model("lstm", layers=2, vocab_size=vocab.size)
+    s = symbols_of(text, False)
+    whole = inspect_symbols(model, vocab, s, show=300, find=True)
+    pieces = inspect_symbols(
+        model, vocab, (s[k : k + 97] for k in range(0, len(s), 97)), show=300, find=True
+    )
+    assert pieces.loss_sum == pytest.approx(whole.loss_sum, rel=1e-9)
+    assert pieces.spans == whole.spans
+    assert [(t.feature, t.unit, round(t.correlation, 6)) for t in pieces.trackers] == [
+        (t.feature, t.unit, round(t.correlation, 6)) for t in whole.trackers
+    ]
+    np.testing.assert_array_equal(pieces.symbols, whole.symbols)
+    np.testing.assert_allclose(pieces.bits, whole.bits, equal_nan=True)
+    np.testing.assert_array_equal(pieces.top_ids, whole.top_ids)
+    np.testing.assert_allclose(pieces.values["c"], whole.values["c"], equal_nan=True)
