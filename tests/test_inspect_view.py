@@ -41,6 +41,9 @@ stateBox.value = "%STATE%";
 unitBox.value = "%UNIT%";
 unitBox.dispatchEvent(new Event("change"));
 probe.after = colours();
+const hovered = document.querySelectorAll("#text span")[5];
+hovered.dispatchEvent(new MouseEvent("mousemove", { bubbles: true, clientX: 10, clientY: 10 }));
+probe.tip = document.getElementById("tip").textContent;
 document.querySelector("a.pick").click();
 probe.picked = [document.getElementById("mode").value, unitBox.value, stateBox.value];
 probe.errors = window.__errors;
@@ -116,6 +119,13 @@ def test_the_page_renders_and_the_picker_recolours_the_text_in_chromium(page, tm
             assert b == 255 and r < 255, (k, value, after)
         changed += before != after
     assert changed > len(values) // 2
+    # Resting on a character shows its bits and what the model expected there.
+    expected = data["positions"][5]
+    assert f"{expected['bits']:.2f} bits" in probe["tip"]
+    tip_rows = dict(re.findall(r'^  ("[^"]*") ([\d.]+)%$', probe["tip"], re.M))
+    assert len(tip_rows) == 5
+    for char, probability in expected["top5"]:
+        assert float(tip_rows[json.dumps(char)]) == pytest.approx(100 * probability, abs=0.06)
     best = data["find"][0]
     assert probe["picked"] == ["unit", f"{best['layer']}:{best['unit']}", best["state"]]
 
