@@ -381,3 +381,16 @@ def test_the_text_read_in_pieces_gives_the_same_inspection():
     np.testing.assert_allclose(pieces.bits, whole.bits, equal_nan=True)
     np.testing.assert_array_equal(pieces.top_ids, whole.top_ids)
     np.testing.assert_allclose(pieces.values["c"], whole.values["c"], equal_nan=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_inspection_equals_the_cpu_one():
+    text = _speaker_text(60, 1)
+    vocab = text_vocab(text)
+    model = random_model("lstm", layers=2, vocab_size=vocab.size)
+    s = symbols_of(text, False)
+    on_cpu = inspect_symbols(model, vocab, s, show=0, find=True)
+    on_gpu = inspect_symbols(model.to("cuda"), vocab, s, show=0, find=True, device="cuda")
+    assert on_gpu.loss_sum == pytest.approx(on_cpu.loss_sum, rel=1e-4)
+    np.testing.assert_allclose(on_gpu.values["c"], on_cpu.values["c"], atol=1e-4)
+    assert on_gpu.trackers[0].unit == on_cpu.trackers[0].unit
