@@ -37,7 +37,7 @@ class Sizes:
 
 
 FULL = Sizes(hidden=256, speed_chars=100_000, chars=1_000_000)  # the default preset's LSTM
-QUICK = Sizes(hidden=16, speed_chars=10_000, chars=10_000)
+QUICK = Sizes(hidden=16, speed_chars=4_000, chars=4_000)
 
 
 def write_model(folder: Path, text: str, hidden: int) -> Path:
