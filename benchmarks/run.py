@@ -27,7 +27,7 @@ from charrnn.device import use_cpu_threads
 # `measure(bench)` adds its rows. `train` reuses the matmul peak; `eval` reuses a train figure.
 SECTIONS = (
     "matmul", "train", "sample", "eval", "prepare", "quality", "contention", "evalshare", "preview",
-    "distributed",
+    "distributed", "inspection",
 )  # fmt: skip
 
 

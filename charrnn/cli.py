@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
 from typer.core import TyperGroup
 
 from charrnn.config import (
@@ -611,6 +612,77 @@ def compare(
         return
     rows = [[summary[key] for key in COMPARE_COLUMNS] for summary in summaries]
     print_columns("runs (loss in nats/char)", list(COMPARE_COLUMNS.values()), rows)
+
+
+@app.command("inspect")
+@user_errors
+def inspect_model(
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
+        ),
+    ],
+    text: Annotated[
+        str, typer.Argument(help="The text to look at: a file, or - for stdin.", show_default=False)
+    ],
+    cell_index: Annotated[
+        str | None,
+        typer.Option(help="Colour the text by one unit, LAYER:UNIT counted from 0 (e.g. 0:42)."),
+    ] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(help="Which value of the unit: c (LSTM cell state, the default) or h."),
+    ] = None,
+    find: Annotated[
+        bool,
+        typer.Option(
+            "--find",
+            help="Rank the units that best track quotes, brackets, line position, line and "
+            "word starts, speaker lines and digits.",
+        ),
+    ] = False,
+    find_top: Annotated[int, typer.Option(help="Units listed per feature by --find.")] = 1,
+    show: Annotated[
+        int,
+        typer.Option(
+            help="Characters shown (terminal, HTML, JSON positions); 0: all. Totals, --find "
+            "and gates always cover the whole text."
+        ),
+    ] = 2000,
+    html: Annotated[
+        Path | None,
+        typer.Option(help="Write a self-contained HTML page with a unit picker to this file."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    no_color: Annotated[
+        bool, typer.Option("--no-color", help="Plain text, no colours (also when not a TTY).")
+    ] = False,
+    encoding: Annotated[
+        str | None, typer.Option(help="Encoding of TEXT (default: the training corpus').")
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = DEFAULT_DEVICE,
+    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+) -> None:
+    """Look inside a model: how surprised it is at each character, what its units and gates do.
+
+    Example: charrnn inspect --checkpoint runs/shakespeare-... play.txt --find --html view.html
+    """
+    load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
+    from charrnn import commands
+
+    console = Console(color_system=None if no_color else "auto", highlight=False)
+    options = commands.InspectOptions(
+        cell_index=cell_index, state=state, find=find, find_top=find_top, show=show, html=html,
+        json=json_output, encoding=encoding, plain=console.color_system is None,
+    )  # fmt: skip
+    outcome = commands.inspect_command(checkpoint, text, options, device, threads, load_since)
+    if outcome.data is not None:
+        print(json.dumps(outcome.data))
+    else:
+        console.print(outcome.report)
+    if outcome.html_path is not None:
+        notice_line(f"wrote {outcome.html_path}")
 
 
 def main() -> None:

@@ -59,8 +59,9 @@ from charrnn.distributed import (
 )
 from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
 from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
-from charrnn.files import atomic_write_json, stale_temp_files
+from charrnn.files import atomic_write_json, atomic_write_text, stale_temp_files
 from charrnn.generate import generate, preview_text
+from charrnn.inspection import Inspection, InspectOptions
 from charrnn.model import CharRNN
 from charrnn.runcorpus import cache_dirs, corpus_record, run_corpus
 from charrnn.runs import read_run, summarize
@@ -477,3 +478,73 @@ def _parameters_of(run_dir: Path) -> int | None:
             checkpoint = load_checkpoint(run_dir / name)
             return sum(tensor.numel() for tensor in checkpoint.model_state.values())
     return None
+
+
+@dataclass
+class InspectOutcome:
+    """What `charrnn inspect` found, and its renderings: `report` for the terminal (a rich
+    renderable), `data` for --json, and the HTML file written, if any."""
+
+    inspection: Inspection
+    report: Any
+    data: dict[str, Any] | None
+    html_path: Path | None
+
+
+def inspect_command(
+    checkpoint_path: Path,
+    source: Path | str,
+    options: InspectOptions,
+    device_name: str = DEFAULT_DEVICE,
+    threads: int = 0,
+    load_since: CpuSample | None = None,
+) -> InspectOutcome:
+    """Stream a text (a file, or stdin for "-") through a model and show what it expected, what
+    its units did, and (with `options.find`) which units track simple features of the text."""
+    from charrnn import inspect_view
+    from charrnn.inspection import UnitRef, inspect_symbols, parse_cell_index, symbol_chunks
+
+    validate_threads(threads)
+    if options.show < 0:
+        raise UsageError(f"--show must be >= 0 (0: all), got {options.show}")
+    if options.find_top < 1:
+        raise UsageError(f"--find-top must be >= 1, got {options.find_top}")
+    if options.html is not None and not options.html.parent.is_dir():  # say so before the work
+        raise UsageError(f"cannot write {options.html}: no directory {options.html.parent}")
+    device = select_device(device_name)
+    model, checkpoint = load_model(checkpoint_path, device)
+    config = checkpoint.config.model
+    state = options.state or ("c" if config.cell == "lstm" else "h")
+    if state not in ("c", "h") or (state == "c" and config.cell != "lstm"):
+        raise UsageError(
+            f"--state {state}: a {config.cell.upper()} has only h"
+            if state == "c"
+            else f"--state {state}: expected c (LSTM cell state) or h (output)"
+        )
+    unit = None
+    if options.cell_index is not None:
+        layer, index = parse_cell_index(options.cell_index, config.layers, config.hidden)
+        unit = UnitRef(layer, index, state)
+    chunks = symbol_chunks(
+        source, checkpoint.vocab, options.encoding or checkpoint.config.data.encoding
+    )
+    with CpuThreads(threads, load_since) as cpu_threads:
+        inspection = inspect_symbols(
+            model, checkpoint.vocab, chunks, options.show, options.find, device, cpu_threads,
+            options.find_top,
+        )  # fmt: skip
+    label = "stdin" if str(source) == "-" else str(source)
+    html_path = None
+    if options.html is not None:
+        try:
+            atomic_write_text(options.html, inspect_view.html_report(inspection, label, unit))
+        except WriteError as exc:
+            raise UsageError(str(exc)) from None
+        html_path = options.html
+    data = inspect_view.json_report(inspection, unit) if options.json else None
+    report = (
+        None
+        if options.json
+        else inspect_view.terminal_report(inspection, label, unit, options.plain)
+    )
+    return InspectOutcome(inspection, report, data, html_path)

@@ -171,6 +171,19 @@ FAILURES = [
     ("plot-image-size", ["plot", "run", "--width", "10"], 2,
      ["image size 10x600 is out of range (200x150 to 20000x20000)"]),
     ("compare-not-a-run", ["compare", "run", "norun"], 2, ["norun is not a run directory"]),
+    ("inspect-missing-text", ["inspect", "--checkpoint", "run", "missing.txt"], 2,
+     ["file not found: missing.txt"]),
+    ("inspect-empty-text", ["inspect", "--checkpoint", "run", "empty.txt"], 1,
+     ["nothing to score"]),
+    ("inspect-cell-index-format", ["inspect", "--checkpoint", "run", "corpus.txt",
+     "--cell-index", "42"], 2, ["--cell-index 42: expected LAYER:UNIT, e.g. 0:42 (both from 0)"]),
+    ("inspect-cell-index-range", ["inspect", "--checkpoint", "run", "corpus.txt",
+     "--cell-index", "1:0"], 2,
+     ["--cell-index 1:0: the model has 1 layer(s) of 16 units (layers 0-0, units 0-15)"]),
+    ("inspect-state", ["inspect", "--checkpoint", "run", "corpus.txt", "--state", "x"], 2,
+     ["--state x: expected c (LSTM cell state) or h (output)"]),
+    ("inspect-html-no-directory", ["inspect", "--checkpoint", "run", "corpus.txt", "--html",
+     "nodir/page.html"], 2, ["cannot write nodir/page.html: no directory nodir"]),
 ]  # fmt: skip
 
 

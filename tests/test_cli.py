@@ -405,8 +405,8 @@ LAYERS = [
     ["__main__"],
     ["cli", "api"],  # two front ends over the same commands
     ["commands"],
-    ["train"],  # the loop scores validation text with evaluate
-    ["generate", "evaluate", "plot"],
+    ["train", "inspect_view"],  # the loop scores validation text with evaluate
+    ["generate", "evaluate", "plot", "inspection"],
     ["checkpoint"],
     ["model", "runcorpus"],
     ["data", "distributed", "runs"],  # distributed: the process group and collectives of torchrun
