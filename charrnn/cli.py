@@ -523,9 +523,61 @@ def info(
             ("best val loss", details["best_val_loss"]),
             ("training time (s)", details["training_seconds"]),
             ("corpus", ", ".join(details["corpus"].get("sources", [])) or "-"),
+            ("exported as", _export_format(details["export"])),
         ],
     )
     print_table("configuration", flat_config)
+
+
+def _export_format(export: dict[str, Any]) -> str:
+    """'int8 matrices, float16 vectors' for an export, '-' for a training checkpoint."""
+    if not export:
+        return "-"
+    if export.get("quantize"):
+        return f"{export['quantize']} matrices, {export.get('dtype')} vectors (inference only)"
+    return f"{export.get('dtype')} (inference only)"
+
+
+@app.command("export")
+@user_errors
+def export(
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The file to write.", show_default=False)
+    ],
+    dtype: Annotated[
+        str, typer.Option(help="float32, float16 or bfloat16: the weights' storage type.")
+    ] = "float32",
+    quantize: Annotated[
+        str,
+        typer.Option(help="int8: weight matrices as int8 with one scale per row; none: off."),
+    ] = "none",
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Write an inference-only copy of a checkpoint (no optimizer state), smaller if asked.
+
+    Example: charrnn export --checkpoint runs/shakespeare-... -o model.pt --quantize int8
+    """
+    from charrnn import commands
+
+    result = commands.export_command(checkpoint, output, dtype, quantize)
+    if json_output:
+        print(json.dumps(result.to_dict()))
+        return
+    print_table(
+        f"exported {result.output}",
+        [
+            ("source", str(result.source)),
+            ("format", _export_format({"dtype": result.dtype, "quantize": result.quantize})),
+            ("parameters", result.parameters),
+            ("size (bytes)", f"{result.output_bytes:,} ({result.source_bytes:,} before)"),
+        ],
+    )
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ from charrnn.data import (
 from charrnn.device import CpuThreads, select_device, select_sampling_device
 from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
 from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
+from charrnn.export import export_command as export_command  # `charrnn export`, re-exported
 from charrnn.files import atomic_write_json, stale_temp_files
 from charrnn.generate import generate
 from charrnn.model import CharRNN
@@ -346,4 +347,5 @@ def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any
         "val_loss": progress.get("val_loss"),
         "training_seconds": progress.get("elapsed"),
         "corpus": checkpoint.corpus,
+        "export": checkpoint.export,
     }

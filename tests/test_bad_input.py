@@ -144,9 +144,16 @@ FAILURES = [
     ("not-a-checkpoint", ["sample", "--checkpoint", "corpus.txt"], 1,
      ["corpus.txt: not a readable checkpoint"]),
     ("newer-format", ["info", "--checkpoint", "future.pt"], 1,
-     ["checkpoint format 999 is newer than this charrnn reads (1); upgrade charrnn"]),
+     ["checkpoint format 999 is newer than this charrnn reads (2); upgrade charrnn"]),
     ("code-in-pickle", ["info", "--checkpoint", "evil.pt"], 1,
      ["evil.pt: refused to load", "could run code"]),
+    ("export-unknown-dtype", ["export", "--checkpoint", "run", "-o", "m.pt", "--dtype", "int4"],
+     2, ["unknown dtype 'int4'; choose from float32, float16, bfloat16"]),
+    ("export-unknown-quantize",
+     ["export", "--checkpoint", "run", "-o", "m.pt", "--quantize", "int4"], 2,
+     ["unknown quantization 'int4'; choose int8 or none"]),
+    ("export-over-source", ["export", "--checkpoint", "run", "-o", "run/best.pt"], 2,
+     ["export would overwrite its source run/best.pt; choose another -o"]),
 ]  # fmt: skip
 
 

@@ -404,9 +404,9 @@ LAYERS = [
     ["cli"],
     ["commands"],
     ["train"],  # the loop scores validation text with evaluate
-    ["generate", "evaluate"],
+    ["generate", "evaluate", "export"],
     ["checkpoint"],
-    ["model"],
+    ["model", "quantize"],
     ["data"],
     ["files", "device", "config"],
     ["errors", "console", "cpuload", "__init__"],
