@@ -47,6 +47,7 @@ class Checkpoint:
     resume: dict[str, Any] = field(default_factory=dict)  # optimizer, RNG and hidden state
     corpus: dict[str, Any] = field(default_factory=dict)  # sources and split, for `eval`
     export: dict[str, Any] = field(default_factory=dict)  # an inference-only file: dtype, quantize
+    objective: dict[str, Any] = field(default_factory=dict)  # not plain cross-entropy: distill's
 
     @property
     def quantized(self) -> bool:
@@ -66,6 +67,8 @@ class Checkpoint:
         }
         if self.export:
             payload["export"] = self.export
+        if self.objective:
+            payload["objective"] = self.objective
         return payload
 
     def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
@@ -153,6 +156,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
             resume=payload.get("resume", {}),
             corpus=payload.get("corpus", {}),
             export=payload.get("export", {}),
+            objective=payload.get("objective", {}),
         )
         if checkpoint.quantized:  # every reader (sample, eval, info, --init-from) gets float32
             checkpoint.model_state = dequantize_state(checkpoint.model_state)

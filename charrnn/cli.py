@@ -29,6 +29,7 @@ from charrnn.config import (
     THREADS_HELP,
     TRAINING_SETTINGS,
     DataConfig,
+    DistillConfig,
     SampleConfig,
     Setting,
     check_init_from_flags,
@@ -578,6 +579,123 @@ def export(
             ("size (bytes)", f"{result.output_bytes:,} ({result.source_bytes:,} before)"),
         ],
     )
+
+
+def _train_with_progress(
+    quiet: bool, start: Callable[..., commands.TrainOutcome]
+) -> commands.TrainOutcome:
+    """Run `start(reporter=..., should_stop=..., on_start=...)` with a progress bar, Ctrl-C
+    handling and the closing table, as `train` does; exits 130/143 after an interruption."""
+    bar = ProgressBar(disable=quiet)
+
+    def started(outcome: commands.TrainOutcome) -> None:
+        for warning in outcome.warnings:
+            warning_line(warning)
+        bar.message(
+            f"run {outcome.run_dir}: {outcome.corpus.n_chars:,} characters, vocabulary "
+            f"{outcome.corpus.vocab.size}, {outcome.parameters:,} parameters"
+        )
+
+    with _Interrupts() as interrupts:
+        try:
+            outcome = start(reporter=bar, should_stop=interrupts.requested, on_start=started)
+        finally:
+            bar.close()
+    progress = outcome.progress
+    if interrupts.requested():
+        notice_line(
+            f"stopped at step {progress.step:,}; saved {outcome.run_dir / 'last.pt'}. "
+            f"Resume with: charrnn train --resume {outcome.run_dir}"
+        )
+        raise typer.Exit(interrupts.exit_code)
+    if not quiet:
+        print_table(
+            f"trained {outcome.run_dir}",
+            [
+                ("steps", progress.step),
+                ("characters seen", progress.chars_seen),
+                ("training time (s)", round(progress.elapsed, 1)),
+                ("final val loss (nats/char)", progress.val_loss),
+                ("best val loss (nats/char)", progress.best_val_loss),
+                ("best checkpoint", str(outcome.run_dir / "best.pt")),
+            ],
+        )
+    return outcome
+
+
+DISTILL_KEYS = tuple(s.name for s in declared_settings(DistillConfig))
+
+
+@app.command()
+@user_errors
+@with_settings(declared_settings(DistillConfig), after="teacher")
+@with_settings(TRAINING_SETTINGS, unset=True)
+def distill(
+    corpus: Annotated[
+        list[str],
+        typer.Argument(help="Text files, directories or globs to distill on.", show_default=False),
+    ],
+    teacher: Annotated[
+        Path,
+        typer.Option(
+            help="The trained model to learn from: a checkpoint or a run directory (its best.pt).",
+            show_default=False,
+            rich_help_panel="Distillation",
+        ),
+    ],
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Start the student from a preset in configs/ ({', '.join(preset_names())}).",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML file of settings; flags given here override it.",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory (default runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where encoded corpora are cached (default: .cache beside the run).",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="No progress bar or summary.", rich_help_panel=RUN_PANEL
+        ),
+    ] = False,
+    **overrides: Any,
+) -> None:
+    """Train a student model (model flags set its size) on a teacher's softened predictions.
+
+    Resume an interrupted distillation with `charrnn train --resume RUN_DIR`.
+    Example: charrnn distill shakespeare.txt --teacher runs/big --hidden 128 --max-time 90s
+    """
+    distill_config = DistillConfig(**{key: overrides.pop(key) for key in DISTILL_KEYS})
+    run_config = resolve_config(preset, config, overrides)
+    load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
+    from charrnn import commands
+
+    _train_with_progress(
+        quiet,
+        functools.partial(
+            commands.distill_command, corpus, teacher, run_config, distill_config, out=out,
+            cache_dir=cache_dir, load_since=load_since,
+        ),
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from charrnn.config import (
     CACHE_DIR_NAME,
     DEFAULT_DEVICE,
     RUNS_DIR,
+    DistillConfig,
     RunConfig,
     SampleConfig,
     check_init_from_flags,
@@ -48,7 +49,7 @@ from charrnn.generate import generate
 from charrnn.model import CharRNN
 
 if TYPE_CHECKING:
-    from charrnn.train import Progress, Reporter
+    from charrnn.train import Objective, Progress, Reporter
 
 
 @dataclass
@@ -110,6 +111,7 @@ class _Job:
     warnings: list[str] = field(default_factory=list)
     restore_from: Checkpoint | None = None
     load_since: CpuSample | None = None  # a CPU reading from the command's start
+    objective: Objective | None = None  # what training minimises; None: cross-entropy
 
 
 def _run(
@@ -143,6 +145,7 @@ def _run(
             corpus_info=corpus_info,
             should_stop=should_stop,
             threads=threads,
+            objective=job.objective,
         )
         if job.restore_from is not None:
             trainer.restore(job.restore_from)
@@ -153,17 +156,26 @@ def _run(
                 )
             trainer.metrics.truncate_after(trainer.progress.step)
         else:
-            write_run_config(job.run_dir, config, corpus_info)
+            write_run_config(job.run_dir, config, corpus_info, trainer.objective.record)
         if on_start:
             on_start(outcome)
         outcome.progress = trainer.run()
     return outcome
 
 
-def write_run_config(run_dir: Path, config: RunConfig, corpus_info: dict[str, Any]) -> None:
-    """config.json: the run's settings and corpus, for people and tools."""
+def write_run_config(
+    run_dir: Path,
+    config: RunConfig,
+    corpus_info: dict[str, Any],
+    objective: dict[str, Any] | None = None,
+) -> None:
+    """config.json: the run's settings and corpus (and a distillation's teacher), for people and
+    tools."""
+    extra = {"objective": objective} if objective else {}
     try:
-        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info})
+        atomic_write_json(
+            run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info, **extra}
+        )
     except WriteError as exc:
         raise TrainingError(str(exc)) from None
 
@@ -261,9 +273,14 @@ def resume_command(
         )
     ids = corpus.vocab.remap(corpus.ids, checkpoint.vocab)
     model = checkpoint.build_model().train()
+    objective = None
+    if checkpoint.objective:  # a distillation continues with its teacher
+        from charrnn.distill import resumed_objective
+
+        objective = resumed_objective(checkpoint.objective, select_device(config.train.device))
     job = _Job(
         config, corpus, checkpoint.vocab, ids, model, run_dir,
-        restore_from=checkpoint, load_since=load_since,
+        restore_from=checkpoint, load_since=load_since, objective=objective,
     )  # fmt: skip
     return _run(job, reporter, should_stop, on_start)
 
@@ -348,4 +365,51 @@ def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any
         "training_seconds": progress.get("elapsed"),
         "corpus": checkpoint.corpus,
         "export": checkpoint.export,
+        "objective": checkpoint.objective,
     }
+
+
+def distill_command(
+    specs: Sequence[str | Path],
+    teacher_path: Path,
+    config: RunConfig,
+    distill_config: DistillConfig,
+    out: Path | None = None,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_start: Callable[[TrainOutcome], None] | None = None,
+    load_since: CpuSample | None = None,
+) -> TrainOutcome:
+    """Train a new student (the shape `config` gives) on `teacher_path`'s softened predictions
+    of the corpus, in the teacher's vocabulary; resumed like any run (`resume_command`)."""
+    from charrnn.distill import load_teacher, new_objective
+
+    device = select_device(config.train.device)
+    teacher_file, teacher = load_teacher(teacher_path)
+    if config.data.bytes != teacher.vocab.is_bytes:
+        kind = "bytes" if teacher.vocab.is_bytes else "characters"
+        flag = "--bytes" if teacher.vocab.is_bytes else "--chars"
+        raise UsageError(f"the teacher models {kind}; distill with {flag}")
+    objective = new_objective(teacher_file, teacher, distill_config, device)
+    run_dir = out or default_run_dir(specs)
+    corpus = prepare_corpus(specs, config.data, cache_dir or default_cache_dir(run_dir))
+    unseen = sorted(set(corpus.vocab.symbols) - set(teacher.vocab.symbols))
+    if unseen:
+        shown = [f"0x{s:02x}" if teacher.vocab.is_bytes else chr(s) for s in unseen]
+        raise CorpusError(
+            f"the corpus has {len(unseen)} symbol(s) the teacher never saw: "
+            f"{format_symbols(shown)}; distill on text in the teacher's vocabulary"
+        )
+    vocab, warnings = teacher.vocab, []  # the student predicts the teacher's symbols
+    ids = corpus.vocab.remap(corpus.ids, vocab)
+    config = _fit_batches(config, ids, warnings)
+    config = _fix_evaluation_chars(config, ids)
+    _make_run_dir(run_dir)
+    torch.manual_seed(config.train.seed)
+    model = CharRNN(config.model, vocab.size)
+    job = _Job(
+        config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since,
+        objective=objective,
+    )  # fmt: skip
+    return _run(job, reporter, should_stop, on_start)

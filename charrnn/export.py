@@ -63,6 +63,7 @@ def export_checkpoint(checkpoint: Checkpoint, dtype: str, quantize: str | None) 
         resume={},  # inference only: no optimizer, random-number or hidden state
         corpus=checkpoint.corpus,
         export={"dtype": dtype, "quantize": quantize},
+        objective=checkpoint.objective,
     )
 
 

@@ -403,6 +403,7 @@ LAYERS = [
     ["__main__"],
     ["cli"],
     ["commands"],
+    ["distill"],  # a training objective, for commands
     ["train"],  # the loop scores validation text with evaluate
     ["generate", "evaluate", "export"],
     ["checkpoint"],
