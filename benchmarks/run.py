@@ -24,8 +24,12 @@ from benchmarks.common import Bench, Row, log, machine, render
 from charrnn.device import use_cpu_threads
 
 # The sections, in the order they run: each is the module benchmarks/NAME.py, whose
-# `measure(bench)` adds its rows. `train` reuses the matmul peak; `eval` reuses a train figure.
-SECTIONS = ("matmul", "train", "sample", "eval", "prepare", "quality", "contention", "evalshare")
+# `measure(bench)` adds its rows. `train` reuses the matmul peak; `eval` reuses a train figure;
+# `export` and `distill` reuse the model `quality` trains.
+SECTIONS = (
+    "matmul", "train", "sample", "eval", "prepare", "quality", "contention", "evalshare",
+    "export", "distill",
+)  # fmt: skip
 
 
 def run_sections(bench: Bench, names: list[str]) -> bool:
