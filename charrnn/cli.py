@@ -525,6 +525,7 @@ def info(
             ("training time (s)", details["training_seconds"]),
             ("corpus", ", ".join(details["corpus"].get("sources", [])) or "-"),
             ("exported as", _export_format(details["export"])),
+            ("distilled from", _teacher_of(details["objective"])),
         ],
     )
     print_table("configuration", flat_config)
@@ -537,6 +538,16 @@ def _export_format(export: dict[str, Any]) -> str:
     if export.get("quantize"):
         return f"{export['quantize']} matrices, {export.get('dtype')} vectors (inference only)"
     return f"{export.get('dtype')} (inference only)"
+
+
+def _teacher_of(objective: dict[str, Any]) -> str:
+    """'TEACHER (temperature 2, alpha 0.5)' for a distilled model, '-' for others."""
+    if objective.get("kind") != "distill":
+        return "-"
+    return (
+        f"{objective['teacher']} (temperature {objective['distill_temperature']:g}, "
+        f"alpha {objective['distill_alpha']:g})"
+    )
 
 
 @app.command("export")

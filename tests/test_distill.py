@@ -114,6 +114,8 @@ def test_distill_on_the_command_line(teacher, tmp_path):
     assert saved.config.model.hidden == 8 and saved.progress["step"] == 4
     info = invoke("info", "--checkpoint", tmp_path / "s", "--json", cwd=tmp_path)
     assert '"kind": "distill"' in info.stdout
+    table = invoke("info", "--checkpoint", tmp_path / "s", cwd=tmp_path).stdout
+    assert "(temperature 3, alpha 0.8)" in table
     (tmp_path / "other.txt").write_text("ZZZ€ the quick fox\n" * 20, "utf-8")
     unseen = invoke("distill", "other.txt", "--teacher", teacher, "--out", "u", *flags,
                     cwd=tmp_path)  # fmt: skip
