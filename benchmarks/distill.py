@@ -4,7 +4,7 @@ scratch for 90 s on tiny shakespeare, several seeds.
 Each pair runs side by side, each process on one thread (`--threads 1`), so both see the same
 machine; the teacher's forward pass is part of the distilled run's time. Both are scored on the
 whole validation split. The teacher is the model of the `export` section (the quality section's
-90 s default run, or $CHARRNN_BENCH_RUN).
+90 s default run, or $CHARRNN_BENCH_RUN), and the students train on the teacher's corpus.
 """
 
 from __future__ import annotations
@@ -58,6 +58,14 @@ def run_pair(corpus: Path, teacher: Path, folder: Path, sizes: Sizes, seed: int)
             raise RuntimeError(f"student run exited {process.returncode}: {errors[-500:]}")
 
 
+def teacher_corpus(teacher: Path, bench: Bench, folder: Path) -> Path:
+    """The text the teacher was trained on (its first file), else the quality section's."""
+    sources = load_checkpoint(teacher).corpus.get("sources") or []
+    if sources and Path(sources[0]).is_file():
+        return Path(sources[0])
+    return quality.quality_corpus(bench.pick(quality.FULL, quality.QUICK).corpus_chars, folder)
+
+
 def val_loss(run_dir: Path) -> float:
     """The whole validation split's loss of a run's best.pt (nats/char), on one thread."""
     return eval_command(run_dir, [], device_name="cpu", threads=1).loss
@@ -72,9 +80,8 @@ def measure(bench: Bench) -> None:
     """Rows: mean val loss of distilled and scratch students over the seeds, and per seed."""
     sizes = bench.pick(FULL, QUICK)
     teacher = trained_run(bench)
-    corpus_chars = bench.pick(quality.FULL, quality.QUICK).corpus_chars
     folder = bench.scratch("distill")
-    corpus = quality.quality_corpus(corpus_chars, folder)
+    corpus = teacher_corpus(teacher, bench, folder)
     teacher_loss = val_loss(teacher)
     results: dict[str, list[float]] = {"distilled": [], "scratch": []}
     steps: dict[str, list[int]] = {"distilled": [], "scratch": []}

@@ -77,6 +77,7 @@ class Objective:
         """The streams start from the beginning of the text again (a new epoch)."""
 
     def resume_state(self) -> dict[str, Any]:
+        """What `restore` needs to continue exactly; saved in last.pt."""
         return {}
 
     def restore(self, saved: dict[str, Any]) -> None:
