@@ -42,6 +42,7 @@ def measure(bench: Bench) -> None:
     train = run_child(
         charrnn_args("train", str(corpus), "--max-time", sizes.time, "--out", str(run_dir), "-q")
     )
+    bench.cache["quality_run"] = run_dir  # the export and distill sections reuse the model
     answer = run_child(charrnn_args("eval", "--checkpoint", str(run_dir), "--json"))
     loss = float(last_json_line(answer.stdout)["loss"])
     judged = not bench.quick and corpus == SHAKESPEARE

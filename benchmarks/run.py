@@ -24,10 +24,11 @@ from benchmarks.common import Bench, Row, log, machine, render
 from charrnn.device import use_cpu_threads
 
 # The sections, in the order they run: each is the module benchmarks/NAME.py, whose
-# `measure(bench)` adds its rows. `train` reuses the matmul peak; `eval` reuses a train figure.
+# `measure(bench)` adds its rows. `train` reuses the matmul peak; `eval` reuses a train figure;
+# `export` and `distill` reuse the model `quality` trains.
 SECTIONS = (
     "matmul", "train", "sample", "eval", "prepare", "quality", "contention", "evalshare", "preview",
-    "distributed", "inspection",
+    "distributed", "inspection", "export", "distill",
 )  # fmt: skip
 
 

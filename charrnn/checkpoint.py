@@ -25,9 +25,13 @@ from charrnn.data import Vocab
 from charrnn.errors import CheckpointError, TrainingError, UsageError, WriteError
 from charrnn.files import atomic_write
 from charrnn.model import CharRNN
+from charrnn.quantize import INT8, dequantize_state
 
 FORMAT_NAME = "charrnn-checkpoint"
-FORMAT_VERSION = 1
+# 2 added int8 weights (an `export` section with quantize "int8"). Files without them are still
+# written as 1, so an older charrnn reads every checkpoint it could use.
+FORMAT_VERSION = 2
+PLAIN_FORMAT_VERSION = 1
 BEST_NAME, LAST_NAME = "best.pt", "last.pt"
 LOCK_NAME = ".lock"
 
@@ -42,11 +46,18 @@ class Checkpoint:
     progress: dict[str, Any] = field(default_factory=dict)
     resume: dict[str, Any] = field(default_factory=dict)  # optimizer, RNG and hidden state
     corpus: dict[str, Any] = field(default_factory=dict)  # sources and split, for `eval`
+    export: dict[str, Any] = field(default_factory=dict)  # an inference-only file: dtype, quantize
+    objective: dict[str, Any] = field(default_factory=dict)  # not plain cross-entropy: distill's
+
+    @property
+    def quantized(self) -> bool:
+        """Whether `model_state` holds int8 matrices with scales (as written by `export`)."""
+        return self.export.get("quantize") == INT8
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.quantized else PLAIN_FORMAT_VERSION,
             "config": self.config.to_dict(),
             "vocab": self.vocab.to_dict(),
             "model": self.model_state,
@@ -54,6 +65,11 @@ class Checkpoint:
             "resume": self.resume,
             "corpus": self.corpus,
         }
+        if self.export:
+            payload["export"] = self.export
+        if self.objective:
+            payload["objective"] = self.objective
+        return payload
 
     def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
         """The network with these weights, in eval mode, on `device`."""
@@ -132,15 +148,20 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Che
             f"({FORMAT_VERSION}); upgrade charrnn"
         )
     try:
-        return Checkpoint(
+        checkpoint = Checkpoint(
             config=RunConfig.from_dict(payload["config"]),
             vocab=Vocab.from_dict(payload["vocab"]),
             model_state=payload["model"],
             progress=payload.get("progress", {}),
             resume=payload.get("resume", {}),
             corpus=payload.get("corpus", {}),
+            export=payload.get("export", {}),
+            objective=payload.get("objective", {}),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+        if checkpoint.quantized:  # every reader (sample, eval, info, --init-from) gets float32
+            checkpoint.model_state = dequantize_state(checkpoint.model_state)
+        return checkpoint
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
 
 

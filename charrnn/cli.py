@@ -31,6 +31,7 @@ from charrnn.config import (
     THREADS_HELP,
     TRAINING_SETTINGS,
     DataConfig,
+    DistillConfig,
     SampleConfig,
     Setting,
     check_train_options,
@@ -321,6 +322,21 @@ def train(
     load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
+    _train_with_progress(
+        quiet,
+        functools.partial(
+            commands.train_or_resume, corpus, overrides, resume=resume, init_from=init_from,
+            preset=preset, config_file=config, out=out, cache_dir=cache_dir,
+            load_since=load_since,
+        ),
+    )  # fmt: skip
+
+
+def _train_with_progress(
+    quiet: bool, start: Callable[..., commands.TrainOutcome]
+) -> commands.TrainOutcome:
+    """Run `start(reporter=, should_stop=, on_start=, on_preview=)` (a training run) with the
+    progress bar, Ctrl-C handling and the closing table; exits 130/143 after an interruption."""
     bar = ProgressBar(disable=quiet)
 
     def started(outcome: commands.TrainOutcome) -> None:
@@ -334,10 +350,8 @@ def train(
 
     with _Interrupts() as interrupts:
         try:
-            outcome = commands.train_or_resume(
-                corpus, overrides, resume=resume, init_from=init_from, preset=preset,
-                config_file=config, out=out, cache_dir=cache_dir, reporter=bar,
-                should_stop=interrupts.requested, on_start=started, load_since=load_since,
+            outcome = start(
+                reporter=bar, should_stop=interrupts.requested, on_start=started,
                 on_preview=None if quiet else bar.preview,
             )  # fmt: skip
         finally:
@@ -353,6 +367,7 @@ def train(
         raise typer.Exit(interrupts.exit_code)
     if not quiet:
         print_table(f"trained {outcome.run_dir}", training_summary(outcome.run_dir, progress))
+    return outcome
 
 
 def training_summary(run_dir: Path, progress: commands.Progress) -> list[tuple[str, Any]]:
@@ -555,6 +570,8 @@ def info(
             ("training time (s)", details["training_seconds"]),
             ("corpus", ", ".join(details["corpus"].get("sources", [])) or "-"),
             ("corpus key", details["corpus"].get("key") or "-"),
+            ("exported as", _export_format(details["export"])),
+            ("distilled from", _teacher_of(details["objective"])),
         ],
     )
     print_table("configuration", flat_config)
@@ -628,11 +645,17 @@ def inspect_model(
     ],
     cell_index: Annotated[
         str | None,
-        typer.Option(help="Colour the text by one unit, LAYER:UNIT counted from 0 (e.g. 0:42)."),
+        typer.Option(
+            help="Colour the text by one unit, LAYER:UNIT counted from 0, e.g. 0:42 "
+            "(default: surprisal)."
+        ),
     ] = None,
     state: Annotated[
         str | None,
-        typer.Option(help="Which value of the unit: c (LSTM cell state, the default) or h."),
+        typer.Option(
+            help="Which value of the unit: c (LSTM cell state) or h "
+            "(default: c for an LSTM, else h)."
+        ),
     ] = None,
     find: Annotated[
         bool,
@@ -652,7 +675,9 @@ def inspect_model(
     ] = 2000,
     html: Annotated[
         Path | None,
-        typer.Option(help="Write a self-contained HTML page with a unit picker to this file."),
+        typer.Option(
+            help="Write a self-contained HTML page with a unit picker to this file (default: none)."
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     no_color: Annotated[
@@ -683,6 +708,143 @@ def inspect_model(
         console.print(outcome.report)
     if outcome.html_path is not None:
         notice_line(f"wrote {outcome.html_path}")
+
+
+def _export_format(export: dict[str, Any]) -> str:
+    """'int8 matrices, float16 vectors' for an export, '-' for a training checkpoint."""
+    if not export:
+        return "-"
+    if export.get("quantize"):
+        return f"{export['quantize']} matrices, {export.get('dtype')} vectors (inference only)"
+    return f"{export.get('dtype')} (inference only)"
+
+
+def _teacher_of(objective: dict[str, Any]) -> str:
+    """'TEACHER (temperature 2, alpha 0.5)' for a distilled model, '-' for others."""
+    if objective.get("kind") != "distill":
+        return "-"
+    return (
+        f"{objective['teacher']} (temperature {objective['distill_temperature']:g}, "
+        f"alpha {objective['distill_alpha']:g})"
+    )
+
+
+@app.command("export")
+@user_errors
+def export(
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The file to write.", show_default=False)
+    ],
+    dtype: Annotated[
+        str, typer.Option(help="float32, float16 or bfloat16: the weights' storage type.")
+    ] = "float32",
+    quantize: Annotated[
+        str,
+        typer.Option(help="int8: weight matrices as int8 with one scale per row; none: off."),
+    ] = "none",
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Write an inference-only copy of a checkpoint (no optimizer state), smaller if asked.
+
+    Example: charrnn export --checkpoint runs/shakespeare-... -o model.pt --quantize int8
+    """
+    from charrnn import commands
+
+    result = commands.export_command(checkpoint, output, dtype, quantize)
+    if json_output:
+        print(json.dumps(result.to_dict()))
+        return
+    print_table(
+        f"exported {result.output}",
+        [
+            ("source", str(result.source)),
+            ("format", _export_format({"dtype": result.dtype, "quantize": result.quantize})),
+            ("parameters", result.parameters),
+            ("size (bytes)", f"{result.output_bytes:,} ({result.source_bytes:,} before)"),
+        ],
+    )
+
+
+DISTILL_KEYS = tuple(s.name for s in declared_settings(DistillConfig))
+
+
+@app.command()
+@user_errors
+@with_settings(declared_settings(DistillConfig), after="teacher")
+@with_settings(TRAINING_SETTINGS, unset=True)
+def distill(
+    corpus: Annotated[
+        list[str],
+        typer.Argument(help="Text files, directories or globs to distill on.", show_default=False),
+    ],
+    teacher: Annotated[
+        Path,
+        typer.Option(
+            help="The trained model to learn from: a checkpoint or a run directory (its best.pt).",
+            show_default=False,
+            rich_help_panel="Distillation",
+        ),
+    ],
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Start the student from a preset in configs/ ({', '.join(preset_names())}) "
+            f"(default: {DEFAULT_PRESET}).",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML file of settings; flags given here override it (default: none).",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory (default: runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where encoded corpora are cached (default: .cache beside the run).",
+            rich_help_panel=RUN_PANEL,
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="No progress bar or summary.", rich_help_panel=RUN_PANEL
+        ),
+    ] = False,
+    **overrides: Any,
+) -> None:
+    """Train a student model (model flags set its size) on a teacher's softened predictions.
+
+    Resume an interrupted distillation with `charrnn train --resume RUN_DIR`.
+    Example: charrnn distill shakespeare.txt --teacher runs/big --hidden 128 --max-time 90s
+    """
+    distill_config = DistillConfig(**{key: overrides.pop(key) for key in DISTILL_KEYS})
+    run_config = resolve_config(preset, config, overrides)
+    load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
+    from charrnn import commands
+
+    _train_with_progress(
+        quiet,
+        functools.partial(
+            commands.distill_command, corpus, teacher, run_config, distill_config, out=out,
+            cache_dir=cache_dir, load_since=load_since,
+        ),
+    )  # fmt: skip
 
 
 def main() -> None:

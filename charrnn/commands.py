@@ -29,6 +29,7 @@ from charrnn.config import (
     CACHE_DIR_NAME,
     DEFAULT_DEVICE,
     RUNS_DIR,
+    DistillConfig,
     RunConfig,
     SampleConfig,
     check_init_from_flags,
@@ -59,6 +60,7 @@ from charrnn.distributed import (
 )
 from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
 from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
+from charrnn.export import export_command as export_command  # `charrnn export`, re-exported
 from charrnn.files import atomic_write_json, atomic_write_text, stale_temp_files
 from charrnn.generate import generate, preview_text
 from charrnn.inspection import Inspection, InspectOptions
@@ -67,7 +69,7 @@ from charrnn.runcorpus import cache_dirs, corpus_record, run_corpus
 from charrnn.runs import read_run, summarize
 
 if TYPE_CHECKING:
-    from charrnn.train import Progress, Reporter
+    from charrnn.train import Objective, Progress, Reporter
 
 
 @dataclass
@@ -126,6 +128,7 @@ class _Job:
     restore_from: Checkpoint | None = None
     load_since: CpuSample | None = None  # a CPU reading from the command's start
     corpus_record: dict[str, Any] | None = None  # a resumed run's, kept in its checkpoints
+    objective: Objective | None = None  # what training minimises; None: cross-entropy
 
 
 def _run(
@@ -186,6 +189,7 @@ def _run(
             threads=threads,
             world=world,
             on_evaluate=_previewer(job, threads, on_preview) if writer else None,
+            objective=job.objective,
         )
         if job.restore_from is not None:
             trainer.restore(job.restore_from)
@@ -197,7 +201,7 @@ def _run(
             if writer:
                 trainer.metrics.truncate_after(trainer.progress.step)
         elif writer:
-            write_run_config(job.run_dir, config, corpus_info)
+            write_run_config(job.run_dir, config, corpus_info, trainer.objective.record)
         if on_start and writer:
             on_start(outcome)
         outcome.progress = trainer.run()
@@ -220,10 +224,19 @@ def _previewer(
     return preview
 
 
-def write_run_config(run_dir: Path, config: RunConfig, corpus_info: dict[str, Any]) -> None:
-    """config.json: the run's settings and corpus, for people and tools."""
+def write_run_config(
+    run_dir: Path,
+    config: RunConfig,
+    corpus_info: dict[str, Any],
+    objective: dict[str, Any] | None = None,
+) -> None:
+    """config.json: the run's settings and corpus (and a distillation's teacher), for people and
+    tools."""
+    extra = {"objective": objective} if objective else {}
     try:
-        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info})
+        atomic_write_json(
+            run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info, **extra}
+        )
     except WriteError as exc:
         raise TrainingError(str(exc)) from None
 
@@ -334,9 +347,14 @@ def resume_command(
         )
     ids = corpus.vocab.remap(corpus.ids, checkpoint.vocab)
     model = checkpoint.build_model().train()
+    objective = None
+    if checkpoint.objective:  # a distillation continues with its teacher
+        from charrnn.distill import resumed_objective
+
+        objective = resumed_objective(checkpoint.objective, select_device(config.train.device))
     job = _Job(
         config, corpus, checkpoint.vocab, ids, model, run_dir, warnings,
-        restore_from=checkpoint, load_since=load_since,
+        restore_from=checkpoint, load_since=load_since, objective=objective,
         corpus_record=record if record.get("key") else None,  # else: pinned from now on
     )  # fmt: skip
     return _run(job, reporter, should_stop, on_start, on_preview)
@@ -459,6 +477,8 @@ def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any
         "val_loss": progress.get("val_loss"),
         "training_seconds": progress.get("elapsed"),
         "corpus": checkpoint.corpus,
+        "export": checkpoint.export,
+        "objective": checkpoint.objective,
     }
 
 
@@ -548,3 +568,52 @@ def inspect_command(
         else inspect_view.terminal_report(inspection, label, unit, options.plain)
     )
     return InspectOutcome(inspection, report, data, html_path)
+
+
+def distill_command(
+    specs: Sequence[str | Path],
+    teacher_path: Path,
+    config: RunConfig,
+    distill_config: DistillConfig,
+    out: Path | None = None,
+    cache_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_start: Callable[[TrainOutcome], None] | None = None,
+    load_since: CpuSample | None = None,
+    on_preview: Callable[[int, str], None] | None = None,
+) -> TrainOutcome:
+    """Train a new student (the shape `config` gives) on `teacher_path`'s softened predictions
+    of the corpus, in the teacher's vocabulary; resumed like any run (`resume_command`)."""
+    from charrnn.distill import load_teacher, new_objective
+
+    if placement_from_env().distributed:  # the teacher's stream state is kept for one process
+        raise UsageError("charrnn distill runs in one process: start it without torchrun")
+    device = select_device(config.train.device)
+    teacher_file, teacher = load_teacher(teacher_path)
+    if config.data.bytes != teacher.vocab.is_bytes:
+        kind = "bytes" if teacher.vocab.is_bytes else "characters"
+        flag = "--bytes" if teacher.vocab.is_bytes else "--chars"
+        raise UsageError(f"the teacher models {kind}; distill with {flag}")
+    objective = new_objective(teacher_file, teacher, distill_config, device)
+    run_dir = out or default_run_dir(specs)
+    corpus = prepare_corpus(specs, config.data, cache_dir or default_cache_dir(run_dir))
+    unseen = sorted(set(corpus.vocab.symbols) - set(teacher.vocab.symbols))
+    if unseen:
+        shown = [f"0x{s:02x}" if teacher.vocab.is_bytes else chr(s) for s in unseen]
+        raise CorpusError(
+            f"the corpus has {len(unseen)} symbol(s) the teacher never saw: "
+            f"{format_symbols(shown)}; distill on text in the teacher's vocabulary"
+        )
+    vocab, warnings = teacher.vocab, []  # the student predicts the teacher's symbols
+    ids = corpus.vocab.remap(corpus.ids, vocab)
+    config = _fit_batches(config, ids, warnings)
+    config = _fix_evaluation_chars(config, ids)
+    _make_run_dir(run_dir)
+    torch.manual_seed(config.train.seed)
+    model = CharRNN(config.model, vocab.size)
+    job = _Job(
+        config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since,
+        objective=objective,
+    )  # fmt: skip
+    return _run(job, reporter, should_stop, on_start, on_preview)

@@ -593,3 +593,35 @@ def validate_sample_config(config: SampleConfig) -> None:
         raise UsageError(f"unknown policy '{config.unknown}'; choose error or skip")
     if config.seed is not None and not -(2**63) <= config.seed < 2**64:
         raise UsageError(f"seed must be between -2**63 and 2**64 - 1, got {config.seed}")
+
+
+# ----------------------------------------------------------------------------- distillation
+
+DISTILL_PANEL = "Distillation"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How `charrnn distill` mixes the teacher's softened predictions with the true characters.
+
+    Saved with the student's checkpoints; a resumed distillation keeps them.
+    """
+
+    distill_temperature: float = setting(
+        2.0, "Soften teacher and student predictions by this temperature.", DISTILL_PANEL
+    )
+    distill_alpha: float = setting(  # Hinton et al.: the soft term is scaled by temperature**2
+        0.5,
+        "Weight of the teacher's soft targets; 1 - alpha goes to the true next character.",
+        DISTILL_PANEL,
+    )
+
+
+def validate_distill_config(config: DistillConfig) -> None:
+    """Raise `UsageError` for the first value out of range."""
+    temperature, alpha = config.distill_temperature, config.distill_alpha
+    _check(
+        math.isfinite(temperature) and temperature > 0,
+        f"distill_temperature must be > 0, got {temperature}",
+    )
+    _check(0.0 <= alpha <= 1.0, f"distill_alpha must be in [0, 1], got {alpha}")

@@ -56,6 +56,36 @@ class Progress:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+class Objective:
+    """What a training step minimises: cross-entropy on the next character.
+
+    `charrnn distill` passes another (the teacher's softened predictions mixed in) to `Trainer`.
+    One that carries state across windows gives it in `resume_state` so a resume is exact, and
+    `record` describes it in every checkpoint.
+    """
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """Saved as every checkpoint's `objective`; empty for plain cross-entropy."""
+        return {}
+
+    def loss(
+        self, inputs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """The scalar loss of one window; `logits` (B, T, V) are the model's on `inputs` (B, T)."""
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+    def reset(self) -> None:
+        """The streams start from the beginning of the text again (a new epoch)."""
+
+    def resume_state(self) -> dict[str, Any]:
+        """What `restore` needs to continue exactly; saved in last.pt."""
+        return {}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from what `resume_state` returned."""
+
+
 class Reporter(Protocol):
     """Where the loop reports to (a progress bar, or nothing)."""
 
@@ -257,8 +287,10 @@ class Trainer:
         threads: CpuThreads | None = None,
         world: World | None = None,
         on_evaluate: Callable[[CharRNN, Progress], None] | None = None,
+        objective: Objective | None = None,
     ) -> None:
         self.model, self.batches, self.val_ids = model.to(device), batches, val_ids
+        self.objective = objective or Objective()
         self.config, self.vocab, self.run_dir, self.device = config, vocab, run_dir, device
         self.reporter = reporter or SilentReporter()
         self.corpus_info = corpus_info or {}
@@ -289,6 +321,7 @@ class Trainer:
         rank_rng = resume.get("rank_rng") or [resume.get("rng", {})]
         _restore_rng(rank_rng[self.world.rank], self.device)
         self.state = _state_from_saved(resume.get("hidden"), self.device, self.batches.rows)
+        self.objective.restore(resume.get("objective", {}))
 
     # ------------------------------------------------------------------ schedule
 
@@ -322,11 +355,10 @@ class Trainer:
             group["lr"] = lr
         if self.batches.starts_epoch(self.progress.step):
             self.state = None
+            self.objective.reset()
         with self._autocast():
             logits, state = self.forward(inputs, self.state)
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
-            )
+            loss = self.objective.loss(inputs, logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -457,6 +489,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "rng": ranks[0][0],
                 "hidden": _join_states([hidden for _, hidden in ranks]),
+                "objective": self.objective.resume_state(),
             }
             if self.world.size > 1:
                 resume["rank_rng"] = [rng for rng, _ in ranks]
@@ -469,6 +502,7 @@ class Trainer:
             progress=self.progress.to_dict(),
             resume=resume,
             corpus=self.corpus_info,
+            objective=self.objective.record,
         )
 
     def check_weights_finite(self) -> None:

@@ -160,7 +160,7 @@ FAILURES = [
     ("not-a-checkpoint", ["sample", "--checkpoint", "corpus.txt"], 1,
      ["corpus.txt: not a readable checkpoint"]),
     ("newer-format", ["info", "--checkpoint", "future.pt"], 1,
-     ["checkpoint format 999 is newer than this charrnn reads (1); upgrade charrnn"]),
+     ["checkpoint format 999 is newer than this charrnn reads (2); upgrade charrnn"]),
     ("code-in-pickle", ["info", "--checkpoint", "evil.pt"], 1,
      ["evil.pt: refused to load", "could run code"]),
     ("plot-missing-run", ["plot", "nowhere"], 2, ["run directory not found: nowhere"]),
@@ -184,6 +184,13 @@ FAILURES = [
      ["--state x: expected c (LSTM cell state) or h (output)"]),
     ("inspect-html-no-directory", ["inspect", "--checkpoint", "run", "corpus.txt", "--html",
      "nodir/page.html"], 2, ["cannot write nodir/page.html: no directory nodir"]),
+    ("export-unknown-dtype", ["export", "--checkpoint", "run", "-o", "m.pt", "--dtype", "int4"],
+     2, ["unknown dtype 'int4'; choose from float32, float16, bfloat16"]),
+    ("export-unknown-quantize",
+     ["export", "--checkpoint", "run", "-o", "m.pt", "--quantize", "int4"], 2,
+     ["unknown quantization 'int4'; choose int8 or none"]),
+    ("export-over-source", ["export", "--checkpoint", "run", "-o", "run/best.pt"], 2,
+     ["export would overwrite its source run/best.pt; choose another -o"]),
 ]  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from charrnn.checkpoint import (
-    FORMAT_VERSION,
+    PLAIN_FORMAT_VERSION,
     Checkpoint,
     load_checkpoint,
     load_model,
@@ -172,7 +172,8 @@ def test_format_version_is_recorded(tmp_path):
     path = tmp_path / "a.pt"
     save_checkpoint(make_checkpoint(), path)
     payload = torch.load(path, weights_only=True)
-    assert payload["format_version"] == FORMAT_VERSION
+    # Version 1 unless the file holds int8 weights (test_export), so older readers read it.
+    assert payload["format_version"] == PLAIN_FORMAT_VERSION == 1
     assert payload["format"] == "charrnn-checkpoint"
 
 

@@ -405,10 +405,11 @@ LAYERS = [
     ["__main__"],
     ["cli", "api"],  # two front ends over the same commands
     ["commands"],
+    ["distill"],  # a training objective, for commands
     ["train", "inspect_view"],  # the loop scores validation text with evaluate
-    ["generate", "evaluate", "plot", "inspection"],
+    ["generate", "evaluate", "plot", "inspection", "export"],
     ["checkpoint"],
-    ["model", "runcorpus"],
+    ["model", "runcorpus", "quantize"],
     ["data", "distributed", "runs"],  # distributed: the process group and collectives of torchrun
     ["files", "device", "config"],
     ["errors", "console", "cpuload", "version"],

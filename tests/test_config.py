@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from charrnn.config import (
     RESUMABLE_KEYS,
     TRAINING_SETTINGS,
     DataConfig,
+    DistillConfig,
     ModelConfig,
     RunConfig,
     SampleConfig,
@@ -35,6 +37,7 @@ from charrnn.config import (
     resolve_config,
     resume_config,
     setting,
+    validate_distill_config,
 )
 from charrnn.errors import UsageError
 
@@ -277,7 +280,7 @@ def test_settings_reads_each_declaration():
 
 
 def test_every_field_is_a_declared_setting_with_help():
-    for cls in (ModelConfig, DataConfig, TrainConfig, SampleConfig):
+    for cls in (ModelConfig, DataConfig, TrainConfig, SampleConfig, DistillConfig):
         declared = declared_settings(cls)
         assert [s.name for s in declared] == [f.name for f in dataclasses.fields(cls)]
         assert [s.default for s in declared] == [f.default for f in dataclasses.fields(cls)]
@@ -438,3 +441,19 @@ def test_config_files_raise_only_usage_errors(table, garbage):
                 resolve_config(config_file=path)
             with contextlib.suppress(UsageError):
                 read_toml(text, "fuzz")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ((0.0, 0.5), "distill_temperature must be > 0, got 0.0"),
+        ((float("inf"), 0.5), "distill_temperature must be > 0, got inf"),
+        ((2.0, -0.1), "distill_alpha must be in [0, 1], got -0.1"),
+        ((2.0, 1.01), "distill_alpha must be in [0, 1], got 1.01"),
+    ],
+)
+def test_distill_settings_are_range_checked(values, message):
+    validate_distill_config(DistillConfig(1.0, 0.0))  # the edges are fine
+    validate_distill_config(DistillConfig(0.5, 1.0))
+    with pytest.raises(UsageError, match=re.escape(message)):
+        validate_distill_config(DistillConfig(*values))
