@@ -25,6 +25,7 @@ from charrnn.config import (
     DEFAULT_DEVICE,
     DEFAULT_PRESET,
     DEVICE_HELP,
+    DYNAMIC_LR,
     RUN_PANEL,
     THREADS_HELP,
     TRAINING_SETTINGS,
@@ -40,7 +41,7 @@ from charrnn.config import (
 )
 from charrnn.console import ProgressBar, error_line, notice_line, print_table, warning_line
 from charrnn.cpuload import read_cpu_sample
-from charrnn.data import prepare_corpus
+from charrnn.data import prep_report, prepare_corpus
 from charrnn.errors import CharRNNError, UsageError
 
 if TYPE_CHECKING:
@@ -352,9 +353,7 @@ def train(
 # must start at once. Its cache default is the one a default `train` run uses.
 @app.command()
 @user_errors
-@with_settings(
-    (s for s in declared_settings(DataConfig) if s.name in ("encoding", "bytes")), after="corpus"
-)
+@with_settings((s for s in declared_settings(DataConfig) if s.name != "val_frac"), after="corpus")
 def prepare(
     corpus: Annotated[
         list[str], typer.Argument(help="Text files, directories or globs.", show_default=False)
@@ -368,9 +367,14 @@ def prepare(
     """Read, build the vocabulary, encode and cache CORPUS: exactly what `train` does first."""
     data_config = resolve_config(overrides=data_settings).data
     corpus_data = prepare_corpus(corpus, data_config, cache_dir)
+    prep = prep_report(corpus_data)
     info = {
         "chars": corpus_data.n_chars,
         "vocab_size": corpus_data.vocab.size,
+        "vocab_before": prep["vocab_before"],
+        "unknown_chars": prep["unknown_chars"],
+        "unknown_share": prep["unknown_share"],
+        "ascii_dropped": prep["ascii_dropped"],
         "dtype": str(corpus_data.vocab.dtype),
         "files": len(corpus_data.sources),
         "cache": str(corpus_data.cache_path),
@@ -465,8 +469,21 @@ def evaluate(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = DEFAULT_DEVICE,
     threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    by_char: Annotated[
+        bool,
+        typer.Option("--by-char", help="Also the per-character table and most confused pairs."),
+    ] = False,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Also score with dynamic evaluation: the model takes a gradient step on each "
+            "window after scoring it (reported as dynamic_loss; the checkpoint is unchanged).",
+        ),
+    ] = False,
+    dynamic_lr: Annotated[float, typer.Option(help="SGD step size of --dynamic.")] = DYNAMIC_LR,
 ) -> None:
-    """Score text: loss (nats/char), bits per character, perplexity.
+    """Score text: loss (nats/char), bits per character, perplexity, accuracy and F1.
 
     Example: charrnn eval --checkpoint runs/shakespeare-... --json
     """
@@ -474,21 +491,48 @@ def evaluate(
     from charrnn import commands
 
     result = commands.eval_command(
-        checkpoint, files or [], encoding, device, streams, threads, load_since
-    )
+        checkpoint, files or [], encoding, device, streams, threads, load_since,
+        dynamic=dynamic, dynamic_lr=dynamic_lr,
+    )  # fmt: skip
     if json_output:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict(by_char)))
         return
-    print_table(
-        "evaluation",
-        [
-            ("loss (nats/char)", result.loss),
-            ("bits per character", result.bpc),
-            ("perplexity", result.perplexity),
-            ("characters scored", result.chars),
-            ("characters outside the vocabulary", result.unknown_chars),
-        ],
-    )
+    summary = result.to_dict()
+    rows = [
+        ("loss (nats/char)", result.loss),
+        ("bits per character", result.bpc),
+        ("perplexity", result.perplexity),
+        ("accuracy (top-1)", summary["accuracy"]),
+        ("top-5 accuracy", summary["top5_accuracy"]),
+        ("macro precision", summary["macro_precision"]),
+        ("macro recall", summary["macro_recall"]),
+        ("macro F1", summary["macro_f1"]),
+        ("characters scored", result.chars),
+        ("characters outside the vocabulary", result.unknown_chars),
+        ("characters scored as the unknown symbol", result.unknown_symbol_chars),
+    ]
+    if result.dynamic is not None:
+        rows += [
+            ("dynamic loss (nats/char)", result.dynamic.loss),
+            ("dynamic bits per character", result.dynamic.bpc),
+        ]
+    print_table("evaluation", rows)
+    if by_char and result.metrics is not None:
+        print_table(
+            "per character (most frequent first): count, predicted, precision, recall, F1",
+            [
+                (repr(s.char), f"{s.count} {s.predicted} {s.precision:.3f} {s.recall:.3f} "
+                 f"{s.f1:.3f}")
+                for s in result.metrics.per_char
+            ],
+        )  # fmt: skip
+        print_table(
+            "most confused: target -> predicted, count, share of the target",
+            [
+                (f"{c.target!r} -> {c.predicted!r}", f"{c.count} {c.share:.3f}")
+                for c in result.metrics.confusions
+            ],
+        )
 
 
 @app.command()
@@ -518,6 +562,7 @@ def info(
             ("parameters", details["parameters"]),
             ("vocabulary", f"{details['vocab_size']} {details['vocab_kind']}"),
             ("vocabulary preview", repr(details["vocab_preview"])),
+            *_preprocessing_rows(details),
             ("steps", details["step"]),
             ("characters seen", details["chars_seen"]),
             ("best val loss", details["best_val_loss"]),
@@ -526,6 +571,21 @@ def info(
         ],
     )
     print_table("configuration", flat_config)
+
+
+def _preprocessing_rows(details: dict[str, Any]) -> list[tuple[str, Any]]:
+    """What `info` shows of the corpus' preprocessing (its settings are in the configuration)."""
+    prep = details.get("preprocessing")
+    rows: list[tuple[str, Any]] = []
+    if details.get("unknown_symbol") is not None:
+        rows.append(("unknown symbol", repr(details["unknown_symbol"])))
+    if prep:
+        rows += [
+            ("vocabulary before preprocessing", prep["vocab_before"]),
+            ("share of text as the unknown symbol", f"{prep['unknown_share']:.4%}"),
+            ("characters dropped by --ascii", prep["ascii_dropped"]),
+        ]
+    return rows
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ call them directly with the same config objects.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from charrnn.checkpoint import LAST_NAME, Checkpoint, load_checkpoint, load_mode
 from charrnn.config import (
     CACHE_DIR_NAME,
     DEFAULT_DEVICE,
+    DYNAMIC_LR,
     RUNS_DIR,
     RunConfig,
     SampleConfig,
@@ -36,15 +38,25 @@ from charrnn.data import (
     Vocab,
     fit_batch_shape,
     format_symbols,
+    prep_report,
     prepare_corpus,
     split_train_val,
 )
 from charrnn.device import CpuThreads, select_device, select_sampling_device
 from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
-from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
+from charrnn.evaluate import (
+    EvalResult,
+    dynamic_score_ids,
+    encode_files,
+    evaluate_files,
+    score_ids,
+    validation_ids,
+)
 from charrnn.files import atomic_write_json, stale_temp_files
 from charrnn.generate import generate
+from charrnn.metrics import MetricsTally
 from charrnn.model import CharRNN
+from charrnn.textprep import preprocess_text
 
 if TYPE_CHECKING:
     from charrnn.train import Progress, Reporter
@@ -93,6 +105,7 @@ def _corpus_info(corpus: Corpus, n_train: int, n_val: int) -> dict[str, Any]:
         "n_chars": corpus.n_chars,
         "n_train": n_train,
         "n_val": n_val,
+        "prep": prep_report(corpus),
     }
 
 
@@ -282,7 +295,8 @@ def sample_command(
     validate_threads(threads)
     with CpuThreads(threads, load_since) as cpu_threads:
         model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
-        return generate(model, checkpoint.vocab, prime, config, on_text, cpu_threads)
+        model_prime = preprocess_text(prime, checkpoint.config.data)  # as the corpus was
+        return generate(model, checkpoint.vocab, model_prime, config, on_text, cpu_threads)
 
 
 def eval_command(
@@ -293,30 +307,42 @@ def eval_command(
     streams: int | None = None,
     threads: int = 0,
     load_since: CpuSample | None = None,
+    *,
+    dynamic: bool = False,
+    dynamic_lr: float = DYNAMIC_LR,
 ) -> EvalResult:
-    """Score the given files, or the validation split of the training corpus."""
+    """Score the given files, or the validation split of the training corpus: loss, accuracy
+    and F1, and with `dynamic` the loss under dynamic evaluation as well."""
     validate_threads(threads)
+    if not (math.isfinite(dynamic_lr) and dynamic_lr > 0):
+        raise UsageError(f"dynamic-lr must be positive, got {dynamic_lr}")
     with CpuThreads(threads, load_since) as cpu_threads:
-        return _evaluate(checkpoint_path, files, encoding, device_name, streams, cpu_threads)
-
-
-def _evaluate(
-    checkpoint_path: Path,
-    files: Sequence[Path],
-    encoding: str | None,
-    device_name: str,
-    streams: int | None,
-    threads: CpuThreads,
-) -> EvalResult:
-    device = select_device(device_name)
-    model, checkpoint = load_model(checkpoint_path, device)
-    streams = streams or checkpoint.config.train.eval_streams
-    if streams < 1:
-        raise UsageError(f"streams must be >= 1, got {streams}")
-    if files:
-        return evaluate_files(model, checkpoint, list(files), encoding, streams, device, threads)
-    cache_dir = default_cache_dir(_run_dir_of(checkpoint_path))
-    return score_ids(model, validation_ids(checkpoint, cache_dir), streams, device, threads)
+        device = select_device(device_name)
+        model, checkpoint = load_model(checkpoint_path, device)
+        streams = streams or checkpoint.config.train.eval_streams
+        if streams < 1:
+            raise UsageError(f"streams must be >= 1, got {streams}")
+        tally = MetricsTally(checkpoint.vocab.size)
+        if files:
+            result = evaluate_files(
+                model, checkpoint, list(files), encoding, streams, device, cpu_threads, tally
+            )
+            texts = [ids for ids, _ in encode_files(checkpoint, list(files), encoding)]
+        else:
+            cache_dir = default_cache_dir(_run_dir_of(checkpoint_path))
+            texts = [validation_ids(checkpoint, cache_dir)]
+            unknown_id = checkpoint.vocab.unknown_id
+            result = score_ids(model, texts[0], streams, device, cpu_threads, tally, unknown_id)
+        result = dataclasses.replace(result, metrics=tally.result(checkpoint.vocab))
+        if not dynamic:
+            return result
+        window = checkpoint.config.train.seq_len
+        adapted = EvalResult(0.0, 0)
+        for ids in texts:
+            adapted = adapted + dynamic_score_ids(
+                model, ids, window, dynamic_lr, device, cpu_threads, checkpoint.vocab.unknown_id
+            )
+        return dataclasses.replace(result, dynamic=adapted)
 
 
 def _run_dir_of(checkpoint_path: Path) -> Path:
@@ -339,6 +365,8 @@ def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any
         "vocab_size": vocab.size,
         "vocab_kind": "bytes" if vocab.is_bytes else "characters",
         "vocab_preview": preview_text,
+        "unknown_symbol": None if vocab.unknown is None else chr(vocab.unknown),
+        "preprocessing": checkpoint.corpus.get("prep"),
         "parameters": model.num_parameters(),
         "step": progress.get("step"),
         "chars_seen": progress.get("chars_seen"),

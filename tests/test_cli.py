@@ -92,7 +92,10 @@ def test_eval_json_agrees_with_training_evaluation(run):
     result = charrnn("eval", "--checkpoint", run, "--json", cwd=run.parent)
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
-    assert set(scores) == {"loss", "bpc", "perplexity", "chars", "unknown_chars"}
+    assert set(scores) == {
+        "loss", "bpc", "perplexity", "chars", "unknown_chars", "unknown_symbol_chars",
+        "accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1",
+    }  # fmt: skip
     assert scores["bpc"] == pytest.approx(scores["loss"] / math.log(2), rel=1e-12)
     assert scores["perplexity"] == pytest.approx(math.exp(scores["loss"]), rel=1e-12)
     best = load_checkpoint(run / "best.pt")
@@ -405,9 +408,10 @@ LAYERS = [
     ["commands"],
     ["train"],  # the loop scores validation text with evaluate
     ["generate", "evaluate"],
-    ["checkpoint"],
+    ["checkpoint", "metrics"],
     ["model"],
     ["data"],
+    ["textprep"],  # the text steps the corpus and everything read through a model share
     ["files", "device", "config"],
     ["errors", "console", "cpuload", "__init__"],
 ]

@@ -87,6 +87,7 @@ def test_eval_result_units():
         "perplexity": result.perplexity,
         "chars": 20,
         "unknown_chars": 3,
+        "unknown_symbol_chars": 0,
     }
     assert math.isnan(EvalResult(0.0, 0).loss)
     assert score_ids(make_model(), np.zeros(1, np.int64), streams=4).chars == 0
