@@ -407,6 +407,11 @@ def build_vocab(counts: np.ndarray, config: DataConfig) -> tuple[Vocab, PrepStat
     if not config.min_char_count:
         return Vocab(tuple(np.flatnonzero(present).tolist()), config.bytes), PrepStats(before)
     kept = counts >= config.min_char_count
+    if not kept.any():
+        raise CorpusError(
+            f"--min-char-count {config.min_char_count} keeps no character of the corpus "
+            f"(the most frequent occurs {int(counts.max()):,} times)"
+        )
     kept[UNKNOWN_SYMBOL] = True
     unknown_chars = int(counts[~kept].sum() + counts[UNKNOWN_SYMBOL])
     vocab = Vocab(tuple(np.flatnonzero(kept).tolist()), False, UNKNOWN_SYMBOL)
