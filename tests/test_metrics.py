@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_unknown_symbol_is_labelled_and_characters_never_predicted_score_zero():
     assert metrics.confusions[0].target == "<unk>"
 
 
-def test_eval_by_char_json_and_table(tmp_path, write_corpus, tiny_config):
+def test_eval_by_char_and_dynamic_through_the_cli(tmp_path, write_corpus, tiny_config):
     train_command([write_corpus()], tiny_config(max_steps=30), out=tmp_path / "run")
     result = invoke("eval", "--checkpoint", "run", "--json", "--by-char", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -78,3 +79,12 @@ def test_eval_by_char_json_and_table(tmp_path, write_corpus, tiny_config):
     assert 1 <= len(scores["confusions"]) <= 10
     table = invoke("eval", "--checkpoint", "run", "--by-char", cwd=tmp_path)
     assert "most confused" in table.stdout and "macro F1" in table.stdout
+    # Dynamic evaluation: its own keys, the static figures unchanged, the checkpoint untouched.
+    saved = (tmp_path / "run" / "best.pt").read_bytes()
+    dynamic = invoke("eval", "--checkpoint", "run", "--json", "--dynamic", cwd=tmp_path)
+    assert dynamic.returncode == 0, dynamic.stderr
+    adapted = json.loads(dynamic.stdout)
+    assert adapted["loss"] == scores["loss"] and adapted["accuracy"] == scores["accuracy"]
+    assert adapted["dynamic_loss"] != adapted["loss"] and adapted["dynamic_loss"] > 0
+    assert adapted["dynamic_bpc"] == pytest.approx(adapted["dynamic_loss"] / math.log(2))
+    assert (tmp_path / "run" / "best.pt").read_bytes() == saved
