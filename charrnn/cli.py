@@ -311,6 +311,7 @@ def train(
             f"run {outcome.run_dir}: {outcome.corpus.n_chars:,} characters, vocabulary "
             f"{outcome.corpus.vocab.size}, {outcome.parameters:,} parameters"
             + (" (corpus from cache)" if outcome.corpus.cached else "")
+            + _preprocessing_note(prep_report(outcome.corpus))
         )
 
     with _Interrupts() as interrupts:
@@ -571,6 +572,19 @@ def info(
         ],
     )
     print_table("configuration", flat_config)
+
+
+def _preprocessing_note(prep: dict[str, Any]) -> str:
+    """'; 4,163 characters before --min-char-count, 0.19% now unknown', or nothing."""
+    note = ""
+    if prep["vocab_before"] != prep["vocab_after"]:
+        note += (
+            f"; {prep['vocab_before']:,} characters before --min-char-count, "
+            f"{prep['unknown_share']:.2%} of the text now unknown"
+        )
+    if prep["ascii_dropped"]:
+        note += f"; --ascii dropped {prep['ascii_dropped']:,} characters"
+    return note
 
 
 def _preprocessing_rows(details: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -95,14 +95,16 @@ class MetricsTally:
         """Count the predictions of `logits` (..., V) against `targets` (...), skipping the
         IGNORE_INDEX padding."""
         flat_targets = targets.reshape(-1)
+        flat_logits = logits.detach().reshape(-1, logits.shape[-1])
         keep = flat_targets != IGNORE_INDEX
-        flat_logits = logits.reshape(-1, logits.shape[-1])[keep]
-        flat_targets = flat_targets[keep]
+        if not bool(keep.all()):  # only the last window of uneven streams is padded
+            flat_logits, flat_targets = flat_logits[keep], flat_targets[keep]
         if flat_targets.numel() == 0:
             return
-        top = flat_logits.topk(min(TOP_K, self.vocab_size), dim=-1).indices
-        predicted = top[:, 0]
-        self.top5 += int((top == flat_targets[:, None]).any(dim=-1).sum())
+        predicted = flat_logits.argmax(dim=-1)
+        # In the top 5 when fewer than 5 characters score higher (3x cheaper than topk on CPU).
+        target_logits = flat_logits.gather(1, flat_targets[:, None])
+        self.top5 += int(((flat_logits > target_logits).sum(dim=-1) < TOP_K).sum())
         truth, guess = flat_targets.cpu().numpy(), predicted.cpu().numpy()
         right = truth == guess
         self.scored += truth.shape[0]
