@@ -1,6 +1,6 @@
 """textprep: what each preprocessing option costs `charrnn prepare`, against the same corpus
-prepared with every option off, each in its own measured process (the same mixed-script corpus
-as the `prepare` section, whose rows check options-off against the targets)."""
+prepared with every option off just before, each in its own measured process (the mixed-script
+corpus of the `prepare` section, whose rows check options off against the targets)."""
 
 from __future__ import annotations
 
@@ -45,10 +45,11 @@ def measure(bench: Bench) -> None:
     tiny = folder / "tiny.txt"
     tiny.write_text("start-up\n", "utf-8")
     start_up, _ = prepare(tiny, folder / "tiny", ())
-    off, off_info = prepare(corpus, folder / "off", ())
     mb = size / 1e6
     for index, flags in enumerate(sizes.options):
-        log(f"textprep: prepare {' '.join(flags)}")
+        # Options off just before each option set: on a shared machine the load drifts.
+        log(f"textprep: prepare with options off, then {' '.join(flags)}")
+        off, off_info = prepare(corpus, folder / f"off-{index}", ())
         on, info = prepare(corpus, folder / f"on-{index}", flags)
         net = on.seconds - start_up.seconds
         rate = mb / net if net > 0 else None

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from charrnn.config import DataConfig
 
@@ -31,9 +32,9 @@ _ANSI_ESCAPE = re.compile(
     r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC
     r"|\x1b[@-Z\\-_]"
 )
-# Unicode category Cc (C0, DEL, C1) except newline and tab, deleted by str.translate.
-_CONTROLS = {code: None for code in [*range(0x20), *range(0x7F, 0xA0)] if chr(code) not in "\n\t"}
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+# Unicode category Cc (C0, DEL, C1) except newline and tab. A regex, not str.translate: on text
+# that is not pure ASCII, translate runs about 60x slower (benchmarks/RESULTS.md, textprep).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # Longest tail held back while reading in chunks: steps read whole lines, a line longer than
 # this is cut (only normalisation across the cut could differ).
 MAX_CARRY = 1 << 22
@@ -59,7 +60,7 @@ def strip_control(text: str) -> str:
     """`text` without ANSI escape sequences and control characters other than newline and tab."""
     if "\x1b" in text or "\x9b" in text:
         text = _ANSI_ESCAPE.sub("", text)
-    return text.translate(_CONTROLS)
+    return _CONTROLS.sub("", text)
 
 
 def _is_mark(char: str) -> bool:
@@ -72,8 +73,10 @@ def fold_ascii(text: str) -> tuple[str, int]:
     if text.isascii():
         return text, 0
     decomposed = unicodedata.normalize("NFKD", text)
-    leftovers = Counter(_NON_ASCII.findall(decomposed))
-    dropped = sum(count for char, count in leftovers.items() if not _is_mark(char))
+    points = np.frombuffer(decomposed.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    leftovers, counts = np.unique(points[points > 0x7F], return_counts=True)
+    marks = np.array([_is_mark(chr(point)) for point in leftovers.tolist()], dtype=bool)
+    dropped = int(counts[~marks].sum()) if counts.size else 0
     return decomposed.encode("ascii", "ignore").decode("ascii"), dropped
 
 
