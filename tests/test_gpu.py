@@ -54,3 +54,12 @@ def test_cuda_sampling_is_seeded_and_stepper_matches_cudnn(tmp_path, write_corpu
         for t in range(7):
             logits = stepper.step(ids[:, t])
             assert (logits - fused[:, t]).abs().max().item() < 1e-4
+
+
+@needs_cuda
+def test_accuracy_and_dynamic_evaluation_on_cuda_match_the_cpu(tmp_path, write_corpus, tiny_config):
+    train_command([write_corpus()], tiny_config(max_steps=30), out=tmp_path / "run")
+    on_gpu = eval_command(tmp_path / "run", [], device_name="cuda", dynamic=True)
+    on_cpu = eval_command(tmp_path / "run", [], device_name="cpu", dynamic=True)
+    assert on_gpu.metrics.accuracy == pytest.approx(on_cpu.metrics.accuracy, abs=0.01)
+    assert on_gpu.dynamic.loss == pytest.approx(on_cpu.dynamic.loss, abs=1e-3)
