@@ -2,7 +2,7 @@
 against the static loss of the same model on the same characters, at several step sizes.
 
 The model is the checkpoint named by $CHARRNN_BENCH_MODEL (e.g. a default run trained 90 s),
-or else a default-preset model trained here for 90 s (quick: a tiny one for a few steps).
+or else a default-preset model trained here for 90 s (quick: an untrained tiny one).
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.common import Bench, Row, log
 from benchmarks.corpus import SHAKESPEARE, generated_text
-from charrnn.checkpoint import load_model
+from charrnn.checkpoint import Checkpoint, load_model, save_checkpoint
 from charrnn.commands import train_command
 from charrnn.config import RunConfig
+from charrnn.data import prepare_corpus
 from charrnn.evaluate import dynamic_score_ids, score_ids, validation_ids
+from charrnn.model import CharRNN
 
 MODEL_ENV = "CHARRNN_BENCH_MODEL"
 
@@ -35,6 +38,7 @@ QUICK = Sizes(
     chars=3_000,
     lrs=(0.1,),
     train={"hidden": 16, "embed": 8, "max_steps": 20, "eval_every": 20, "batch_size": 4},
+    # quick: not trained (see `untrained_checkpoint`)
 )
 
 
@@ -47,10 +51,25 @@ def model_path(bench: Bench, sizes: Sizes) -> Path:
     if bench.quick or not corpus.is_file():
         corpus = folder / "corpus.txt"
         corpus.write_text(generated_text(200_000 if not bench.quick else 20_000), "utf-8")
-    log(f"dynamic: training a model on {corpus.name}")
     config = RunConfig().replace(device="cpu", **sizes.train)
+    if bench.quick:  # an untrained tiny model: quick mode checks the path, not the figure
+        return untrained_checkpoint(corpus, config, folder)
+    log(f"dynamic: training a model on {corpus.name}")
     train_command([corpus], config, out=folder / "run")
     return folder / "run" / "best.pt"
+
+
+def untrained_checkpoint(corpus: Path, config: RunConfig, folder: Path) -> Path:
+    """A checkpoint of a freshly initialised model that names `corpus` (skips training)."""
+    prepared = prepare_corpus([corpus], config.data, folder / ".cache")
+    torch.manual_seed(0)
+    model = CharRNN(config.model, prepared.vocab.size)
+    path = folder / "untrained.pt"
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    save_checkpoint(
+        Checkpoint(config, prepared.vocab, state, corpus={"sources": [str(corpus)]}), path
+    )
+    return path
 
 
 def measure(bench: Bench) -> None:
