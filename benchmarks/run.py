@@ -28,7 +28,7 @@ from charrnn.device import use_cpu_threads
 # `export` and `distill` reuse the model `quality` trains.
 SECTIONS = (
     "matmul", "train", "sample", "eval", "prepare", "quality", "contention", "evalshare", "preview",
-    "distributed", "inspection", "export", "distill",
+    "distributed", "inspection", "export", "distill", "textprep", "dynamic",
 )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from charrnn.device import select_sampling_device
 from charrnn.evaluate import TextScore, score_text
 from charrnn.generate import generate, prime_ids
 from charrnn.model import CharRNN
+from charrnn.textprep import preprocess_text
 
 _DONE = object()  # ends the stream of chunks from the generating thread
 
@@ -56,6 +57,7 @@ class Model:
         if config.num_samples != 1:
             raise TypeError("generate yields one sample; call it once per sample")
         validate_sample_config(config)
+        prime = preprocess_text(prime, self.checkpoint.config.data)  # as the corpus was read
         prime_ids(self.vocab, prime, config.unknown)  # an unknown character fails here, at once
         return _stream(lambda on_text: generate(self.network, self.vocab, prime, config, on_text))
 
@@ -65,6 +67,7 @@ class Model:
 
     def score(self, text: str) -> TextScore:
         """Loss (nats/char), bits per character and the loss of every character of `text`."""
+        text = preprocess_text(text, self.checkpoint.config.data)  # as the corpus was read
         return score_text(self.network, self.vocab, text)
 
 

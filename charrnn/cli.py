@@ -27,6 +27,7 @@ from charrnn.config import (
     DEFAULT_DEVICE,
     DEFAULT_PRESET,
     DEVICE_HELP,
+    DYNAMIC_LR,
     RUN_PANEL,
     THREADS_HELP,
     TRAINING_SETTINGS,
@@ -48,7 +49,7 @@ from charrnn.console import (
     warning_line,
 )
 from charrnn.cpuload import read_cpu_sample
-from charrnn.data import prepare_corpus
+from charrnn.data import prep_report, prepare_corpus
 from charrnn.errors import CharRNNError, UsageError
 from charrnn.version import __version__
 
@@ -346,6 +347,7 @@ def _train_with_progress(
             f"run {outcome.run_dir}: {outcome.corpus.n_chars:,} characters, vocabulary "
             f"{outcome.corpus.vocab.size}, {outcome.parameters:,} parameters"
             + (" (corpus from cache)" if outcome.corpus.cached else "")
+            + _preprocessing_note(prep_report(outcome.corpus))
         )
 
     with _Interrupts() as interrupts:
@@ -393,9 +395,7 @@ def training_summary(run_dir: Path, progress: commands.Progress) -> list[tuple[s
 # must start at once. Its cache default is the one a default `train` run uses.
 @app.command()
 @user_errors
-@with_settings(
-    (s for s in declared_settings(DataConfig) if s.name in ("encoding", "bytes")), after="corpus"
-)
+@with_settings((s for s in declared_settings(DataConfig) if s.name != "val_frac"), after="corpus")
 def prepare(
     corpus: Annotated[
         list[str], typer.Argument(help="Text files, directories or globs.", show_default=False)
@@ -409,9 +409,14 @@ def prepare(
     """Read, build the vocabulary, encode and cache CORPUS: exactly what `train` does first."""
     data_config = resolve_config(overrides=data_settings).data
     corpus_data = prepare_corpus(corpus, data_config, cache_dir)
+    prep = prep_report(corpus_data)
     info = {
         "chars": corpus_data.n_chars,
         "vocab_size": corpus_data.vocab.size,
+        "vocab_before": prep["vocab_before"],
+        "unknown_chars": prep["unknown_chars"],
+        "unknown_share": prep["unknown_share"],
+        "ascii_dropped": prep["ascii_dropped"],
         "dtype": str(corpus_data.vocab.dtype),
         "files": len(corpus_data.sources),
         "cache": str(corpus_data.cache_path),
@@ -511,8 +516,21 @@ def evaluate(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = DEFAULT_DEVICE,
     threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    by_char: Annotated[
+        bool,
+        typer.Option("--by-char", help="Also the per-character table and most confused pairs."),
+    ] = False,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Also score with dynamic evaluation: the model takes a gradient step on each "
+            "window after scoring it (reported as dynamic_loss; the checkpoint is unchanged).",
+        ),
+    ] = False,
+    dynamic_lr: Annotated[float, typer.Option(help="SGD step size of --dynamic.")] = DYNAMIC_LR,
 ) -> None:
-    """Score text: loss (nats/char), bits per character, perplexity.
+    """Score text: loss (nats/char), bits per character, perplexity, accuracy and F1.
 
     Example: charrnn eval --checkpoint runs/shakespeare-... --json
     """
@@ -520,21 +538,48 @@ def evaluate(
     from charrnn import commands
 
     result = commands.eval_command(
-        checkpoint, files or [], encoding, device, streams, threads, load_since
-    )
+        checkpoint, files or [], encoding, device, streams, threads, load_since,
+        dynamic=dynamic, dynamic_lr=dynamic_lr,
+    )  # fmt: skip
     if json_output:
-        print(json.dumps(result.to_dict()))
+        print(json.dumps(result.to_dict(by_char)))
         return
-    print_table(
-        "evaluation",
-        [
-            ("loss (nats/char)", result.loss),
-            ("bits per character", result.bpc),
-            ("perplexity", result.perplexity),
-            ("characters scored", result.chars),
-            ("characters outside the vocabulary", result.unknown_chars),
-        ],
-    )
+    summary = result.to_dict()
+    rows = [
+        ("loss (nats/char)", result.loss),
+        ("bits per character", result.bpc),
+        ("perplexity", result.perplexity),
+        ("accuracy (top-1)", summary["accuracy"]),
+        ("top-5 accuracy", summary["top5_accuracy"]),
+        ("macro precision", summary["macro_precision"]),
+        ("macro recall", summary["macro_recall"]),
+        ("macro F1", summary["macro_f1"]),
+        ("characters scored", result.chars),
+        ("characters outside the vocabulary", result.unknown_chars),
+        ("characters scored as the unknown symbol", result.unknown_symbol_chars),
+    ]
+    if result.dynamic is not None:
+        rows += [
+            ("dynamic loss (nats/char)", result.dynamic.loss),
+            ("dynamic bits per character", result.dynamic.bpc),
+        ]
+    print_table("evaluation", rows)
+    if by_char and result.metrics is not None:
+        print_table(
+            "per character (most frequent first): count, predicted, precision, recall, F1",
+            [
+                (repr(s.char), f"{s.count} {s.predicted} {s.precision:.3f} {s.recall:.3f} "
+                 f"{s.f1:.3f}")
+                for s in result.metrics.per_char
+            ],
+        )  # fmt: skip
+        print_table(
+            "most confused: target -> predicted, count, share of the target",
+            [
+                (f"{c.target!r} -> {c.predicted!r}", f"{c.count} {c.share:.3f}")
+                for c in result.metrics.confusions
+            ],
+        )
 
 
 @app.command()
@@ -564,6 +609,7 @@ def info(
             ("parameters", details["parameters"]),
             ("vocabulary", f"{details['vocab_size']} {details['vocab_kind']}"),
             ("vocabulary preview", repr(details["vocab_preview"])),
+            *_preprocessing_rows(details),
             ("steps", details["step"]),
             ("characters seen", details["chars_seen"]),
             ("best val loss", details["best_val_loss"]),
@@ -845,6 +891,34 @@ def distill(
             cache_dir=cache_dir, load_since=load_since,
         ),
     )  # fmt: skip
+
+
+def _preprocessing_note(prep: dict[str, Any]) -> str:
+    """'; 4,163 characters before --min-char-count, 0.19% now unknown', or nothing."""
+    note = ""
+    if prep["vocab_before"] != prep["vocab_after"]:
+        note += (
+            f"; {prep['vocab_before']:,} characters before --min-char-count, "
+            f"{prep['unknown_share']:.2%} of the text now unknown"
+        )
+    if prep["ascii_dropped"]:
+        note += f"; --ascii dropped {prep['ascii_dropped']:,} characters"
+    return note
+
+
+def _preprocessing_rows(details: dict[str, Any]) -> list[tuple[str, Any]]:
+    """What `info` shows of the corpus' preprocessing (its settings are in the configuration)."""
+    prep = details.get("preprocessing")
+    rows: list[tuple[str, Any]] = []
+    if details.get("unknown_symbol") is not None:
+        rows.append(("unknown symbol", repr(details["unknown_symbol"])))
+    if prep:
+        rows += [
+            ("vocabulary before preprocessing", prep["vocab_before"]),
+            ("share of text as the unknown symbol", f"{prep['unknown_share']:.4%}"),
+            ("characters dropped by --ascii", prep["ascii_dropped"]),
+        ]
+    return rows
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from charrnn.checkpoint import (
 from charrnn.config import (
     CACHE_DIR_NAME,
     DEFAULT_DEVICE,
+    DYNAMIC_LR,
     RUNS_DIR,
     DistillConfig,
     RunConfig,
@@ -59,14 +61,23 @@ from charrnn.distributed import (
     rank_device,
 )
 from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
-from charrnn.evaluate import EvalResult, evaluate_files, score_ids, validation_ids
+from charrnn.evaluate import (
+    EvalResult,
+    dynamic_score_ids,
+    encode_files,
+    evaluate_files,
+    score_ids,
+    validation_ids,
+)
 from charrnn.export import export_command as export_command  # `charrnn export`, re-exported
 from charrnn.files import atomic_write_json, atomic_write_text, stale_temp_files
 from charrnn.generate import generate, preview_text
 from charrnn.inspection import Inspection, InspectOptions
+from charrnn.metrics import MetricsTally
 from charrnn.model import CharRNN
 from charrnn.runcorpus import cache_dirs, corpus_record, run_corpus
 from charrnn.runs import read_run, summarize
+from charrnn.textprep import preprocess_text
 
 if TYPE_CHECKING:
     from charrnn.train import Objective, Progress, Reporter
@@ -413,7 +424,8 @@ def sample_command(
     validate_threads(threads)
     with CpuThreads(threads, load_since) as cpu_threads:
         model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
-        return generate(model, checkpoint.vocab, prime, config, on_text, cpu_threads)
+        model_prime = preprocess_text(prime, checkpoint.config.data)  # as the corpus was
+        return generate(model, checkpoint.vocab, model_prime, config, on_text, cpu_threads)
 
 
 def eval_command(
@@ -424,30 +436,42 @@ def eval_command(
     streams: int | None = None,
     threads: int = 0,
     load_since: CpuSample | None = None,
+    *,
+    dynamic: bool = False,
+    dynamic_lr: float = DYNAMIC_LR,
 ) -> EvalResult:
-    """Score the given files, or the validation split of the training corpus."""
+    """Score the given files, or the validation split of the training corpus: loss, accuracy
+    and F1, and with `dynamic` the loss under dynamic evaluation as well."""
     validate_threads(threads)
+    if not (math.isfinite(dynamic_lr) and dynamic_lr > 0):
+        raise UsageError(f"dynamic-lr must be positive, got {dynamic_lr}")
     with CpuThreads(threads, load_since) as cpu_threads:
-        return _evaluate(checkpoint_path, files, encoding, device_name, streams, cpu_threads)
-
-
-def _evaluate(
-    checkpoint_path: Path,
-    files: Sequence[Path],
-    encoding: str | None,
-    device_name: str,
-    streams: int | None,
-    threads: CpuThreads,
-) -> EvalResult:
-    device = select_device(device_name)
-    model, checkpoint = load_model(checkpoint_path, device)
-    streams = streams or checkpoint.config.train.eval_streams
-    if streams < 1:
-        raise UsageError(f"streams must be >= 1, got {streams}")
-    if files:
-        return evaluate_files(model, checkpoint, list(files), encoding, streams, device, threads)
-    beside_run = default_cache_dir(_run_dir_of(checkpoint_path))
-    return score_ids(model, validation_ids(checkpoint, beside_run), streams, device, threads)
+        device = select_device(device_name)
+        model, checkpoint = load_model(checkpoint_path, device)
+        streams = streams or checkpoint.config.train.eval_streams
+        if streams < 1:
+            raise UsageError(f"streams must be >= 1, got {streams}")
+        tally = MetricsTally(checkpoint.vocab.size)
+        if files:
+            result = evaluate_files(
+                model, checkpoint, list(files), encoding, streams, device, cpu_threads, tally
+            )
+            texts = [ids for ids, _ in encode_files(checkpoint, list(files), encoding)]
+        else:
+            cache_dir = default_cache_dir(_run_dir_of(checkpoint_path))
+            texts = [validation_ids(checkpoint, cache_dir)]
+            unknown_id = checkpoint.vocab.unknown_id
+            result = score_ids(model, texts[0], streams, device, cpu_threads, tally, unknown_id)
+        result = dataclasses.replace(result, metrics=tally.result(checkpoint.vocab))
+        if not dynamic:
+            return result
+        window = checkpoint.config.train.seq_len
+        adapted = EvalResult(0.0, 0)
+        for ids in texts:
+            adapted = adapted + dynamic_score_ids(
+                model, ids, window, dynamic_lr, device, cpu_threads, checkpoint.vocab.unknown_id
+            )
+        return dataclasses.replace(result, dynamic=adapted)
 
 
 def _run_dir_of(checkpoint_path: Path) -> Path:
@@ -470,6 +494,8 @@ def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any
         "vocab_size": vocab.size,
         "vocab_kind": "bytes" if vocab.is_bytes else "characters",
         "vocab_preview": preview_text,
+        "unknown_symbol": None if vocab.unknown is None else chr(vocab.unknown),
+        "preprocessing": checkpoint.corpus.get("prep"),
         "parameters": model.num_parameters(),
         "step": progress.get("step"),
         "chars_seen": progress.get("chars_seen"),
@@ -546,8 +572,9 @@ def inspect_command(
         layer, index = parse_cell_index(options.cell_index, config.layers, config.hidden)
         unit = UnitRef(layer, index, state)
     chunks = symbol_chunks(
-        source, checkpoint.vocab, options.encoding or checkpoint.config.data.encoding
-    )
+        source, checkpoint.vocab, options.encoding or checkpoint.config.data.encoding,
+        checkpoint.config.data,
+    )  # fmt: skip
     with CpuThreads(threads, load_since) as cpu_threads:
         inspection = inspect_symbols(
             model, checkpoint.vocab, chunks, options.show, options.find, device, cpu_threads,

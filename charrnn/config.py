@@ -33,6 +33,8 @@ CELLS = ("lstm", "gru", "rnn")
 NONLINEARITIES = ("tanh", "relu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NORMAL_FORMS = ("none", "nfc", "nfkc")
+DYNAMIC_LR = 0.1  # SGD step of `eval --dynamic`: the best of a grid on tiny Shakespeare
 DEFAULT_PRESET = "small"
 DEFAULT_DEVICE = "auto"  # every command: CUDA, then MPS, then the CPU (sampling: the CPU)
 
@@ -161,6 +163,22 @@ class DataConfig:
     )
     val_frac: float = setting(  # the last tenth, as nanoGPT's shakespeare_char: numbers compare
         0.1, "Fraction of the text, at its end, kept for validation.", DATA_PANEL
+    )
+    # Preprocessing (charrnn/textprep.py): stored with the run and applied again to primes and
+    # eval files. None of it may change on --resume: the corpus would become another text.
+    lowercase: bool = setting(False, "Lower-case the text.", DATA_PANEL)
+    ascii: bool = setting(
+        False, "Fold accents to ASCII (é -> e); drop characters with no ASCII form.", DATA_PANEL
+    )
+    normalize: str = setting("none", "Unicode normal form: nfc, nfkc or none.", DATA_PANEL)
+    strip_control: bool = setting(
+        False, "Remove ANSI escapes and control characters but newline and tab.", DATA_PANEL
+    )
+    min_char_count: int = setting(  # 0: no unknown symbol, unseen characters are errors
+        0,
+        "Characters seen fewer than N times become one unknown symbol, which also stands for "
+        "unseen characters in primes and eval files; 0 = off.",
+        DATA_PANEL,
     )
 
 
@@ -503,6 +521,14 @@ def validate(config: RunConfig) -> None:
     )
     _check(bool(d.encoding), "encoding cannot be empty")
     _check(0.0 < d.val_frac < 1.0, f"val_frac must be in (0, 1), got {d.val_frac}")
+    _check(
+        d.normalize in NORMAL_FORMS,
+        f"unknown normal form '{d.normalize}'; choose from {', '.join(NORMAL_FORMS)}",
+    )
+    _check(
+        0 <= d.min_char_count <= 2**40,
+        f"min_char_count must be between 0 (off) and 2**40, got {d.min_char_count}",
+    )
     _check(
         1 <= t.batch_size <= 65536, f"batch_size must be between 1 and 65536, got {t.batch_size}"
     )

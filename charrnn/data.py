@@ -15,15 +15,22 @@ import json
 import math
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
 from charrnn.config import DataConfig
 from charrnn.errors import CorpusError, UsageError, WriteError
 from charrnn.files import atomic_write, atomic_write_text
+from charrnn.textprep import (
+    UNKNOWN_SYMBOL,
+    PrepTally,
+    preprocess_chunks,
+    preprocessing_key,
+    preprocessing_on,
+)
 
 CACHE_FORMAT = 1
 CHUNK_CHARS = 1 << 22  # characters decoded per read; bounds the memory of preprocessing
@@ -36,10 +43,15 @@ _BOM_CODECS = {"utf-8-sig", "utf-16", "utf-32"}  # codecs whose decoders drop th
 
 @dataclass(frozen=True)
 class Vocab:
-    """The sorted symbols a model knows: Unicode code points, or byte values with `is_bytes`."""
+    """The sorted symbols a model knows: Unicode code points, or byte values with `is_bytes`.
+
+    `unknown`: the symbol that stands for every character outside the vocabulary
+    (`--min-char-count`); None, and such characters are errors or dropped.
+    """
 
     symbols: tuple[int, ...]
     is_bytes: bool = False
+    unknown: int | None = None
 
     @property
     def size(self) -> int:
@@ -51,10 +63,18 @@ class Vocab:
         return id_dtype(self.size)
 
     def lookup_table(self) -> np.ndarray:
-        """Array mapping symbol -> id + 1 (0 marks symbols outside the vocabulary)."""
+        """Array mapping symbol -> id + 1 (0 marks symbols outside the vocabulary; with an
+        `unknown` symbol there are none: they map to its id)."""
         table = np.zeros(256 if self.is_bytes else UNICODE_LIMIT, dtype=np.uint32)
+        if self.unknown is not None:
+            table[:] = self.unknown_id + 1
         table[np.asarray(self.symbols, dtype=np.int64)] = np.arange(1, self.size + 1)
         return table
+
+    @property
+    def unknown_id(self) -> int | None:
+        """The id of the `unknown` symbol, or None."""
+        return None if self.unknown is None else self.symbols.index(self.unknown)
 
     def encode(self, text: str) -> np.ndarray:
         """Ids of `text`; raises `UsageError` listing symbols the vocabulary lacks."""
@@ -80,11 +100,16 @@ class Vocab:
         return "".join(map(chr, symbols))
 
     def to_dict(self) -> dict:
-        return {"symbols": list(self.symbols), "is_bytes": self.is_bytes}
+        plain = {"symbols": list(self.symbols), "is_bytes": self.is_bytes}
+        return plain if self.unknown is None else {**plain, "unknown": self.unknown}
 
     @classmethod
     def from_dict(cls, data: dict) -> Vocab:
-        return cls(tuple(int(s) for s in data["symbols"]), bool(data["is_bytes"]))
+        unknown = data.get("unknown")
+        symbols = tuple(int(s) for s in data["symbols"])
+        if unknown is not None and int(unknown) not in symbols:
+            raise ValueError(f"unknown symbol {unknown} is not in the vocabulary")
+        return cls(symbols, bool(data["is_bytes"]), None if unknown is None else int(unknown))
 
     def remap(self, ids: np.ndarray, target: Vocab) -> np.ndarray:
         """`ids` of this vocabulary as ids of `target`, which must hold all its symbols."""
@@ -95,7 +120,8 @@ class Vocab:
     def extended_with(self, other: Vocab) -> Vocab:
         """This vocabulary with the symbols of `other` it lacks appended (ids stay stable)."""
         have = set(self.symbols)
-        return Vocab(self.symbols + tuple(s for s in other.symbols if s not in have), self.is_bytes)
+        added = tuple(s for s in other.symbols if s not in have)
+        return Vocab(self.symbols + added, self.is_bytes, self.unknown)
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -258,8 +284,11 @@ def read_byte_chunks(path: Path, chunk_bytes: int = CHUNK_CHARS) -> Iterator[byt
         raise CorpusError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def corpus_symbol_chunks(paths: Sequence[Path], config: DataConfig) -> Iterator[np.ndarray]:
-    """Symbol arrays of all files in order; a newline joins text files that lack a final one."""
+def corpus_symbol_chunks(
+    paths: Sequence[Path], config: DataConfig, tally: PrepTally | None = None
+) -> Iterator[np.ndarray]:
+    """Symbol arrays of all files in order, preprocessed as `config` says (`tally` counts what
+    that dropped); a newline joins text files that lack a final one."""
     newline = np.array([ord("\n")], dtype=np.uint32)
     for index, path in enumerate(paths):
         last = None
@@ -267,7 +296,7 @@ def corpus_symbol_chunks(paths: Sequence[Path], config: DataConfig) -> Iterator[
             for block in read_byte_chunks(path):
                 yield symbols_of(block, True)
             continue
-        for chunk in read_text_chunks(path, config.encoding):
+        for chunk in preprocess_chunks(read_text_chunks(path, config.encoding), config, tally):
             last = chunk[-1]
             yield symbols_of(chunk, False)
         if index + 1 < len(paths) and last is not None and last != "\n":
@@ -311,16 +340,46 @@ class Corpus:
     cached: bool  # True when the cache already held it
     key: str = ""  # the cache key: names the encoded copy in the cache
     files: tuple[SourceFile, ...] = ()  # the files as read (empty when only the copy was read)
+    prep: PrepStats = field(default_factory=lambda: PrepStats(0))
 
     @property
     def n_chars(self) -> int:
         return int(self.ids.shape[0])
 
 
+@dataclass(frozen=True)
+class PrepStats:
+    """What preprocessing did to a corpus: the vocabulary before `--min-char-count` cut it,
+    the characters that became the unknown symbol, and those `--ascii` dropped."""
+
+    vocab_before: int
+    unknown_chars: int = 0
+    ascii_dropped: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrepStats:
+        return cls(**{f.name: int(data[f.name]) for f in dataclasses.fields(cls)})
+
+
+def prep_report(corpus: Corpus) -> dict[str, Any]:
+    """The vocabulary before and after preprocessing and the share of text now unknown."""
+    return {
+        "vocab_before": corpus.prep.vocab_before or corpus.vocab.size,
+        "vocab_after": corpus.vocab.size,
+        "unknown_chars": corpus.prep.unknown_chars,
+        "unknown_share": corpus.prep.unknown_chars / corpus.n_chars if corpus.n_chars else 0.0,
+        "ascii_dropped": corpus.prep.ascii_dropped,
+    }
+
+
 def corpus_key(files: Sequence[SourceFile], config: DataConfig) -> str:
     """Hex digest of the files' contents, their order and how they are decoded."""
     digest = hashlib.sha256(f"charrnn-corpus-{CACHE_FORMAT}".encode())
     digest.update(f"{config.encoding}|{config.bytes}|{len(files)}".encode())
+    digest.update(preprocessing_key(config).encode())  # empty with every option off
     for file in files:
         digest.update(bytes.fromhex(file.sha256))
         if file.bom:  # the text without it differs from what caches before the BOM rule hold
@@ -328,9 +387,11 @@ def corpus_key(files: Sequence[SourceFile], config: DataConfig) -> str:
     return digest.hexdigest()
 
 
-def _count_symbols(paths: Sequence[Path], config: DataConfig) -> np.ndarray:
+def _count_symbols(
+    paths: Sequence[Path], config: DataConfig, tally: PrepTally | None = None
+) -> np.ndarray:
     counts = np.zeros(256 if config.bytes else UNICODE_LIMIT, dtype=np.int64)
-    for chunk in corpus_symbol_chunks(paths, config):
+    for chunk in corpus_symbol_chunks(paths, config, tally):
         if chunk.shape[0]:
             chunk_counts = np.bincount(chunk)  # only as long as the chunk's largest symbol
             counts[: chunk_counts.shape[0]] += chunk_counts
@@ -360,7 +421,7 @@ def _encode_to_file(
     atomic_write(target, write)
 
 
-def _load_cached(npy: Path, meta: Path) -> tuple[Vocab, np.ndarray] | None:
+def _load_cached(npy: Path, meta: Path) -> tuple[Vocab, np.ndarray, PrepStats] | None:
     if not (npy.is_file() and meta.is_file()):
         return None
     try:
@@ -368,7 +429,9 @@ def _load_cached(npy: Path, meta: Path) -> tuple[Vocab, np.ndarray] | None:
         ids = np.load(npy, mmap_mode="r")
         if info.get("format") != CACHE_FORMAT or ids.shape[0] != info["n_chars"]:
             return None
-        return Vocab.from_dict(info["vocab"]), ids
+        vocab = Vocab.from_dict(info["vocab"])
+        prep = PrepStats.from_dict(info["prep"]) if "prep" in info else PrepStats(vocab.size)
+        return vocab, ids, prep
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -383,12 +446,41 @@ def load_cached_corpus(key: str, cache_dir: Path, sources: Sequence[str]) -> Cor
     hit = _load_cached(npy, meta)
     if hit is None:
         return None
-    vocab, ids = hit
-    return Corpus(vocab, ids, npy, tuple(sources), cached=True, key=key)
+    vocab, ids, prep = hit
+    return Corpus(vocab, ids, npy, tuple(sources), cached=True, key=key, prep=prep)
+
+
+def check_preprocessing(config: DataConfig) -> None:
+    """Raise `UsageError` for preprocessing asked of a byte-level corpus."""
+    if config.bytes and (preprocessing_on(config) or config.min_char_count):
+        raise UsageError(
+            "--lowercase, --ascii, --normalize, --strip-control and --min-char-count work on "
+            "characters; drop them or --bytes"
+        )
+
+
+def build_vocab(counts: np.ndarray, config: DataConfig) -> tuple[Vocab, PrepStats]:
+    """The vocabulary of symbol `counts`: all that occur, or with `min_char_count` those seen
+    that often plus the unknown symbol that stands for the rest."""
+    present = counts > 0
+    before = int(present.sum())
+    if not config.min_char_count:
+        return Vocab(tuple(np.flatnonzero(present).tolist()), config.bytes), PrepStats(before)
+    kept = counts >= config.min_char_count
+    if not kept.any():
+        raise CorpusError(
+            f"--min-char-count {config.min_char_count} keeps no character of the corpus "
+            f"(the most frequent occurs {int(counts.max()):,} times)"
+        )
+    kept[UNKNOWN_SYMBOL] = True
+    unknown_chars = int(counts[~kept].sum() + counts[UNKNOWN_SYMBOL])
+    vocab = Vocab(tuple(np.flatnonzero(kept).tolist()), False, UNKNOWN_SYMBOL)
+    return vocab, PrepStats(before, unknown_chars)
 
 
 def prepare_corpus(specs: Sequence[str | Path], config: DataConfig, cache_dir: Path) -> Corpus:
     """Read, build the vocabulary, encode and cache a corpus; reuse the cache when it matches."""
+    check_preprocessing(config)
     paths = resolve_corpus_paths(specs)
     files = tuple(source_file(p, config) for p in paths)
     key = corpus_key(files, config)[:20]
@@ -397,11 +489,13 @@ def prepare_corpus(specs: Sequence[str | Path], config: DataConfig, cache_dir: P
     hit = load_cached_corpus(key, cache_dir, sources)
     if hit is not None:
         return dataclasses.replace(hit, files=files)
-    counts = _count_symbols(paths, config)
+    tally = PrepTally()
+    counts = _count_symbols(paths, config, tally)
     n_symbols = int(counts.sum())
     if n_symbols == 0:
         raise CorpusError(f"the corpus is empty: {', '.join(sources)}")
-    vocab = Vocab(tuple(np.flatnonzero(counts).tolist()), config.bytes)
+    vocab, prep = build_vocab(counts, config)
+    prep = dataclasses.replace(prep, ascii_dropped=tally.ascii_dropped)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         _encode_to_file(paths, config, vocab, n_symbols, npy)
@@ -410,7 +504,8 @@ def prepare_corpus(specs: Sequence[str | Path], config: DataConfig, cache_dir: P
             "n_chars": n_symbols,
             "vocab": vocab.to_dict(),
             "sources": sources,
-            "config": {"encoding": config.encoding, "bytes": config.bytes},
+            "config": dataclasses.asdict(config),
+            "prep": prep.to_dict(),
         }
         atomic_write_text(meta, json.dumps(info))
     except OSError as exc:  # creating the cache directory
@@ -419,12 +514,16 @@ def prepare_corpus(specs: Sequence[str | Path], config: DataConfig, cache_dir: P
         npy.unlink(missing_ok=True)  # without its description the array is never read: free it
         raise CorpusError(f"cannot write the corpus cache in {cache_dir}: {exc.reason}") from None
     ids = np.load(npy, mmap_mode="r")
-    return Corpus(vocab, ids, npy, tuple(sources), cached=False, key=key, files=files)
+    return Corpus(vocab, ids, npy, tuple(sources), cached=False, key=key, files=files, prep=prep)
 
 
-def encode_text_file(path: Path, vocab: Vocab, encoding: str) -> tuple[np.ndarray, int]:
-    """Ids of a file under an existing vocabulary, and how many symbols it lacked (dropped)."""
-    config = DataConfig(encoding=encoding, bytes=vocab.is_bytes)
+def encode_text_file(
+    path: Path, vocab: Vocab, encoding: str, data_config: DataConfig | None = None
+) -> tuple[np.ndarray, int]:
+    """Ids of a file under an existing vocabulary, preprocessed as `data_config` (the model's)
+    says, and how many symbols it lacked (dropped; none where the vocabulary has `unknown`)."""
+    base = data_config or DataConfig()
+    config = dataclasses.replace(base, encoding=encoding, bytes=vocab.is_bytes)
     table = vocab.lookup_table()
     pieces, unknown = [], 0
     for chunk in corpus_symbol_chunks([path], config):

@@ -1,16 +1,20 @@
-"""Scoring text: mean loss (nats/char), bits per character and perplexity."""
+"""Scoring text: mean loss (nats/char), bits per character and perplexity; the accuracy
+metrics of `charrnn.metrics` on request; dynamic evaluation (the model adapting as it reads)."""
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from charrnn.checkpoint import Checkpoint
+from charrnn.config import DYNAMIC_LR
 from charrnn.data import (
     IGNORE_INDEX,
     Vocab,
@@ -21,7 +25,8 @@ from charrnn.data import (
 )
 from charrnn.device import CpuThreads
 from charrnn.errors import CorpusError, UsageError
-from charrnn.model import CharRNN
+from charrnn.metrics import CharMetrics, MetricsTally
+from charrnn.model import CharRNN, detach_state
 from charrnn.runcorpus import cache_dirs, run_corpus
 
 EVAL_WINDOW = 512  # characters per forward call; bounds memory, not the result
@@ -29,11 +34,15 @@ EVAL_WINDOW = 512  # characters per forward call; bounds memory, not the result
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Total loss over `chars` scored predictions, and symbols the vocabulary lacked."""
+    """Total loss over `chars` scored predictions, symbols the vocabulary lacked (dropped),
+    and predictions whose target was the unknown symbol (scored, counted apart)."""
 
     loss_sum: float
     chars: int
     unknown_chars: int = 0
+    unknown_symbol_chars: int = 0
+    metrics: CharMetrics | None = None  # accuracy and F1, where they were counted
+    dynamic: EvalResult | None = None  # the same text under dynamic evaluation, where asked
 
     @property
     def loss(self) -> float:
@@ -48,14 +57,37 @@ class EvalResult:
     def perplexity(self) -> float:
         return math.exp(self.loss)
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {
+    def to_dict(self, by_char: bool = False) -> dict[str, Any]:
+        """Plain data for `--json`; the dynamic scores under their own keys, never as `loss`."""
+        plain: dict[str, Any] = {
             "loss": self.loss,
             "bpc": self.bpc,
             "perplexity": self.perplexity,
             "chars": self.chars,
             "unknown_chars": self.unknown_chars,
+            "unknown_symbol_chars": self.unknown_symbol_chars,
         }
+        if self.metrics is not None:
+            plain.update(self.metrics.to_dict(by_char))
+        if self.dynamic is not None:
+            plain.update(
+                dynamic_loss=self.dynamic.loss,
+                dynamic_bpc=self.dynamic.bpc,
+                dynamic_perplexity=self.dynamic.perplexity,
+            )
+        return plain
+
+    def __add__(self, other: EvalResult) -> EvalResult:
+        return EvalResult(
+            self.loss_sum + other.loss_sum,
+            self.chars + other.chars,
+            self.unknown_chars + other.unknown_chars,
+            self.unknown_symbol_chars + other.unknown_symbol_chars,
+        )
+
+
+def _unknown_targets(targets: np.ndarray, unknown_id: int | None) -> int:
+    return 0 if unknown_id is None else int((targets == unknown_id).sum())
 
 
 def score_ids(
@@ -64,15 +96,18 @@ def score_ids(
     streams: int,
     device: torch.device | str = "cpu",
     threads: CpuThreads | None = None,
+    tally: MetricsTally | None = None,
+    unknown_id: int | None = None,
     part: tuple[int, int] = (0, 1),
 ) -> EvalResult:
     """Stateful next-character loss over `ids`, cut into `streams` parallel streams
-    (`threads`, when given, re-judges the CPU thread count as the windows go; `part`, see
-    `eval_windows`, scores one share of the streams)."""
+    (`threads`, when given, re-judges the CPU thread count as the windows go; `tally`, when
+    given, counts the accuracy metrics; targets equal to `unknown_id` are counted apart;
+    `part`, see `eval_windows`, scores one share of the streams)."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    scored, state = 0, None
+    scored, unknown, state = 0, 0, None
     with torch.inference_mode():
         for inputs, targets in eval_windows(ids, streams, EVAL_WINDOW, part):
             if threads is not None:
@@ -86,9 +121,51 @@ def score_ids(
                 ignore_index=IGNORE_INDEX,
                 reduction="sum",
             ).double()
+            if tally is not None:
+                tally.update(logits, y)
             scored += int((targets != IGNORE_INDEX).sum())
+            unknown += _unknown_targets(targets, unknown_id)
     model.train(was_training)
-    return EvalResult(float(total), scored)
+    return EvalResult(float(total), scored, unknown_symbol_chars=unknown)
+
+
+def dynamic_score_ids(
+    model: CharRNN,
+    ids: np.ndarray,
+    window: int,
+    lr: float = DYNAMIC_LR,
+    device: torch.device | str = "cpu",
+    threads: CpuThreads | None = None,
+    unknown_id: int | None = None,
+) -> EvalResult:
+    """Dynamic evaluation (Krause et al., 2017): read `ids` as one stream in windows of
+    `window`, score each window, then take one SGD step of size `lr` on its loss, so the model
+    adapts to the text as it reads. Works on a copy: `model` is not changed."""
+    adapting = copy.deepcopy(model).eval()  # eval: no dropout; the gradient is still taken
+    for parameter in adapting.parameters():
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.SGD(adapting.parameters(), lr=lr)
+    total, scored, unknown, state = 0.0, 0, 0, None
+    # cuDNN computes RNN gradients only in training mode; its own kernels are not needed here.
+    with torch.backends.cudnn.flags(enabled=False):
+        for inputs, targets in eval_windows(ids, 1, window):
+            if threads is not None:
+                threads.tick()
+            x = torch.from_numpy(inputs).to(device)
+            y = torch.from_numpy(targets).to(device)
+            logits, state = adapting(x, state)
+            loss_sum = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+            )
+            count = y.numel()
+            optimizer.zero_grad(set_to_none=True)
+            (loss_sum / count).backward()
+            optimizer.step()
+            state = detach_state(state)
+            total += float(loss_sum.detach())
+            scored += count
+            unknown += _unknown_targets(targets, unknown_id)
+    return EvalResult(total, scored, unknown_symbol_chars=unknown)
 
 
 def validation_ids(checkpoint: Checkpoint, beside_run: Path) -> np.ndarray:
@@ -107,6 +184,21 @@ def validation_ids(checkpoint: Checkpoint, beside_run: Path) -> np.ndarray:
     return split_train_val(ids, checkpoint.config.data.val_frac)[1]
 
 
+def encode_files(
+    checkpoint: Checkpoint, files: list[Path], encoding: str | None
+) -> list[tuple[np.ndarray, int]]:
+    """Each file's ids, preprocessed as the model's corpus was, and the symbols it lacked."""
+    encoded = []
+    for path in files:
+        if not path.is_file():
+            raise UsageError(f"file not found: {path}")
+        data_config = checkpoint.config.data
+        encoded.append(
+            encode_text_file(path, checkpoint.vocab, encoding or data_config.encoding, data_config)
+        )
+    return encoded
+
+
 def evaluate_files(
     model: CharRNN,
     checkpoint: Checkpoint,
@@ -115,26 +207,20 @@ def evaluate_files(
     streams: int,
     device: torch.device | str = "cpu",
     threads: CpuThreads | None = None,
+    tally: MetricsTally | None = None,
 ) -> EvalResult:
-    """Score each file as its own text and sum; unknown symbols are counted and left out."""
-    loss_sum, chars, unknown = 0.0, 0, 0
-    for path in files:
-        if not path.is_file():
-            raise UsageError(f"file not found: {path}")
-        ids, missing = encode_text_file(
-            path, checkpoint.vocab, encoding or checkpoint.config.data.encoding
-        )
-        result = score_ids(model, ids, streams, device, threads)
-        loss_sum, chars, unknown = (
-            loss_sum + result.loss_sum,
-            chars + result.chars,
-            unknown + missing,
-        )
-    if chars == 0:
+    """Score each file as its own text and sum; symbols the vocabulary lacks are counted and
+    left out (with an unknown symbol there are none: they are scored as it)."""
+    total = EvalResult(0.0, 0)
+    unknown_id = checkpoint.vocab.unknown_id
+    for ids, missing in encode_files(checkpoint, files, encoding):
+        result = score_ids(model, ids, streams, device, threads, tally, unknown_id)
+        total = total + replace(result, unknown_chars=missing)
+    if total.chars == 0:
         raise CorpusError(
             "nothing to score: the text has fewer than two characters the model knows"
         )
-    return EvalResult(loss_sum, chars, unknown)
+    return total
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ layers' final state in the tests.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Iterable, Iterator
@@ -22,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charrnn.data import Vocab, read_byte_chunks, read_text_chunks, symbols_of
+from charrnn.config import DataConfig
+from charrnn.data import Vocab, corpus_symbol_chunks, symbols_of
 from charrnn.device import CpuThreads
 from charrnn.errors import CorpusError, UsageError
 from charrnn.model import CharRNN, State
+from charrnn.textprep import preprocess_text
 
 WINDOW = 512  # characters per forward call; bounds memory, not the result
 TOP_K = 5  # predictions kept per shown position
@@ -72,28 +75,33 @@ class InspectOptions:
 # ----------------------------------------------------------------------------- reading the text
 
 
-def symbol_chunks(source: Path | str, vocab: Vocab, encoding: str) -> Iterator[np.ndarray]:
+def symbol_chunks(
+    source: Path | str, vocab: Vocab, encoding: str, data_config: DataConfig | None = None
+) -> Iterator[np.ndarray]:
     """The symbols (code points, or bytes for a bytes model) of a file piece by piece, or of
-    stdin for "-" (read whole). A missing file fails here, before any piece is read."""
+    stdin for "-" (read whole), preprocessed as the model's corpus was (`data_config`). A
+    missing file fails here, before any piece is read."""
+    config = dataclasses.replace(
+        data_config or DataConfig(), encoding=encoding, bytes=vocab.is_bytes
+    )
     if str(source) == "-":
-        return iter([_stdin_symbols(vocab, encoding)])
+        return iter([_stdin_symbols(vocab, config)])
     path = Path(source)
     if not path.is_file():
         raise UsageError(f"file not found: {path}")
-    if vocab.is_bytes:
-        return (symbols_of(block, True) for block in read_byte_chunks(path))
-    return (symbols_of(text, False) for text in read_text_chunks(path, encoding))
+    return corpus_symbol_chunks([path], config)
 
 
-def _stdin_symbols(vocab: Vocab, encoding: str) -> np.ndarray:
+def _stdin_symbols(vocab: Vocab, config: DataConfig) -> np.ndarray:
     data = sys.stdin.buffer.read()
     if vocab.is_bytes:
         return symbols_of(data, True)
     try:
-        text = data.decode(encoding)
+        text = data.decode(config.encoding)
     except (UnicodeDecodeError, LookupError) as exc:
-        raise CorpusError(f"stdin: not valid {encoding} ({exc})") from None
-    return symbols_of(text.replace("\r\n", "\n").replace("\r", "\n"), False)
+        raise CorpusError(f"stdin: not valid {config.encoding} ({exc})") from None
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    return symbols_of(preprocess_text(text, config), False)
 
 
 def symbol_text(symbol: int, is_bytes: bool) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from charrnn.config import DataConfig
-from charrnn.data import Corpus, load_cached_corpus, prepare_corpus, source_file
+from charrnn.data import Corpus, load_cached_corpus, prep_report, prepare_corpus, source_file
 from charrnn.errors import CorpusError
 
 
@@ -28,6 +28,7 @@ def corpus_record(corpus: Corpus, n_train: int, n_val: int) -> dict[str, Any]:
         "n_chars": corpus.n_chars,
         "n_train": n_train,
         "n_val": n_val,
+        "prep": prep_report(corpus),
     }
 
 

@@ -463,7 +463,12 @@ class Trainer:
         self.check_weights_finite()
         streams, world = self.config.train.eval_streams, self.world
         share = score_ids(
-            self.model, self.val_ids, streams, self.device, self.threads, (world.rank, world.size)
+            self.model,
+            self.val_ids,
+            streams,
+            self.device,
+            self.threads,
+            part=(world.rank, world.size),
         )  # each rank scores its share of the streams; the sums make the whole split's score
         loss_sum, chars = world.sum_of([share.loss_sum, float(share.chars)])
         result = EvalResult(loss_sum, int(chars))

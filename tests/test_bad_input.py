@@ -191,6 +191,17 @@ FAILURES = [
      ["unknown quantization 'int4'; choose int8 or none"]),
     ("export-over-source", ["export", "--checkpoint", "run", "-o", "run/best.pt"], 2,
      ["export would overwrite its source run/best.pt; choose another -o"]),
+    ("unknown-normal-form", ["train", "corpus.txt", "--normalize", "nfd"], 2,
+     ["unknown normal form 'nfd'; choose from none, nfc, nfkc"]),
+    ("min-char-count-negative", ["train", "corpus.txt", "--min-char-count", "-1"], 2,
+     ["min_char_count must be between 0 (off) and 2**40, got -1"]),
+    ("min-char-count-too-high", ["prepare", "corpus.txt", "--min-char-count", "100000"], 1,
+     ["--min-char-count 100000 keeps no character of the corpus (the most frequent occurs"]),
+    ("bytes-with-preprocessing", ["prepare", "corpus.txt", "--bytes", "--lowercase"], 2,
+     ["--lowercase, --ascii, --normalize, --strip-control and --min-char-count work on "
+      "characters; drop them or --bytes"]),
+    ("dynamic-lr-zero", ["eval", "--checkpoint", "run", "--dynamic", "--dynamic-lr", "0"], 2,
+     ["dynamic-lr must be positive, got 0.0"]),
 ]  # fmt: skip
 
 

@@ -93,7 +93,10 @@ def test_eval_json_agrees_with_training_evaluation(run):
     result = charrnn("eval", "--checkpoint", run, "--json", cwd=run.parent)
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
-    assert set(scores) == {"loss", "bpc", "perplexity", "chars", "unknown_chars"}
+    assert set(scores) == {
+        "loss", "bpc", "perplexity", "chars", "unknown_chars", "unknown_symbol_chars",
+        "accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1",
+    }  # fmt: skip
     assert scores["bpc"] == pytest.approx(scores["loss"] / math.log(2), rel=1e-12)
     assert scores["perplexity"] == pytest.approx(math.exp(scores["loss"]), rel=1e-12)
     best = load_checkpoint(run / "best.pt")
@@ -408,9 +411,10 @@ LAYERS = [
     ["distill"],  # a training objective, for commands
     ["train", "inspect_view"],  # the loop scores validation text with evaluate
     ["generate", "evaluate", "plot", "inspection", "export"],
-    ["checkpoint"],
+    ["checkpoint", "metrics"],
     ["model", "runcorpus", "quantize"],
     ["data", "distributed", "runs"],  # distributed: the process group and collectives of torchrun
+    ["textprep"],  # the text steps the corpus and everything read through a model share
     ["files", "device", "config"],
     ["errors", "console", "cpuload", "version"],
 ]

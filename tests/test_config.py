@@ -56,6 +56,8 @@ def flat(config: RunConfig) -> dict:
 OTHER_VALUES = {
     "cell": "gru", "nonlinearity": "relu", "layers": 2, "hidden": 32, "embed": 8, "dropout": 0.5,
     "encoding": "latin-1", "bytes": True, "val_frac": 0.2,
+    "lowercase": True, "ascii": True, "normalize": "nfkc", "strip_control": True,
+    "min_char_count": 5,
     "batch_size": 4, "seq_len": 8, "lr": 0.01, "min_lr": 0.001, "warmup_steps": 3,
     "weight_decay": 0.2, "beta1": 0.8, "beta2": 0.9, "grad_clip": 2.0,
     "max_steps": 5, "max_epochs": 2.0, "max_time": 90.0, "eval_every": 7, "eval_streams": 3,

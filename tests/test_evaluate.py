@@ -87,6 +87,7 @@ def test_eval_result_units():
         "perplexity": result.perplexity,
         "chars": 20,
         "unknown_chars": 3,
+        "unknown_symbol_chars": 0,
     }
     assert math.isnan(EvalResult(0.0, 0).loss)
     assert score_ids(make_model(), np.zeros(1, np.int64), streams=4).chars == 0
@@ -135,3 +136,26 @@ def test_evaluate_files_errors(tmp_path):
     unknown.write_text("xyz a", "utf-8")
     with pytest.raises(CorpusError, match="nothing to score"):
         evaluate_files(model, checkpoint, [unknown], None, streams=1)
+
+
+def test_dynamic_evaluation_scores_each_window_before_it_steps():
+    model = make_model()
+    ids = np.random.default_rng(1).integers(0, V, 60).astype(np.uint8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # A step too small to matter: exactly the static one-stream loss, window by window.
+    still = evaluate.dynamic_score_ids(model, ids, window=8, lr=1e-12)
+    assert still.chars == 59
+    assert still.loss_sum == pytest.approx(hand_loss(model, ids), rel=1e-5)
+    # The first window is scored before any step: its loss is the static one whatever the lr.
+    first = evaluate.dynamic_score_ids(model, ids[:9], window=8, lr=100.0)
+    assert first.loss_sum == pytest.approx(hand_loss(model, ids[:9]), rel=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy adapts
+
+
+def test_dynamic_evaluation_adapts_to_a_repeating_text():
+    model = make_model()
+    ids = np.tile(np.array([0, 3, 1, 4, 1, 5, 2, 6], dtype=np.uint8), 40)
+    static = score_ids(model, ids, streams=1)
+    adapted = evaluate.dynamic_score_ids(model, ids, window=16, lr=2.0)
+    assert adapted.chars == static.chars
+    assert adapted.loss < static.loss - 0.25  # the model learns the cycle as it reads

@@ -68,3 +68,11 @@ def test_previews_on_cuda_draw_on_the_gpu_and_leave_the_run_alone(
     assert [step for step, _ in previews] == [10, 20]
     assert all(len(text) == 30 for _, text in previews)
     assert math.isfinite(outcome.progress.best_val_loss)
+
+
+def test_accuracy_and_dynamic_evaluation_on_cuda_match_the_cpu(tmp_path, write_corpus, tiny_config):
+    train_command([write_corpus()], tiny_config(max_steps=30), out=tmp_path / "run")
+    on_gpu = eval_command(tmp_path / "run", [], device_name="cuda", dynamic=True)
+    on_cpu = eval_command(tmp_path / "run", [], device_name="cpu", dynamic=True)
+    assert on_gpu.metrics.accuracy == pytest.approx(on_cpu.metrics.accuracy, abs=0.01)
+    assert on_gpu.dynamic.loss == pytest.approx(on_cpu.dynamic.loss, abs=1e-3)
