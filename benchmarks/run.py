@@ -25,7 +25,17 @@ from charrnn.device import use_cpu_threads
 
 # The sections, in the order they run: each is the module benchmarks/NAME.py, whose
 # `measure(bench)` adds its rows. `train` reuses the matmul peak; `eval` reuses a train figure.
-SECTIONS = ("matmul", "train", "sample", "eval", "prepare", "quality", "contention", "evalshare")
+SECTIONS = (
+    "matmul",
+    "train",
+    "sample",
+    "eval",
+    "prepare",
+    "quality",
+    "contention",
+    "evalshare",
+    "autosize",
+)
 
 
 def run_sections(bench: Bench, names: list[str]) -> bool:

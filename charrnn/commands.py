@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,7 @@ from charrnn.generate import generate
 from charrnn.model import CharRNN
 
 if TYPE_CHECKING:
+    from charrnn.autosize import AutoChoice
     from charrnn.train import Progress, Reporter
 
 
@@ -60,6 +61,7 @@ class TrainOutcome:
     corpus: Corpus
     parameters: int
     warnings: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # e.g. what --auto chose and why
 
 
 def default_run_dir(specs: Sequence[str | Path], runs_root: Path = RUNS_DIR) -> Path:
@@ -109,6 +111,7 @@ class _Job:
     warnings: list[str] = field(default_factory=list)
     restore_from: Checkpoint | None = None
     load_since: CpuSample | None = None  # a CPU reading from the command's start
+    auto: AutoChoice | None = None  # what --auto chose, for config.json and the user
 
 
 def _run(
@@ -124,8 +127,9 @@ def _run(
     config = job.config
     train_ids, val_ids = split_train_val(job.ids, config.data.val_frac)
     outcome = TrainOutcome(
-        job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings
-    )
+        job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings,
+        [job.auto.notice()] if job.auto else [],
+    )  # fmt: skip
     corpus_info = _corpus_info(job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0]))
     with run_lock(job.run_dir), CpuThreads(config.train.threads, job.load_since) as threads:
         for stale in stale_temp_files(job.run_dir):  # left by a killed save; the lock is ours
@@ -152,17 +156,25 @@ def _run(
                 )
             trainer.metrics.truncate_after(trainer.progress.step)
         else:
-            write_run_config(job.run_dir, config, corpus_info)
+            write_run_config(
+                job.run_dir, config, corpus_info, job.auto.to_dict() if job.auto else None
+            )
         if on_start:
             on_start(outcome)
         outcome.progress = trainer.run()
     return outcome
 
 
-def write_run_config(run_dir: Path, config: RunConfig, corpus_info: dict[str, Any]) -> None:
-    """config.json: the run's settings and corpus, for people and tools."""
+def write_run_config(
+    run_dir: Path,
+    config: RunConfig,
+    corpus_info: dict[str, Any],
+    auto: dict[str, Any] | None = None,
+) -> None:
+    """config.json: the run's settings and corpus (and what --auto chose and why)."""
+    record = {**config.to_dict(), "corpus": corpus_info, **({"auto": auto} if auto else {})}
     try:
-        atomic_write_json(run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info})
+        atomic_write_json(run_dir / "config.json", record)
     except WriteError as exc:
         raise TrainingError(str(exc)) from None
 
@@ -196,8 +208,12 @@ def train_command(
     on_start: Callable[[TrainOutcome], None] | None = None,
     init_from: Path | None = None,
     load_since: CpuSample | None = None,
+    auto_kept: Collection[str] = (),
 ) -> TrainOutcome:
-    """Prepare the corpus, build the model (fresh, or from `init_from`) and train it."""
+    """Prepare the corpus, build the model (fresh, or from `init_from`) and train it.
+
+    With `auto` set, the model, batch and window are chosen first (`autosize`), leaving the
+    keys in `auto_kept` (given by the user) as they are."""
     run_dir = out or default_run_dir(specs)
     cache_dir = cache_dir or default_cache_dir(run_dir)
     select_device(config.train.device)  # fail before the corpus work, not after
@@ -222,6 +238,10 @@ def train_command(
                 f"(new rows freshly initialised): {format_symbols(added)}"
             )
         ids = corpus.vocab.remap(ids, vocab)
+    auto = None
+    if config.train.auto:
+        _make_run_dir(run_dir)  # refuse a run directory in use before spending the probe
+        config, auto = _auto_size(config, vocab, ids, auto_kept, run_dir, load_since)
     config = _fit_batches(config, ids, warnings)
     config = _fix_evaluation_chars(config, ids)
     _make_run_dir(run_dir)
@@ -231,8 +251,26 @@ def train_command(
         model.resize_vocab(vocab.size)
     else:
         model = CharRNN(config.model, vocab.size)
-    job = _Job(config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since)
+    job = _Job(
+        config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since, auto=auto
+    )
     return _run(job, reporter, should_stop, on_start)
+
+
+def _auto_size(
+    config: RunConfig,
+    vocab: Vocab,
+    ids: np.ndarray,
+    kept: Collection[str],
+    run_dir: Path,
+    load_since: CpuSample | None,
+) -> tuple[RunConfig, AutoChoice]:
+    """`autosize.auto_size` on the training split, with the threads the run will train with."""
+    from charrnn.autosize import auto_size  # it imports the training loop
+
+    train_ids = split_train_val(ids, config.data.val_frac)[0]
+    with CpuThreads(config.train.threads, load_since) as threads:
+        return auto_size(config, vocab, np.asarray(train_ids), kept, run_dir, threads)
 
 
 def resume_command(
@@ -283,6 +321,51 @@ def sample_command(
     with CpuThreads(threads, load_since) as cpu_threads:
         model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
         return generate(model, checkpoint.vocab, prime, config, on_text, cpu_threads)
+
+
+def interactive_command(
+    checkpoint_path: Path,
+    prime: str,
+    config: SampleConfig,
+    read_line: Callable[[], str | None],
+    on_text: Callable[[int, str], None] | None,
+    on_reply: Callable[[list[str] | None], None],
+    on_error: Callable[[str], None],
+    reset: bool = False,
+    device_name: str = DEFAULT_DEVICE,
+    threads: int = 0,
+    load_since: CpuSample | None = None,
+) -> int:
+    """A prompt loop over one loaded model (`session.Session`); returns the turns taken.
+
+    `read_line()` gives the next line, None at the end of input (Ctrl-D); a KeyboardInterrupt
+    there (Ctrl-C) ends the session too. Each reply streams through `on_text`, then
+    `on_reply(texts)`; Ctrl-C while it is written stops that reply (`on_reply(None)`, the text
+    stays as it was) and the loop goes on, as it does after a line the model cannot read
+    (`on_error(message)`)."""
+    from charrnn.session import Session
+
+    validate_sample_config(config)
+    validate_threads(threads)
+    with CpuThreads(threads, load_since) as cpu_threads:
+        model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
+        session = Session(model, checkpoint.vocab, config, prime, reset, cpu_threads)
+        while True:
+            try:
+                line = read_line()
+            except KeyboardInterrupt:
+                return session.turns
+            if line is None:
+                return session.turns
+            try:
+                texts = session.reply(line, on_text)
+            except KeyboardInterrupt:
+                on_reply(None)
+                continue
+            except UsageError as exc:
+                on_error(str(exc))
+                continue
+            on_reply(texts)
 
 
 def eval_command(

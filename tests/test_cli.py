@@ -403,8 +403,11 @@ LAYERS = [
     ["__main__"],
     ["cli"],
     ["commands"],
+    ["autosize"],  # the speed probe runs the trainer's own step
     ["train"],  # the loop scores validation text with evaluate
+    ["session"],  # sample --interactive: a prompt loop around generate
     ["generate", "evaluate"],
+    ["beam"],
     ["checkpoint"],
     ["model"],
     ["data"],
