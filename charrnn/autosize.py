@@ -373,11 +373,12 @@ def auto_size(
     )  # fmt: skip
     started = time.perf_counter()
     shapes = candidate_shapes(config.model, vocab.size, kept)
-    seconds_left = budget - probe.budget  # what training will have, near enough
-    if seconds_left <= 0:
+    if budget < 2 * probe.budget:
         raise UsageError(
-            f"--auto needs a --max-time longer than its speed probe ({probe.budget:g} s)"
+            f"--auto needs a --max-time of at least {2 * probe.budget:g} s "
+            f"(its speed probe takes up to {probe.budget:g} s)"
         )
+    seconds_left = budget - probe.budget  # what training will have, near enough
 
     def speed(shape: Shape) -> float | None:
         if threads is not None:
@@ -389,7 +390,7 @@ def auto_size(
 
     shape, limit, measurements = choose_shape(shapes, train_chars, seconds_left, speed, flops)
     probe_seconds = time.perf_counter() - started
-    train_seconds = budget - probe_seconds
+    train_seconds = max(budget - probe_seconds, budget / 2)  # a probe late on a busy machine
     chosen_speed = next(m.chars_per_s for m in measurements if m.shape == shape)
     expected = chosen_speed * train_seconds
     batch, window = batch_and_window(expected, kept, base_batch, base_window)

@@ -39,6 +39,7 @@ from charrnn.config import (
     given_keys,
     preset_names,
     resolve_config,
+    validate_sample_config,
 )
 from charrnn.console import ProgressBar, error_line, notice_line, print_table, warning_line
 from charrnn.cpuload import read_cpu_sample
@@ -490,6 +491,9 @@ def _read_line() -> str | None:
     except EOFError:
         print(file=sys.stderr)  # the shell's prompt on a line of its own
         return None
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise
 
 
 def _interactive(
@@ -509,6 +513,7 @@ def _interactive(
         sys.stdout.write("\n")
         sys.stdout.flush()
 
+    validate_sample_config(config)  # before the greeting: a bad option is the only line
     if sys.stdin.isatty():
         notice_line("interactive: type a line and press Enter; the model continues it. "
                     "Ctrl-D ends.")  # fmt: skip

@@ -616,9 +616,10 @@ def check_beam_options(config: SampleConfig) -> None:
         if given
     ]
     if sampling_only:
+        verb = "applies" if len(sampling_only) == 1 else "apply"
         raise UsageError(
             f"--beam searches for the most likely text; {', '.join(sampling_only)} "
-            "only apply to sampling"
+            f"only {verb} to sampling"
         )
     if config.num_samples > config.beam:
         raise UsageError(

@@ -24,8 +24,10 @@ from charrnn.autosize import (
     learning_rate,
 )
 from charrnn.checkpoint import load_checkpoint
+from charrnn.commands import train_command
 from charrnn.config import ModelConfig, RunConfig
 from charrnn.data import Vocab
+from charrnn.errors import UsageError
 from charrnn.model import CharRNN
 
 VOCAB = 65
@@ -148,7 +150,7 @@ def test_the_probe_measures_the_real_training_step(tmp_path, tiny_config):
     ids = np.arange(4000, dtype=np.int64) % 20
     vocab = Vocab(tuple(range(97, 117)))
     probe = SpeedProbe(
-        tiny_config(), vocab, ids, 4, 16, budget=5.0, device=torch.device("cpu"), run_dir=tmp_path
+        tiny_config(), vocab, ids, 4, 16, budget=2.0, device=torch.device("cpu"), run_dir=tmp_path
     )
     small, large = Shape(1, 8, 0), Shape(2, 64, 0)
     assert probe(small) > 0 and probe(large) > 0
@@ -160,7 +162,7 @@ def test_the_probe_measures_the_real_training_step(tmp_path, tiny_config):
 def test_train_auto_records_its_choice_and_keeps_given_flags(tmp_path, repetitive_text):
     (tmp_path / "corpus.txt").write_text(repetitive_text(6000), "utf-8")
     result = run_charrnn(
-        "train", "corpus.txt", "--auto", "--max-time", "3s", "--embed", "8", "--layers", "1",
+        "train", "corpus.txt", "--auto", "--max-time", "4s", "--embed", "8", "--layers", "1",
         "--device", "cpu", "--threads", "1", "--out", "run", "--quiet", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -178,6 +180,18 @@ def test_train_auto_records_its_choice_and_keeps_given_flags(tmp_path, repetitiv
     assert f"1 x {auto['hidden']}" in notices[0]
     assert auto["probe"][0]["measured"] and auto["probe"][0]["chars_per_s"] > 0
     # Training got the budget less the probe.
-    assert saved["train"]["max_time"] == pytest.approx(3.0 - auto["probe_s"], abs=1e-3)
+    assert saved["train"]["max_time"] == pytest.approx(4.0 - auto["probe_s"], abs=1e-3)
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     assert checkpoint.config == RunConfig.from_dict(saved)
+
+
+def test_a_budget_too_short_for_the_probe_is_refused_before_training(
+    tmp_path, tiny_config, write_corpus
+):
+    config = tiny_config(auto=True, max_time=2.0, max_steps=None)
+    with pytest.raises(UsageError) as info:
+        train_command([write_corpus()], config, out=tmp_path / "run")
+    assert str(info.value) == (
+        "--auto needs a --max-time of at least 3 s (its speed probe takes up to 1.5 s)"
+    )
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -118,8 +118,8 @@ def test_a_narrow_beam_returns_ranked_texts_of_the_asked_length():
     [
         ({"temperature": 0.5}, "--beam searches for the most likely text; --temperature only"),
         ({"top_k": 3, "top_p": 0.5}, "; --top-k, --top-p only apply to sampling"),
-        ({"greedy": True}, "; --greedy only apply"),
-        ({"seed": 4}, "; --seed only apply"),
+        ({"greedy": True}, "; --greedy only applies to sampling"),
+        ({"seed": 4}, "; --seed only applies"),
         ({"num_samples": 5}, "--beam 4 finds at most 4 texts; --num-samples 5 asks for more"),
         ({"beam": -1}, "beam must be between 0 (sample) and 4096, got -1"),
     ],
