@@ -38,7 +38,7 @@ class Sizes:
 
 
 FULL = Sizes(times=("90s",), corpus_chars=None)
-QUICK = Sizes(times=("4s",), corpus_chars=30_000)
+QUICK = Sizes(times=("3s",), corpus_chars=30_000)
 
 
 def comparison_corpus(chars: int | None, folder: Path) -> Path:

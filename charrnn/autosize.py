@@ -154,6 +154,11 @@ class AutoChoice:
             "largest": "the largest shape tried",
             "kept": "the shape given",
         }[self.limit]
+        if self.limit == "time" and per_parameter < CHARS_PER_PARAMETER:
+            why = (
+                f"the smallest shape tried: even it sees fewer than {CHARS_PER_PARAMETER:g} "
+                "characters per parameter in the time"
+            )
         kept = f"; kept {', '.join('--' + k.replace('_', '-') for k in sorted(self.kept))}"
         return (
             f"auto: {s.layers} x {s.hidden} ({s.parameters:,} parameters), batch "
