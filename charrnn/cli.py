@@ -33,6 +33,7 @@ from charrnn.config import (
     SampleConfig,
     Setting,
     auto_kept_keys,
+    check_auto_flags,
     check_init_from_flags,
     check_resume_flags,
     declared_settings,
@@ -301,7 +302,10 @@ def train(
     given = given_keys({**run_options, **overrides})
     check_resume_flags(given)
     check_init_from_flags(given)
-    auto_kept = auto_kept_keys(preset, config, overrides) if overrides.get("auto") else set()
+    check_auto_flags(overrides.get("auto"), preset)
+    run_config = resolve_config(preset, config, overrides) if resume is None else None
+    auto = run_config is not None and run_config.train.auto  # a flag, or a --config file key
+    auto_kept = auto_kept_keys(config, overrides) if auto else set()
     load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
@@ -326,8 +330,9 @@ def train(
                     should_stop=interrupts.requested, on_start=started, load_since=load_since,
                 )  # fmt: skip
             else:
+                assert run_config is not None
                 outcome = commands.train_command(
-                    corpus, resolve_config(preset, config, overrides), out=out,
+                    corpus, run_config, out=out,
                     cache_dir=cache_dir, reporter=bar, should_stop=interrupts.requested,
                     on_start=started, init_from=init_from, load_since=load_since,
                     auto_kept=auto_kept,

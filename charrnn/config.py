@@ -422,16 +422,18 @@ def check_init_from_flags(
         raise UsageError("--init-from: the checkpoint and --bytes disagree on bytes vs characters")
 
 
-def auto_kept_keys(
-    preset: str | None, config_file: Path | None, overrides: dict[str, Any]
-) -> set[str]:
-    """With `--auto`, the keys it must leave as the user set them: those of `AUTO_KEYS` given
-    as flags or in the `--config` file. A preset is a model choice of its own: refused."""
-    if preset is not None:
+def check_auto_flags(auto: bool | None, preset: str | None) -> None:
+    """Raise `UsageError` for `--auto` with `--preset`: a preset is a model choice of its own."""
+    if auto and preset is not None:
         raise UsageError(
             "--auto chooses the model itself; give --preset or --auto, not both "
             "(flags given with --auto are kept)"
         )
+
+
+def auto_kept_keys(config_file: Path | None, overrides: dict[str, Any]) -> set[str]:
+    """With `--auto`, the keys it must leave as the user set them: those of `AUTO_KEYS` given
+    as flags or in the `--config` file."""
     from_file = set(load_config_file(config_file)) if config_file is not None else set()
     return (from_file | given_keys(overrides)) & AUTO_KEYS
 

@@ -195,3 +195,25 @@ def test_a_budget_too_short_for_the_probe_is_refused_before_training(
         "--auto needs a --max-time of at least 3 s (its speed probe takes up to 1.5 s)"
     )
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_auto_from_a_config_file_keeps_that_files_keys_and_the_flags(
+    tmp_path, write_corpus, monkeypatch
+):
+    from test_cli import invoke
+
+    from charrnn import commands
+
+    write_corpus()
+    (tmp_path / "run.toml").write_text('auto = true\nmax_time = "1m"\nhidden = 48\n', "utf-8")
+    seen = {}
+
+    def train_command(corpus, config, **kwargs):
+        seen.update(config=config, kept=kwargs["auto_kept"])
+        raise UsageError("captured")
+
+    monkeypatch.setattr(commands, "train_command", train_command)
+    invoke("train", "corpus.txt", "--config", "run.toml", "--seq-len", "16", cwd=tmp_path)
+    assert seen["config"].train.auto and seen["kept"] == {"hidden", "seq_len"}
+    invoke("train", "corpus.txt", "--max-time", "1m", "--lr", "0.01", cwd=tmp_path)
+    assert not seen["config"].train.auto and seen["kept"] == set()  # no --auto: nothing kept

@@ -316,6 +316,7 @@ def test_sample_options_are_the_sample_config(tmp_path):
     for setting in declared_settings(SampleConfig):
         assert options[setting.name].help == setting.help
     fixed = {"checkpoint", "prime", "prime_file", "separator", "output", "device", "threads"}
+    fixed |= {"interactive", "reset"}  # the prompt loop: a mode of the command, not a setting
     assert set(options) == {f.name for f in dataclasses.fields(SampleConfig)} | fixed
     listed = listed_options(invoke("sample", "--help", cwd=tmp_path).stdout)
     assert len(listed) == len(set(listed)) == len(options) + 1  # and --help
