@@ -77,9 +77,6 @@ class Measurement:
     chars_per_s: float
     measured: bool  # False: extrapolated from a smaller shape (not worth training to know)
 
-    def chars_per_parameter(self, seconds: float) -> float:
-        return self.chars_per_s * seconds / self.shape.parameters
-
 
 @dataclass
 class AutoChoice:
@@ -95,7 +92,7 @@ class AutoChoice:
     probe_seconds: float
     budget_seconds: float
     train_chars: int
-    limit: str  # what stopped the model growing: time, data, or the largest candidate
+    limit: str  # what stopped the model growing: time, data, largest (none did) or kept
     kept: list[str] = field(default_factory=list)  # settings the user gave, left alone
     measurements: list[Measurement] = field(default_factory=list)
 
