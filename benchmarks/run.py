@@ -29,6 +29,7 @@ from charrnn.device import use_cpu_threads
 SECTIONS = (
     "matmul", "train", "sample", "eval", "prepare", "quality", "contention", "evalshare", "preview",
     "distributed", "inspection", "export", "distill", "textprep", "dynamic",
+    "autosize",
 )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ it: `--help`, option errors and `prepare` (numpy only) answer at once. The optio
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -39,6 +40,7 @@ from charrnn.config import (
     declared_settings,
     preset_names,
     resolve_config,
+    validate_sample_config,
 )
 from charrnn.console import (
     ProgressBar,
@@ -343,6 +345,8 @@ def _train_with_progress(
     def started(outcome: commands.TrainOutcome) -> None:
         for warning in outcome.warnings:
             warning_line(warning)
+        for notice in outcome.notices:
+            notice_line(notice)
         bar.message(
             f"run {outcome.run_dir}: {outcome.corpus.n_chars:,} characters, vocabulary "
             f"{outcome.corpus.vocab.size}, {outcome.parameters:,} parameters"
@@ -455,6 +459,21 @@ def sample(
     ] = None,
     device: Annotated[str, typer.Option(help=SAMPLING_DEVICE_HELP)] = DEFAULT_DEVICE,
     threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    interactive: Annotated[
+        bool,
+        typer.Option(
+            "--interactive",
+            "-i",
+            help=r"Keep the model loaded: each line typed continues the text (\n typed is a "
+            "newline; an empty line writes more). Ctrl-D or Ctrl-C at the prompt ends it.",
+        ),
+    ] = False,
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset", help="With --interactive: each line starts afresh (after --prime)."
+        ),
+    ] = False,
     **sample_settings: Any,
 ) -> None:
     """Generate text from a trained model; it streams to stdout as it is generated.
@@ -468,6 +487,14 @@ def sample(
             raise UsageError(f"cannot read prime file {prime_file}: {exc}") from None
     stop = unescape(sample_settings.pop("stop"))
     sample_config = SampleConfig(**sample_settings, stop=stop)
+    if reset and not interactive:
+        raise UsageError("--reset applies to --interactive")
+    if interactive:
+        if output is not None:
+            raise UsageError("--interactive writes to the terminal; --output cannot be used")
+        _interactive(checkpoint, prime, sample_config, reset, unescape(separator) or "", device,
+                     threads)  # fmt: skip
+        return
     stream = output is None and sample_config.num_samples == 1
 
     def show(index: int, piece: str) -> None:
@@ -492,6 +519,59 @@ def sample(
         sys.stdout.write("\n")
     else:
         sys.stdout.write(joined + "\n")
+
+
+INTERACTIVE_PROMPT = "> "
+
+
+def _read_line() -> str | None:
+    """The next line typed (a prompt and line editing on a terminal), None at the end."""
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return unescape(line.rstrip("\r\n")) if line else None
+    with contextlib.suppress(ImportError):  # not on Windows
+        import readline  # noqa: F401  (line editing and history for input())
+    try:
+        if sys.stdout.isatty():
+            return unescape(input(INTERACTIVE_PROMPT))
+        print(INTERACTIVE_PROMPT, end="", file=sys.stderr, flush=True)
+        return unescape(input())
+    except EOFError:
+        print(file=sys.stderr)  # the shell's prompt on a line of its own
+        return None
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise
+
+
+def _interactive(
+    checkpoint: Path, prime: str, config: SampleConfig, reset: bool, separator: str,
+    device: str, threads: int,
+) -> None:  # fmt: skip
+    """`sample --interactive`: replies stream to stdout, one per line read."""
+    stream = config.num_samples == 1
+
+    def show(index: int, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    def replied(texts: list[str] | None) -> None:
+        if texts is not None and not stream:
+            sys.stdout.write(separator.join(texts))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    validate_sample_config(config)  # before the greeting: a bad option is the only line
+    if sys.stdin.isatty():
+        notice_line("interactive: type a line and press Enter; the model continues it. "
+                    "Ctrl-D ends.")  # fmt: skip
+    load_since = read_cpu_sample()
+    from charrnn import commands
+
+    commands.interactive_command(
+        checkpoint, prime, config, _read_line, show if stream else None, replied, error_line,
+        reset, device, threads, load_since,
+    )  # fmt: skip
 
 
 @app.command("eval")

@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from charrnn.config import (
     DistillConfig,
     RunConfig,
     SampleConfig,
+    auto_kept_keys,
     check_init_from_flags,
     check_train_options,
     evaluation_chars,
@@ -80,6 +81,7 @@ from charrnn.runs import read_run, summarize
 from charrnn.textprep import preprocess_text
 
 if TYPE_CHECKING:
+    from charrnn.autosize import AutoChoice
     from charrnn.train import Objective, Progress, Reporter
 
 
@@ -94,6 +96,7 @@ class TrainOutcome:
     parameters: int
     warnings: list[str] = field(default_factory=list)
     writer: bool = True  # False on ranks other than 0 under torchrun: rank 0 speaks for the job
+    notices: list[str] = field(default_factory=list)  # e.g. what --auto chose and why
 
 
 def default_run_dir(specs: Sequence[str | Path], runs_root: Path = RUNS_DIR) -> Path:
@@ -140,6 +143,7 @@ class _Job:
     load_since: CpuSample | None = None  # a CPU reading from the command's start
     corpus_record: dict[str, Any] | None = None  # a resumed run's, kept in its checkpoints
     objective: Objective | None = None  # what training minimises; None: cross-entropy
+    auto: AutoChoice | None = None  # what --auto chose, for config.json and the user
 
 
 def _run(
@@ -160,7 +164,7 @@ def _run(
     train_ids, val_ids = split_train_val(job.ids, config.data.val_frac)
     outcome = TrainOutcome(
         job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings,
-        writer=writer,
+        writer=writer, notices=[job.auto.notice()] if job.auto else [],
     )  # fmt: skip
     corpus_info = job.corpus_record or _corpus_info(
         job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0])
@@ -212,7 +216,10 @@ def _run(
             if writer:
                 trainer.metrics.truncate_after(trainer.progress.step)
         elif writer:
-            write_run_config(job.run_dir, config, corpus_info, trainer.objective.record)
+            write_run_config(
+                job.run_dir, config, corpus_info, trainer.objective.record,
+                job.auto.to_dict() if job.auto else None,
+            )  # fmt: skip
         if on_start and writer:
             on_start(outcome)
         outcome.progress = trainer.run()
@@ -240,10 +247,13 @@ def write_run_config(
     config: RunConfig,
     corpus_info: dict[str, Any],
     objective: dict[str, Any] | None = None,
+    auto: dict[str, Any] | None = None,
 ) -> None:
-    """config.json: the run's settings and corpus (and a distillation's teacher), for people and
-    tools."""
+    """config.json: the run's settings and corpus (and a distillation's teacher, what --auto
+    chose and why), for people and tools."""
     extra = {"objective": objective} if objective else {}
+    if auto:
+        extra["auto"] = auto
     try:
         atomic_write_json(
             run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info, **extra}
@@ -282,9 +292,13 @@ def train_command(
     init_from: Path | None = None,
     load_since: CpuSample | None = None,
     on_preview: Callable[[int, str], None] | None = None,
+    auto_kept: Collection[str] = (),
 ) -> TrainOutcome:
     """Prepare the corpus, build the model (fresh, or from `init_from`) and train it
-    (`on_preview(step, text)`: a sample after each evaluation, see `_run`)."""
+    (`on_preview(step, text)`: a sample after each evaluation, see `_run`).
+
+    With `auto` set, the model, batch and window are chosen first (`autosize`), leaving the
+    keys in `auto_kept` (given by the user) as they are."""
     run_dir = out or default_run_dir(specs)
     cache_dir = cache_dir or default_cache_dir(run_dir)
     select_device(config.train.device)  # fail before the corpus work, not after
@@ -309,6 +323,10 @@ def train_command(
                 f"(new rows freshly initialised): {format_symbols(added)}"
             )
         ids = corpus.vocab.remap(ids, vocab)
+    auto = None
+    if config.train.auto:
+        _make_run_dir(run_dir)  # refuse a run directory in use before spending the probe
+        config, auto = _auto_size(config, vocab, ids, auto_kept, run_dir, load_since)
     config = _fit_batches(config, ids, warnings)
     placement = placement_from_env()
     check_batch_split(config.train.batch_size, placement)
@@ -321,8 +339,26 @@ def train_command(
         model.resize_vocab(vocab.size)
     else:
         model = CharRNN(config.model, vocab.size)
-    job = _Job(config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since)
+    job = _Job(
+        config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since, auto=auto
+    )
     return _run(job, reporter, should_stop, on_start, on_preview)
+
+
+def _auto_size(
+    config: RunConfig,
+    vocab: Vocab,
+    ids: np.ndarray,
+    kept: Collection[str],
+    run_dir: Path,
+    load_since: CpuSample | None,
+) -> tuple[RunConfig, AutoChoice]:
+    """`autosize.auto_size` on the training split, with the threads the run will train with."""
+    from charrnn.autosize import auto_size  # it imports the training loop
+
+    train_ids = split_train_val(ids, config.data.val_frac)[0]
+    with CpuThreads(config.train.threads, load_since) as threads:
+        return auto_size(config, vocab, np.asarray(train_ids), kept, run_dir, threads)
 
 
 def resume_command(
@@ -402,10 +438,13 @@ def train_or_resume(
             on_start=on_start, load_since=load_since, on_preview=on_preview,
         )  # fmt: skip
     assert corpus  # check_resume_flags refused a run with neither
+    run_config = resolve_config(preset, config_file, settings)
+    # --auto leaves alone what the user set: flags and the --config file's keys.
+    auto_kept = auto_kept_keys(config_file, settings) if run_config.train.auto else set()
     return train_command(
-        corpus, resolve_config(preset, config_file, settings), out=out, cache_dir=cache_dir,
-        reporter=reporter, should_stop=should_stop, on_start=on_start, init_from=init_from,
-        load_since=load_since, on_preview=on_preview,
+        corpus, run_config, out=out, cache_dir=cache_dir, reporter=reporter,
+        should_stop=should_stop, on_start=on_start, init_from=init_from, load_since=load_since,
+        on_preview=on_preview, auto_kept=auto_kept,
     )  # fmt: skip
 
 
@@ -426,6 +465,55 @@ def sample_command(
         model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
         model_prime = preprocess_text(prime, checkpoint.config.data)  # as the corpus was
         return generate(model, checkpoint.vocab, model_prime, config, on_text, cpu_threads)
+
+
+def interactive_command(
+    checkpoint_path: Path,
+    prime: str,
+    config: SampleConfig,
+    read_line: Callable[[], str | None],
+    on_text: Callable[[int, str], None] | None,
+    on_reply: Callable[[list[str] | None], None],
+    on_error: Callable[[str], None],
+    reset: bool = False,
+    device_name: str = DEFAULT_DEVICE,
+    threads: int = 0,
+    load_since: CpuSample | None = None,
+) -> int:
+    """A prompt loop over one loaded model (`session.Session`); returns the turns taken.
+
+    `read_line()` gives the next line, None at the end of input (Ctrl-D); a KeyboardInterrupt
+    there (Ctrl-C) ends the session too. Each reply streams through `on_text`, then
+    `on_reply(texts)`; Ctrl-C while it is written stops that reply (`on_reply(None)`, the text
+    stays as it was) and the loop goes on, as it does after a line the model cannot read
+    (`on_error(message)`)."""
+    from charrnn.session import Session
+
+    validate_sample_config(config)
+    validate_threads(threads)
+    with CpuThreads(threads, load_since) as cpu_threads:
+        model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
+        data_config = checkpoint.config.data  # primes and lines are read as the corpus was
+        session = Session(
+            model, checkpoint.vocab, config, preprocess_text(prime, data_config), reset,
+            cpu_threads,
+        )  # fmt: skip
+        while True:
+            try:
+                line = read_line()
+            except KeyboardInterrupt:
+                return session.turns
+            if line is None:
+                return session.turns
+            try:
+                texts = session.reply(preprocess_text(line, data_config), on_text)
+            except KeyboardInterrupt:
+                on_reply(None)
+                continue
+            except UsageError as exc:
+                on_error(str(exc))
+                continue
+            on_reply(texts)
 
 
 def eval_command(

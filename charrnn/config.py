@@ -249,6 +249,13 @@ class TrainConfig:
         resumable=True,
         parse=parse_duration,
     )
+    auto: bool = setting(  # not resumable: the choice is made once, recorded in config.json
+        False,
+        "Choose layers, hidden, batch, window, lr and dropout for the corpus and --max-time, "
+        "after a short probe of this machine's speed; flags given with it are kept.",
+        MODEL_PANEL,
+        flag="--auto/--no-auto",
+    )
 
 
 @dataclass(frozen=True)
@@ -284,6 +291,8 @@ TRAINING_SETTINGS = tuple(s for cls in _SECTIONS.values() for s in declared_sett
 RESUMABLE_KEYS = frozenset(s.name for s in TRAINING_SETTINGS if s.resumable)
 MODEL_KEYS = frozenset(s.name for s in declared_settings(ModelConfig))
 TRAINING_KEYS = frozenset(s.name for s in TRAINING_SETTINGS)
+# What `--auto` chooses unless the command line or a --config file sets it.
+AUTO_KEYS = frozenset({"layers", "hidden", "batch_size", "seq_len", "lr", "dropout"})
 
 
 def _key_sections() -> dict[str, str]:
@@ -433,6 +442,8 @@ def check_init_from_flags(
     checkpoint's network is kept, or, once the checkpoint is read, a different `--bytes`."""
     if "init_from" not in given:
         return
+    if "auto" in given:
+        raise UsageError("--init-from keeps the checkpoint's network; --auto cannot choose one")
     shape_flags = set(given) & MODEL_KEYS
     if shape_flags:
         raise UsageError(
@@ -449,6 +460,23 @@ def check_train_options(settings: dict[str, Any], **run_options: Any) -> None:
     given = given_keys({**{k: v or None for k, v in run_options.items()}, **settings})
     check_resume_flags(given)
     check_init_from_flags(given)
+    check_auto_flags(settings.get("auto"), run_options.get("preset"))
+
+
+def check_auto_flags(auto: bool | None, preset: str | None) -> None:
+    """Raise `UsageError` for `--auto` with `--preset`: a preset is a model choice of its own."""
+    if auto and preset is not None:
+        raise UsageError(
+            "--auto chooses the model itself; give --preset or --auto, not both "
+            "(flags given with --auto are kept)"
+        )
+
+
+def auto_kept_keys(config_file: Path | None, overrides: dict[str, Any]) -> set[str]:
+    """With `--auto`, the keys it must leave as the user set them: those of `AUTO_KEYS` given
+    as flags or in the `--config` file."""
+    from_file = set(load_config_file(config_file)) if config_file is not None else set()
+    return (from_file | given_keys(overrides)) & AUTO_KEYS
 
 
 def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -552,6 +580,10 @@ def validate(config: RunConfig) -> None:
         not (t.max_steps is None and t.max_epochs is None and t.max_time is None),
         "give at least one of max_steps, max_epochs or max_time",
     )
+    _check(
+        not t.auto or t.max_time is not None,
+        "--auto chooses the model for a time budget; give --max-time (e.g. 10m)",
+    )
     _check(t.eval_every >= 1, f"eval_every must be >= 1, got {t.eval_every}")
     _check(t.eval_streams >= 1, f"eval_streams must be >= 1, got {t.eval_streams}")
     _check(t.eval_chars >= 0, f"eval_chars cannot be negative (0 = auto), got {t.eval_chars}")
@@ -577,6 +609,8 @@ def validate(config: RunConfig) -> None:
 # ----------------------------------------------------------------------------- sampling
 
 UNKNOWN_POLICIES = ("error", "skip")
+DEFAULT_TEMPERATURE = 0.8
+MAX_BEAM = 4096
 
 
 @dataclass(frozen=True)
@@ -584,7 +618,7 @@ class SampleConfig:
     """How to draw characters; each field is a `charrnn sample` option."""
 
     length: int = setting(500, "New characters per sample.")  # the prime is not counted
-    temperature: float = setting(0.8, "Below 1: safer text; above 1: wilder.")
+    temperature: float = setting(DEFAULT_TEMPERATURE, "Below 1: safer text; above 1: wilder.")
     top_k: int | None = setting(None, "Draw only from the K most likely characters (default: all).")
     top_p: float | None = setting(
         None,
@@ -599,6 +633,11 @@ class SampleConfig:
         None, r"End a sample where this text appears (\n, \t understood; default: never)."
     )
     unknown: str = setting("error", "Prime characters the model never saw: error or skip.")
+    beam: int = setting(  # 0: sample
+        0,
+        "Beam search with N beams: the most likely text (by mean log-probability per "
+        "character) instead of a random one; 0 samples.",
+    )
 
 
 def validate_sample_config(config: SampleConfig) -> None:
@@ -619,6 +658,37 @@ def validate_sample_config(config: SampleConfig) -> None:
         raise UsageError(f"unknown policy '{config.unknown}'; choose error or skip")
     if config.seed is not None and not -(2**63) <= config.seed < 2**64:
         raise UsageError(f"seed must be between -2**63 and 2**64 - 1, got {config.seed}")
+    if not 0 <= config.beam <= MAX_BEAM:
+        raise UsageError(f"beam must be between 0 (sample) and {MAX_BEAM}, got {config.beam}")
+    if config.beam:
+        check_beam_options(config)
+
+
+def check_beam_options(config: SampleConfig) -> None:
+    """Raise `UsageError` for a sampling option given with `--beam`: the search ranks texts by
+    the model's own probabilities, so what shapes a random draw does not apply."""
+    sampling_only = [
+        flag
+        for flag, given in (
+            ("--temperature", config.temperature != DEFAULT_TEMPERATURE),
+            ("--top-k", config.top_k is not None),
+            ("--top-p", config.top_p is not None),
+            ("--greedy", config.greedy),
+            ("--seed", config.seed is not None),
+        )
+        if given
+    ]
+    if sampling_only:
+        verb = "applies" if len(sampling_only) == 1 else "apply"
+        raise UsageError(
+            f"--beam searches for the most likely text; {', '.join(sampling_only)} "
+            f"only {verb} to sampling"
+        )
+    if config.num_samples > config.beam:
+        raise UsageError(
+            f"--beam {config.beam} finds at most {config.beam} texts; "
+            f"--num-samples {config.num_samples} asks for more"
+        )
 
 
 # ----------------------------------------------------------------------------- distillation

@@ -14,10 +14,11 @@ from dataclasses import replace
 
 import torch
 
+from charrnn.beam import beam_search, repeat_state
 from charrnn.config import SampleConfig, validate_sample_config
 from charrnn.data import Vocab
 from charrnn.device import CpuThreads
-from charrnn.model import CharRNN, Stepper
+from charrnn.model import CharRNN, State, Stepper
 
 
 def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
@@ -89,6 +90,11 @@ class _Drawer:
         self.rows = list(noise.unbind(0))[::-1]
 
 
+def known_prime(vocab: Vocab, prime: str, policy: str) -> str:
+    """The prime as a sample begins with it: without unknown characters under policy skip."""
+    return vocab.decode(prime_ids(vocab, prime, policy).tolist()) if policy == "skip" else prime
+
+
 def prime_ids(vocab: Vocab, prime: str, policy: str) -> torch.Tensor:
     """Ids of the prime; unknown characters raise (policy error) or are dropped (skip)."""
     if policy == "skip":
@@ -146,17 +152,25 @@ def generate(
     config: SampleConfig,
     on_text: Callable[[int, str], None] | None = None,
     threads: CpuThreads | None = None,
+    state: State | None = None,
+    on_state: Callable[[State], None] | None = None,
 ) -> list[str]:
     """Generate `num_samples` texts that begin with `prime`; `on_text(i, piece)` streams them
-    (`threads`, when given, re-judges the CPU thread count as the text grows)."""
+    (`threads`, when given, re-judges the CPU thread count as the text grows).
+
+    `state`: the model's state (batch 1) before the prime, to continue a text; None starts
+    afresh. `on_state` receives the state after the first sample's text (with its stop text), so
+    a caller can continue from there. With `config.beam` the texts are a beam search's best."""
     validate_sample_config(config)
+    if config.beam:
+        return _beam_texts(model, vocab, prime, config, on_text, state, on_state)
     device = model.head.weight.device
     generator = torch.Generator(device=device)
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(6), "little")
     generator.manual_seed(seed)
     count = config.num_samples
     ids = prime_ids(vocab, prime, config.unknown).to(device)
-    prime_text = vocab.decode(ids.tolist()) if config.unknown == "skip" else prime
+    prime_text = known_prime(vocab, prime, config.unknown)
     pieces: list[list[str]] = [[prime_text] for _ in range(count)]
     if on_text and prime_text:
         for index in range(count):
@@ -165,11 +179,13 @@ def generate(
     watchers = [_StopWatcher(config.stop) for _ in range(count)] if config.stop else None
     decoders = _decoders(vocab, count)
     with torch.inference_mode():
+        start = None if state is None else repeat_state(state, count)
         if ids.numel():
-            _, state = model(ids.unsqueeze(0).expand(count, -1))
+            _, state = model(ids.unsqueeze(0).expand(count, -1), start)
         else:
-            state = model.initial_state(count)
+            state = start if start is not None else model.initial_state(count)
         stepper = Stepper(model, state)
+        next_ids = None
         draw_next = _Drawer(stepper, config, generator)
         # The per-character loop is the hot path: no tensor indexing or string copies in it.
         for position in range(config.length):
@@ -187,6 +203,10 @@ def generate(
             if threads is not None:
                 threads.tick()
             stepper.advance(next_ids)
+        if on_state is not None:
+            if next_ids is not None:  # the last symbol drawn is not yet fed
+                stepper.advance(next_ids)
+            on_state(_first_row(stepper.state))
     for index, watcher in enumerate(watchers or []):
         tail = watcher.flush()
         if tail:
@@ -209,3 +229,43 @@ def preview_text(
         return generate(model, vocab, "", SampleConfig(length=length, seed=seed), None, threads)[0]
     finally:
         model.train(was_training)
+
+
+def _first_row(state: State) -> State:
+    """The state of the first stream only."""
+    if isinstance(state, tuple):
+        return (state[0][:, :1].clone(), state[1][:, :1].clone())
+    return state[:, :1].clone()
+
+
+def _beam_texts(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str,
+    config: SampleConfig,
+    on_text: Callable[[int, str], None] | None,
+    state: State | None,
+    on_state: Callable[[State], None] | None,
+) -> list[str]:
+    """The best `num_samples` continuations by beam search, each after the prime; a text is
+    known only when the search ends, so `on_text` gets each whole."""
+    ids = prime_ids(vocab, prime, config.unknown).to(model.head.weight.device)
+    prime_text = known_prime(vocab, prime, config.unknown)
+    beams = beam_search(model, vocab, ids, config, config.beam, state)
+    texts = [prime_text + beam.text for beam in beams]
+    if on_text:
+        for index, text in enumerate(texts):
+            on_text(index, text)
+    if on_state is not None:
+        fed = torch.cat([ids, torch.tensor(beams[0].ids, dtype=torch.long, device=ids.device)])
+        with torch.inference_mode():
+            if fed.numel():
+                _, state = model(fed.view(1, -1), _contiguous(state))
+            on_state(state if state is not None else model.initial_state(1))
+    return texts
+
+
+def _contiguous(state: State | None) -> State | None:
+    if state is None or not isinstance(state, tuple):
+        return None if state is None else state.contiguous()
+    return (state[0].contiguous(), state[1].contiguous())

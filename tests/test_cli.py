@@ -320,6 +320,7 @@ def test_sample_options_are_the_sample_config(tmp_path):
     for setting in declared_settings(SampleConfig):
         assert options[setting.name].help == setting.help
     fixed = {"checkpoint", "prime", "prime_file", "separator", "output", "device", "threads"}
+    fixed |= {"interactive", "reset"}  # the prompt loop: a mode of the command, not a setting
     assert set(options) == {f.name for f in dataclasses.fields(SampleConfig)} | fixed
     listed = listed_options(invoke("sample", "--help", cwd=tmp_path).stdout)
     assert len(listed) == len(set(listed)) == len(options) + 1  # and --help
@@ -408,9 +409,11 @@ LAYERS = [
     ["__main__"],
     ["cli", "api"],  # two front ends over the same commands
     ["commands"],
-    ["distill"],  # a training objective, for commands
+    ["distill", "autosize"],  # a training objective; the speed probe runs the trainer's step
     ["train", "inspect_view"],  # the loop scores validation text with evaluate
+    ["session"],  # sample --interactive: a prompt loop around generate
     ["generate", "evaluate", "plot", "inspection", "export"],
+    ["beam"],
     ["checkpoint", "metrics"],
     ["model", "runcorpus", "quantize"],
     ["data", "distributed", "runs"],  # distributed: the process group and collectives of torchrun

@@ -65,13 +65,13 @@ OTHER_VALUES = {
     "log_every": 9, "preview_chars": 40,
     "seed": 5, "device": "cpu", "threads": 1, "precision": "fp32",
     "collective_timeout": 30.0,
-    "compile": True,
+    "compile": True, "auto": True,
 }  # fmt: skip
 # The same for sampling: (command-line text, value); `stop` understands \n.
 OTHER_SAMPLE_VALUES = {
     "length": ("7", 7), "temperature": ("0.5", 0.5), "top_k": ("3", 3), "top_p": ("0.5", 0.5),
     "greedy": (None, True), "seed": ("4", 4), "num_samples": ("2", 2), "stop": (r"\n", "\n"),
-    "unknown": ("skip", "skip"),
+    "unknown": ("skip", "skip"), "beam": ("3", 3),
 }  # fmt: skip
 
 
@@ -352,6 +352,10 @@ def test_resume_flags_rules_and_messages():
 @pytest.mark.parametrize("key", sorted(OTHER_VALUES))
 def test_init_from_refuses_exactly_the_model_flags(key):
     check_init_from_flags({key})  # no --init-from: any flag
+    if key == "auto":
+        with pytest.raises(UsageError, match="^--init-from keeps the checkpoint's network; "):
+            check_init_from_flags({"init_from", key, "corpus"})
+        return
     if key not in MODEL_KEYS:
         check_init_from_flags({"init_from", key, "corpus"})
         return

@@ -1,0 +1,418 @@
+"""`--auto`: choose the network, batch and window for a corpus, a time budget and this machine.
+
+The rule, after char-rnn's advice and the compute-optimal studies of language models:
+- **time**: a model is worth its size only if the run can show it enough text. The run will see
+  `speed x seconds` characters, where `speed` is measured, not guessed: a short probe trains each
+  candidate shape for a fraction of a second on the corpus itself, in this process, with the
+  threads the run will use. The largest candidate that will see at least `CHARS_PER_PARAMETER`
+  characters per parameter wins (the smallest when none does).
+- **data**: parameters of the order of the corpus characters, at most `DATA_PARAMETER_RATIO`
+  times the training characters; beyond that a model memorises the text instead of learning it.
+- **window and batch**: short runs are limited by optimiser steps, so the window stays at 32
+  characters (the tuned default) and grows, then the batch, only while the run still makes
+  `MIN_STEPS` steps.
+- **learning rate** falls as the square root of the width; **dropout** 0.1 when a model big
+  enough to memorise the text will see it more than `DROPOUT_EPOCHS` times.
+Settings the user gave (flags or a `--config` file) are kept; the rule chooses the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from charrnn.config import AUTO_KEYS, ModelConfig, RunConfig, recurrent_parameters
+from charrnn.data import StreamBatches, Vocab
+from charrnn.device import CpuThreads, select_device
+from charrnn.errors import UsageError
+from charrnn.model import CharRNN
+from charrnn.train import Trainer
+
+# Shapes tried, from small to large (layers, hidden). One layer while the model is small: in a
+# short run on a CPU a second layer costs steps that a wider single layer uses better.
+CANDIDATE_SHAPES = (
+    (1, 64), (1, 96), (1, 128), (1, 192), (1, 256), (1, 384), (1, 512),
+    (2, 384), (2, 512), (2, 768), (3, 768), (3, 1024),
+)  # fmt: skip
+HIDDEN_SIZES = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
+LAYER_COUNTS = (1, 2, 3)
+
+CHARS_PER_PARAMETER = 20.0  # characters the run must show each parameter (the time cap)
+DATA_PARAMETER_RATIO = 1.5  # parameters per training character at most (the data cap)
+MIN_STEPS = 8000  # the window and batch grow only while the run keeps this many steps
+BASE_BATCH, BASE_WINDOW = 32, 32  # the tuned `small` preset's shape
+MAX_BATCH, MAX_WINDOW = 256, 128
+BASE_LR, BASE_HIDDEN = 6e-3, 256  # `small`'s learning rate for its width
+DROPOUT_EPOCHS = 4.0
+DROPOUT = 0.1
+
+# The probe: a small share of the budget, split among the shapes it measures.
+PROBE_SHARE, MIN_PROBE_S, MAX_PROBE_S = 0.03, 1.5, 30.0
+MIN_SHAPE_S = 0.2  # each measured shape trains at least this long (after its warm-up steps)
+WARMUP_STEPS, MIN_TIMED_STEPS = 2, 2
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A network shape the rule considers, with its parameter count for the vocabulary."""
+
+    layers: int
+    hidden: int
+    parameters: int
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the probe found for one shape."""
+
+    shape: Shape
+    chars_per_s: float
+    measured: bool  # False: extrapolated from a smaller shape (not worth training to know)
+
+
+@dataclass
+class AutoChoice:
+    """What `--auto` chose and why; written to config.json and told to the user."""
+
+    shape: Shape
+    batch_size: int
+    seq_len: int
+    lr: float
+    dropout: float
+    chars_per_s: float
+    train_seconds: float
+    probe_seconds: float
+    budget_seconds: float
+    train_chars: int
+    limit: str  # what stopped the model growing: time, data, largest (none did) or kept
+    kept: list[str] = field(default_factory=list)  # settings the user gave, left alone
+    measurements: list[Measurement] = field(default_factory=list)
+
+    @property
+    def expected_chars(self) -> float:
+        return self.chars_per_s * self.train_seconds
+
+    def settings(self) -> dict[str, Any]:
+        """The flat keys chosen, for `RunConfig.replace` (the kept ones left out)."""
+        chosen = {
+            "layers": self.shape.layers, "hidden": self.shape.hidden,
+            "batch_size": self.batch_size, "seq_len": self.seq_len,
+            "lr": self.lr, "dropout": self.dropout, "max_time": self.train_seconds,
+        }  # fmt: skip
+        return {key: value for key, value in chosen.items() if key not in self.kept}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report in config.json."""
+        return {
+            "layers": self.shape.layers,
+            "hidden": self.shape.hidden,
+            "parameters": self.shape.parameters,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
+            "lr": self.lr,
+            "dropout": self.dropout,
+            "limit": self.limit,
+            "kept": sorted(self.kept),
+            "chars_per_s": round(self.chars_per_s, 1),
+            "expected_chars": int(self.expected_chars),
+            "train_chars": self.train_chars,
+            "budget_s": round(self.budget_seconds, 3),
+            "probe_s": round(self.probe_seconds, 3),
+            "train_s": round(self.train_seconds, 3),
+            "probe": [
+                {
+                    "layers": m.shape.layers,
+                    "hidden": m.shape.hidden,
+                    "parameters": m.shape.parameters,
+                    "chars_per_s": round(m.chars_per_s, 1),
+                    "measured": m.measured,
+                }
+                for m in self.measurements
+            ],
+        }
+
+    def notice(self) -> str:
+        """One line for the user: what was chosen, and the figures that chose it."""
+        s = self.shape
+        per_parameter = self.expected_chars / s.parameters
+        why = {
+            "time": f"a larger model would see fewer than {CHARS_PER_PARAMETER:g} characters "
+            "per parameter in the time",
+            "data": f"a larger model would have more than {DATA_PARAMETER_RATIO:g} parameters "
+            "per training character",
+            "largest": "the largest shape tried",
+            "kept": "the shape given",
+        }[self.limit]
+        if self.limit == "time" and per_parameter < CHARS_PER_PARAMETER:
+            why = (
+                f"the smallest shape tried: even it sees fewer than {CHARS_PER_PARAMETER:g} "
+                "characters per parameter in the time"
+            )
+        kept = f"; kept {', '.join('--' + k.replace('_', '-') for k in sorted(self.kept))}"
+        return (
+            f"auto: {s.layers} x {s.hidden} ({s.parameters:,} parameters), batch "
+            f"{self.batch_size} x {self.seq_len}, lr {self.lr:.2g}, dropout {self.dropout:g}: "
+            f"the probe ({self.probe_seconds:.1f} s) trains it at {self.chars_per_s:,.0f} chars/s,"
+            f" {self.expected_chars / 1e6:.3g}M characters in {self.train_seconds:.0f} s = "
+            f"{per_parameter:.3g} per parameter, on {self.train_chars:,} training characters; "
+            f"{why}" + (kept if self.kept else "")
+        )
+
+
+def count_parameters(model: ModelConfig, vocab_size: int) -> int:
+    """Parameters of a `CharRNN` of this shape: embedding, recurrent layers, output layer."""
+    return (
+        vocab_size * model.embed
+        + recurrent_parameters(model)
+        + model.hidden * vocab_size
+        + vocab_size
+    )
+
+
+def candidate_shapes(model: ModelConfig, vocab_size: int, kept: Collection[str]) -> list[Shape]:
+    """The shapes to consider, smallest first; a kept `layers` or `hidden` fixes that part."""
+    if "layers" in kept and "hidden" in kept:
+        pairs = [(model.layers, model.hidden)]
+    elif "layers" in kept:
+        pairs = [(model.layers, hidden) for hidden in HIDDEN_SIZES]
+    elif "hidden" in kept:
+        pairs = [(layers, model.hidden) for layers in LAYER_COUNTS]
+    else:
+        pairs = list(CANDIDATE_SHAPES)
+    shapes = [
+        Shape(layers, hidden, count_parameters(_with_shape(model, layers, hidden), vocab_size))
+        for layers, hidden in pairs
+    ]
+    return sorted(shapes, key=lambda shape: shape.parameters)
+
+
+def _with_shape(model: ModelConfig, layers: int, hidden: int) -> ModelConfig:
+    return dataclasses.replace(model, layers=layers, hidden=hidden)
+
+
+def choose_shape(
+    shapes: Sequence[Shape],
+    train_chars: int,
+    seconds: float,
+    speed: Callable[[Shape], float | None],
+    flops: Callable[[Shape], float],
+) -> tuple[Shape, str, list[Measurement]]:
+    """The largest shape that passes the data and time caps (else the smallest), what stopped
+    the growth, and the measurements made.
+
+    `speed(shape)` measures training chars/s, or returns None when the probe's time is spent;
+    a shape whose speed, extrapolated from the last one measured by `flops` per character, is
+    clearly too slow is not measured.
+    """
+    chosen: Shape | None = None
+    measurements: list[Measurement] = []
+    limit = "largest" if len(shapes) > 1 else "kept"
+    for shape in shapes:
+        if chosen is not None:
+            if shape.parameters > DATA_PARAMETER_RATIO * train_chars:
+                limit = "data"
+                break
+            last = measurements[-1]  # extrapolate first: do not train a shape that cannot pass
+            guess = last.chars_per_s * flops(last.shape) / flops(shape)
+            if guess * seconds < 0.5 * CHARS_PER_PARAMETER * shape.parameters:
+                measurements.append(Measurement(shape, guess, measured=False))
+                limit = "time"
+                break
+        measured = speed(shape)
+        if measured is None:  # the probe's time ran out: keep the best so far
+            if chosen is None:
+                raise UsageError("--auto: the speed probe could not train a single step")
+            limit = "time"
+            break
+        measurements.append(Measurement(shape, measured, measured=True))
+        passes = measured * seconds >= CHARS_PER_PARAMETER * shape.parameters
+        if chosen is not None and not passes:
+            limit = "time"
+            break
+        chosen = shape  # the smallest shape is taken even when it does not pass
+        if not passes:
+            limit = "time" if len(shapes) > 1 else "kept"
+            break
+    assert chosen is not None
+    return chosen, limit, measurements
+
+
+def flops_per_char(model: ModelConfig, vocab_size: int) -> float:
+    """Multiply-adds per character of a training step, up to a constant factor."""
+    return float(recurrent_parameters(model) + model.hidden * vocab_size)
+
+
+def batch_and_window(
+    expected_chars: float, kept: Collection[str], batch_size: int, seq_len: int
+) -> tuple[int, int]:
+    """The window (then the batch) doubles from the tuned 32 x 32 while the run keeps
+    `MIN_STEPS` optimiser steps; kept settings stay as given."""
+    batch = batch_size if "batch_size" in kept else BASE_BATCH
+    window = seq_len if "seq_len" in kept else BASE_WINDOW
+    while "seq_len" not in kept and window < MAX_WINDOW:
+        if expected_chars / (batch * window * 2) < MIN_STEPS:
+            break
+        window *= 2
+    while "batch_size" not in kept and batch < MAX_BATCH:
+        if window < MAX_WINDOW and "seq_len" not in kept:
+            break
+        if expected_chars / (batch * 2 * window) < MIN_STEPS:
+            break
+        batch *= 2
+    return batch, window
+
+
+def learning_rate(hidden: int) -> float:
+    """`small`'s 6e-3 at 256 units, falling as 1/sqrt(width)."""
+    return round(min(1e-2, max(1e-3, BASE_LR * math.sqrt(BASE_HIDDEN / hidden))), 5)
+
+
+def dropout_for(parameters: int, train_chars: int, expected_chars: float) -> float:
+    """0.1 when a model that can memorise the text (parameters over a quarter of its
+    characters) will see it more than `DROPOUT_EPOCHS` times; else none."""
+    epochs = expected_chars / max(1, train_chars)
+    return DROPOUT if epochs > DROPOUT_EPOCHS and parameters * 4 > train_chars else 0.0
+
+
+def probe_budget(max_time: float) -> float:
+    """Seconds the probe may take out of a `max_time` budget."""
+    return min(MAX_PROBE_S, max(MIN_PROBE_S, PROBE_SHARE * max_time))
+
+
+class SpeedProbe:
+    """Measures training chars/s of a shape with the real training step, on the corpus."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        vocab: Vocab,
+        train_ids: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        budget: float,
+        device: torch.device,
+        run_dir: Path,
+    ) -> None:
+        self.config, self.vocab, self.train_ids = config, vocab, train_ids
+        self.batch_size, self.seq_len, self.device, self.run_dir = (
+            batch_size, seq_len, device, run_dir,
+        )  # fmt: skip
+        # The first optimizer imports torch's compiler stack (seconds on a busy machine); a
+        # normal run pays that before its clock starts, so the probe does too.
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
+        self.deadline = time.perf_counter() + budget
+        self.budget = budget
+
+    def __call__(self, shape: Shape) -> float | None:
+        """Chars/s of a training step of `shape`, or None when the probe's time is spent."""
+        left = self.deadline - time.perf_counter()
+        if left <= 0:
+            return None
+        # Never compiled: compiling every candidate would cost more than the probe itself.
+        config = self.config.replace(
+            layers=shape.layers, hidden=shape.hidden, dropout=0.0, compile=False,
+            batch_size=self.batch_size, seq_len=self.seq_len,
+        )  # fmt: skip
+        model = CharRNN(config.model, self.vocab.size)
+        batches = StreamBatches(self.train_ids, self.batch_size, self.seq_len)
+        # The trainer's own step (optimizer, clipping, autocast); it writes nothing here.
+        trainer = Trainer(
+            model, batches, self.train_ids[:2], config, self.vocab, self.run_dir, self.device
+        )
+        step, timed, started = 0, 0, 0.0
+        minimum = max(MIN_SHAPE_S, min(left, self.budget / 6))
+        while True:
+            inputs, targets = batches.batch(step)
+            trainer.train_step(
+                torch.from_numpy(inputs).to(self.device),
+                torch.from_numpy(targets).to(self.device),
+                config.train.lr,
+            )
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            step += 1
+            if step == WARMUP_STEPS:
+                started = time.perf_counter()
+            elif step > WARMUP_STEPS:
+                timed += 1
+                elapsed = time.perf_counter() - started
+                if timed >= MIN_TIMED_STEPS and elapsed >= minimum:
+                    return timed * batches.chars_per_step / elapsed
+                if timed >= MIN_TIMED_STEPS and time.perf_counter() > self.deadline:
+                    return timed * batches.chars_per_step / elapsed
+
+
+def auto_size(
+    config: RunConfig,
+    vocab: Vocab,
+    train_ids: np.ndarray,
+    kept: Collection[str],
+    run_dir: Path,
+    threads: CpuThreads | None = None,
+) -> tuple[RunConfig, AutoChoice]:
+    """`config` with the auto keys the user did not keep chosen for its corpus, its
+    `max_time` and this machine, and the report of the choice. The probe's time comes out of
+    the budget: training gets `max_time` less the probe."""
+    assert config.train.max_time is not None  # `validate` requires it with auto
+    kept = sorted(set(kept) & AUTO_KEYS)
+    budget = config.train.max_time
+    train_chars = int(train_ids.shape[0])
+    base_batch = config.train.batch_size if "batch_size" in kept else BASE_BATCH
+    base_window = config.train.seq_len if "seq_len" in kept else BASE_WINDOW
+    base_batch = max(1, min(base_batch, (train_chars - 1) // base_window))  # a tiny corpus
+    base_window = max(1, min(base_window, (train_chars - 1) // base_batch))
+    probe = SpeedProbe(
+        config, vocab, train_ids, base_batch, base_window, probe_budget(budget),
+        select_device(config.train.device), run_dir,
+    )  # fmt: skip
+    started = time.perf_counter()
+    shapes = candidate_shapes(config.model, vocab.size, kept)
+    if budget < 2 * probe.budget:
+        raise UsageError(
+            f"--auto needs a --max-time of at least {2 * probe.budget:g} s "
+            f"(its speed probe takes up to {probe.budget:g} s)"
+        )
+    seconds_left = budget - probe.budget  # what training will have, near enough
+
+    def speed(shape: Shape) -> float | None:
+        if threads is not None:
+            threads.tick()
+        return probe(shape)
+
+    def flops(shape: Shape) -> float:
+        return flops_per_char(_with_shape(config.model, shape.layers, shape.hidden), vocab.size)
+
+    shape, limit, measurements = choose_shape(shapes, train_chars, seconds_left, speed, flops)
+    probe_seconds = time.perf_counter() - started
+    train_seconds = max(budget - probe_seconds, budget / 2)  # a probe late on a busy machine
+    chosen_speed = next(m.chars_per_s for m in measurements if m.shape == shape)
+    expected = chosen_speed * train_seconds
+    batch, window = batch_and_window(expected, kept, base_batch, base_window)
+    choice = AutoChoice(
+        shape=shape,
+        batch_size=batch,
+        seq_len=window,
+        lr=config.train.lr if "lr" in kept else learning_rate(shape.hidden),
+        dropout=(
+            config.model.dropout
+            if "dropout" in kept
+            else dropout_for(shape.parameters, train_chars, expected)
+        ),
+        chars_per_s=chosen_speed,
+        train_seconds=train_seconds,
+        probe_seconds=probe_seconds,
+        budget_seconds=budget,
+        train_chars=train_chars,
+        limit=limit,
+        kept=list(kept),
+        measurements=measurements,
+    )
+    return config.replace(**choice.settings()), choice

@@ -1,0 +1,219 @@
+"""`--auto`: the sizing rule against brute force, the probe, and what a run records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from child import run_charrnn
+
+from charrnn.autosize import (
+    CANDIDATE_SHAPES,
+    CHARS_PER_PARAMETER,
+    DATA_PARAMETER_RATIO,
+    MIN_STEPS,
+    Shape,
+    SpeedProbe,
+    batch_and_window,
+    candidate_shapes,
+    choose_shape,
+    count_parameters,
+    dropout_for,
+    learning_rate,
+)
+from charrnn.checkpoint import load_checkpoint
+from charrnn.commands import train_command
+from charrnn.config import ModelConfig, RunConfig
+from charrnn.data import Vocab
+from charrnn.errors import UsageError
+from charrnn.model import CharRNN
+
+VOCAB = 65
+MODEL = ModelConfig()
+
+
+def shapes() -> list[Shape]:
+    return candidate_shapes(MODEL, VOCAB, kept=())
+
+
+def flops(shape: Shape) -> float:
+    return float(shape.parameters)
+
+
+def speed_of(work_per_s: float):
+    """A machine on which a step costs in proportion to the parameters."""
+    return lambda shape: work_per_s / shape.parameters
+
+
+def brute_force(train_chars: int, seconds: float, work_per_s: float) -> Shape:
+    """The largest shape that passes both caps, else the smallest: by checking every one."""
+    passing = [
+        s
+        for s in shapes()
+        if s.parameters <= DATA_PARAMETER_RATIO * train_chars
+        and work_per_s / s.parameters * seconds >= CHARS_PER_PARAMETER * s.parameters
+    ]
+    return max(passing, key=lambda s: s.parameters) if passing else shapes()[0]
+
+
+@pytest.mark.parametrize(
+    ("train_chars", "seconds", "work_per_s"),
+    [
+        (1_000_000, 90, 40_000 * 350_000),  # tiny Shakespeare, 90 s: the time decides
+        (1_000_000, 600, 40_000 * 350_000),
+        (1_000_000, 36_000, 40_000 * 350_000),  # ten hours: the data decides
+        (100_000_000, 36_000, 40_000 * 350_000),
+        (1_000, 90, 40_000 * 350_000),  # a tiny corpus: the smallest shape
+        (1_000_000, 1, 1e6),  # a very slow machine: the smallest shape
+    ],
+)
+def test_the_rule_takes_the_largest_shape_that_passes_both_caps(train_chars, seconds, work_per_s):
+    measured = []
+
+    def speed(shape):
+        measured.append(shape)
+        return speed_of(work_per_s)(shape)
+
+    chosen, limit, measurements = choose_shape(shapes(), train_chars, seconds, speed, flops)
+    assert chosen == brute_force(train_chars, seconds, work_per_s)
+    assert limit in {"time", "data", "largest"}
+    # Only shapes up to the next one are trained; the rest are never probed.
+    assert measured == shapes()[: len(measured)]
+    assert len(measured) <= shapes().index(chosen) + 2
+    assert measurements[-1].shape.parameters >= chosen.parameters
+
+
+def test_longer_budgets_and_larger_corpora_never_choose_smaller_models():
+    speed = speed_of(40_000 * 350_000)
+    sizes = [
+        choose_shape(shapes(), 10_000_000, seconds, speed, flops)[0].parameters
+        for seconds in (30, 90, 600, 3600, 36_000)
+    ]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    by_corpus = [
+        choose_shape(shapes(), chars, 36_000, speed, flops)[0].parameters
+        for chars in (10_000, 100_000, 1_000_000, 10_000_000)
+    ]
+    assert by_corpus == sorted(by_corpus) and by_corpus[0] < by_corpus[-1]
+
+
+def test_a_probe_out_of_time_keeps_the_best_shape_measured():
+    answers = iter([1e6, 5e5, None])
+    chosen, limit, measurements = choose_shape(
+        shapes(), 10**9, 10**6, lambda shape: next(answers), flops
+    )
+    assert chosen == shapes()[1] and limit == "time" and len(measurements) == 2
+
+
+def test_kept_layers_or_hidden_fix_that_part_of_the_shape():
+    model = ModelConfig(layers=2, hidden=100)
+    assert {s.layers for s in candidate_shapes(model, VOCAB, {"layers"})} == {2}
+    assert {s.hidden for s in candidate_shapes(model, VOCAB, {"hidden"})} == {100}
+    both = candidate_shapes(model, VOCAB, {"layers", "hidden"})
+    assert [(s.layers, s.hidden) for s in both] == [(2, 100)]
+    assert [s.parameters for s in shapes()] == sorted(s.parameters for s in shapes())
+    assert len(shapes()) == len(CANDIDATE_SHAPES)
+
+
+@pytest.mark.parametrize(
+    ("cell", "layers", "hidden"), [("lstm", 1, 24), ("gru", 2, 16), ("rnn", 3, 8)]
+)
+def test_parameter_count_is_the_models(cell, layers, hidden):
+    config = ModelConfig(cell=cell, layers=layers, hidden=hidden, embed=5)
+    assert count_parameters(config, 11) == CharRNN(config, 11).num_parameters()
+
+
+def test_window_then_batch_grow_only_while_the_run_keeps_its_steps():
+    assert batch_and_window(1e6, (), 32, 32) == (32, 32)  # a short run: the tuned shape
+    assert batch_and_window(1.5 * MIN_STEPS * 32 * 64, (), 32, 32) == (32, 64)
+    assert batch_and_window(MIN_STEPS * 32 * 128 * 4, (), 32, 32) == (128, 128)
+    assert batch_and_window(1e15, (), 32, 32) == (256, 128)
+    assert batch_and_window(1e15, {"seq_len"}, 32, 16) == (256, 16)  # kept: as given
+    assert batch_and_window(1e15, {"batch_size"}, 8, 32) == (8, 128)
+    for chars in (1e5, 1e7, 1e9, 1e11):
+        batch, window = batch_and_window(chars, (), 32, 32)
+        assert (batch, window) == (32, 32) or chars / (batch * window) >= MIN_STEPS
+
+
+def test_learning_rate_and_dropout_rules():
+    assert learning_rate(256) == pytest.approx(6e-3)
+    assert learning_rate(1024) == pytest.approx(3e-3)
+    assert learning_rate(64) == pytest.approx(1e-2)  # capped
+    assert dropout_for(700_000, 1_000_000, 20e6) == 0.1  # sees the text 20 times: memorises
+    assert dropout_for(700_000, 1_000_000, 3e6) == 0.0  # three passes: not yet
+    assert dropout_for(100_000, 10_000_000, 1e9) == 0.0  # too small to memorise
+
+
+def test_the_probe_measures_the_real_training_step(tmp_path, tiny_config):
+    ids = np.arange(4000, dtype=np.int64) % 20
+    vocab = Vocab(tuple(range(97, 117)))
+    probe = SpeedProbe(
+        tiny_config(), vocab, ids, 4, 16, budget=2.0, device=torch.device("cpu"), run_dir=tmp_path
+    )
+    small, large = Shape(1, 8, 0), Shape(2, 64, 0)
+    assert probe(small) > 0 and probe(large) > 0
+    assert list(tmp_path.iterdir()) == []  # the probe writes nothing
+    probe.deadline = 0.0
+    assert probe(small) is None
+
+
+def test_train_auto_records_its_choice_and_keeps_given_flags(tmp_path, repetitive_text):
+    (tmp_path / "corpus.txt").write_text(repetitive_text(6000), "utf-8")
+    result = run_charrnn(
+        "train", "corpus.txt", "--auto", "--max-time", "4s", "--embed", "8", "--layers", "1",
+        "--device", "cpu", "--threads", "1", "--out", "run", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notices = [line for line in result.stderr.splitlines() if line.startswith("charrnn: auto: ")]
+    assert len(notices) == 1, result.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text("utf-8"))
+    auto = saved["auto"]
+    assert saved["train"]["auto"] is True and auto["kept"] == ["layers"]
+    assert saved["model"]["layers"] == 1 and saved["model"]["embed"] == 8
+    assert (saved["model"]["hidden"], saved["train"]["batch_size"]) == (
+        auto["hidden"],
+        auto["batch_size"],
+    )
+    assert auto["hidden"] == 64  # the corpus is far too small for more: the smallest width
+    assert f"1 x {auto['hidden']}" in notices[0]
+    assert auto["probe"][0]["measured"] and auto["probe"][0]["chars_per_s"] > 0
+    # Training got the budget less the probe.
+    assert saved["train"]["max_time"] == pytest.approx(4.0 - auto["probe_s"], abs=1e-3)
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint.config == RunConfig.from_dict(saved)
+
+
+def test_a_budget_too_short_for_the_probe_is_refused_before_training(
+    tmp_path, tiny_config, write_corpus
+):
+    config = tiny_config(auto=True, max_time=2.0, max_steps=None)
+    with pytest.raises(UsageError) as info:
+        train_command([write_corpus()], config, out=tmp_path / "run")
+    assert str(info.value) == (
+        "--auto needs a --max-time of at least 3 s (its speed probe takes up to 1.5 s)"
+    )
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_auto_from_a_config_file_keeps_that_files_keys_and_the_flags(
+    tmp_path, write_corpus, monkeypatch
+):
+    from test_cli import invoke
+
+    from charrnn import commands
+
+    write_corpus()
+    (tmp_path / "run.toml").write_text('auto = true\nmax_time = "1m"\nhidden = 48\n', "utf-8")
+    seen = {}
+
+    def train_command(corpus, config, **kwargs):
+        seen.update(config=config, kept=kwargs["auto_kept"])
+        raise UsageError("captured")
+
+    monkeypatch.setattr(commands, "train_command", train_command)
+    invoke("train", "corpus.txt", "--config", "run.toml", "--seq-len", "16", cwd=tmp_path)
+    assert seen["config"].train.auto and seen["kept"] == {"hidden", "seq_len"}
+    invoke("train", "corpus.txt", "--max-time", "1m", "--lr", "0.01", cwd=tmp_path)
+    assert not seen["config"].train.auto and seen["kept"] == set()  # no --auto: nothing kept
