@@ -159,7 +159,7 @@ def print_table(title: str, rows: list[tuple[str, Any]], console: Console | None
     table.add_column()
     for name, value in rows:
         table.add_row(name, _fmt(value))
-    (console or Console()).print(table)
+    _print_unwrapped(table, console or Console())
 
 
 def print_columns(
@@ -171,8 +171,12 @@ def print_columns(
         table.add_column(name, justify="left" if index < 2 else "right")
     for row in rows:
         table.add_row(*(Text(_fmt(value)) for value in row))  # Text: no markup in run names
-    console = console or Console()
-    if not console.is_terminal:  # a file or a pipe: the whole table, unwrapped
+    _print_unwrapped(table, console or Console())
+
+
+def _print_unwrapped(table: Table, console: Console) -> None:
+    """Print `table`; to a file or a pipe at its whole width, so that no value is wrapped."""
+    if not console.is_terminal:
         natural = console.measure(table, options=console.options.update_width(10_000)).maximum
         console = Console(width=max(console.width, natural))
     console.print(table)

@@ -70,6 +70,7 @@ def test_previews_on_cuda_draw_on_the_gpu_and_leave_the_run_alone(
     assert math.isfinite(outcome.progress.best_val_loss)
 
 
+@needs_cuda
 def test_accuracy_and_dynamic_evaluation_on_cuda_match_the_cpu(tmp_path, write_corpus, tiny_config):
     train_command([write_corpus()], tiny_config(max_steps=30), out=tmp_path / "run")
     on_gpu = eval_command(tmp_path / "run", [], device_name="cuda", dynamic=True)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from test_cli import invoke
 
 from charrnn.config import DataConfig
-from charrnn.data import corpus_key, encode_text_file, prep_report, prepare_corpus
+from charrnn.data import corpus_key, encode_text_file, prep_report, prepare_corpus, source_file
 from charrnn.errors import UsageError
 from charrnn.textprep import (
     UNKNOWN_SYMBOL,
@@ -93,9 +93,10 @@ def test_the_cache_key_changes_when_any_option_changes(tmp_path, option):
     changed = dataclasses.replace(
         base, **{option: {"normalize": "nfkc", "min_char_count": 3}.get(option, True)}
     )
-    assert corpus_key([path], base) != corpus_key([path], changed)
+    files = [source_file(path, base)]
+    assert corpus_key(files, base) != corpus_key(files, changed)
     other = dataclasses.replace(changed, min_char_count=changed.min_char_count + 7)
-    assert corpus_key([path], changed) != corpus_key([path], other)
+    assert corpus_key(files, changed) != corpus_key(files, other)
 
 
 def test_min_char_count_maps_rare_characters_to_one_unknown_symbol(tmp_path):
