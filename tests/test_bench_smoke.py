@@ -33,7 +33,7 @@ def test_quick_benchmark_prints_a_ratio_for_every_section() -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=400,  # a guard against a hang: the quick run of 18 sections takes ~100 s on 2 idle cores
+        timeout=400,  # a guard against a hang: the quick run takes ~100 s on 2 idle cores
     )
     assert result.returncode == 0, result.stderr[-2000:]
     ratios = ratios_by_section(result.stdout)
