@@ -106,6 +106,32 @@ SAMPLING_DEVICE_HELP = (
 )
 
 
+# The run options `train` and `distill` share.
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML file of settings; flags given here override it (default: none).",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+RunDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Run directory (default: runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL),
+]
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where encoded corpora are cached (default: .cache beside the run).",
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No progress bar or summary.", rich_help_panel=RUN_PANEL),
+]
+
+
 def setting_option(setting: Setting, *, unset: bool = False) -> inspect.Parameter:
     """The Typer option for a declared setting: its flag, help, panel, type and default.
 
@@ -284,33 +310,10 @@ def train(
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="TOML file of settings; flags given here override it (default: none).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run directory (default: runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL
-        ),
-    ] = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where encoded corpora are cached (default: .cache beside the run).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = None,
-    quiet: Annotated[
-        bool,
-        typer.Option(
-            "--quiet", "-q", help="No progress bar or summary.", rich_help_panel=RUN_PANEL
-        ),
-    ] = False,
+    config: ConfigFileOption = None,
+    out: RunDirOption = None,
+    cache_dir: CacheDirOption = None,
+    quiet: QuietOption = False,
     **overrides: Any,
 ) -> None:
     """Train a model on CORPUS and write checkpoints to a run directory.
@@ -925,33 +928,10 @@ def distill(
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="TOML file of settings; flags given here override it (default: none).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run directory (default: runs/<corpus>-<time>).", rich_help_panel=RUN_PANEL
-        ),
-    ] = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where encoded corpora are cached (default: .cache beside the run).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = None,
-    quiet: Annotated[
-        bool,
-        typer.Option(
-            "--quiet", "-q", help="No progress bar or summary.", rich_help_panel=RUN_PANEL
-        ),
-    ] = False,
+    config: ConfigFileOption = None,
+    out: RunDirOption = None,
+    cache_dir: CacheDirOption = None,
+    quiet: QuietOption = False,
     **overrides: Any,
 ) -> None:
     """Train a student model (model flags set its size) on a teacher's softened predictions.
