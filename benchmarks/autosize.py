@@ -4,7 +4,9 @@ The two contenders train side by side, each with `--threads 1`, so they share th
 the same conditions (and `--auto`'s probe measures under the conditions it then trains in). Each
 run's best checkpoint is then scored on the whole validation split.
 
-    python -m benchmarks.autosize 90s 10m     # the figures in RESULTS.md (about 13 minutes)
+    python -m benchmarks.autosize 90s 10m              # one seed each (about 13 minutes)
+    python -m benchmarks.autosize 90s --seeds 1,2,3    # a comparison per seed
+    python -m benchmarks.autosize 90s --auto-args="--precision fp32"   # an ablation
 """
 
 from __future__ import annotations
@@ -51,11 +53,14 @@ def comparison_corpus(chars: int | None, folder: Path) -> Path:
     return path
 
 
-def train_side_by_side(corpus: Path, seconds: str, folder: Path, seed: int) -> dict[str, Path]:
-    """`small` and `--auto`, started together, one thread each; their run directories."""
+def train_side_by_side(
+    corpus: Path, seconds: str, folder: Path, seed: int, auto_args: tuple[str, ...] = ()
+) -> dict[str, Path]:
+    """`small` and `--auto` (with `auto_args`), started together, one thread each; their run
+    directories."""
     runs = {"small": folder / "small", "auto": folder / "auto"}
     common = ["--max-time", seconds, "--threads", "1", "--seed", str(seed), "-q"]
-    extra = {"small": ["--preset", "small"], "auto": ["--auto"]}
+    extra = {"small": ["--preset", "small"], "auto": ["--auto", *auto_args]}
     children = {
         name: subprocess.Popen(
             charrnn_args("train", str(corpus), "--out", str(run), *common, *extra[name]),
@@ -94,12 +99,17 @@ def best_recorded_loss(run: Path) -> float:
     return min(json.loads(line)["val_loss"] for line in lines if '"val_loss"' in line)
 
 
-def compare(bench: Bench, corpus: Path, seconds: str, seed: int = 1337) -> None:
+def compare(
+    bench: Bench, corpus: Path, seconds: str, seed: int = 1337, auto_args: tuple[str, ...] = ()
+) -> None:
     """Train both for `seconds`, score them, add a row: auto's loss over small's."""
-    folder = bench.scratch(f"autosize-{seconds}")
-    log(f"autosize: small and --auto side by side for {seconds} on {corpus.name}, 1 thread each")
+    folder = bench.scratch(f"autosize-{seconds}-{seed}")
+    log(
+        f"autosize: small and --auto side by side for {seconds} on {corpus.name}, 1 thread "
+        f"each, seed {seed}"
+    )
     started = time.perf_counter()
-    runs = train_side_by_side(corpus, seconds, folder, seed)
+    runs = train_side_by_side(corpus, seconds, folder, seed, auto_args)
     # Quick: the best loss training recorded (its small split is scored whole at every
     # evaluation), which spares two start-ups of torch in the smoke test.
     score = best_recorded_loss if bench.quick else val_loss
@@ -114,10 +124,10 @@ def compare(bench: Bench, corpus: Path, seconds: str, seed: int = 1337) -> None:
     bench.add(
         Row(
             "autosize",
-            f"val loss, --auto ({choice['layers']}x{choice['hidden']}, "
+            f"val loss, --auto {' '.join(auto_args)} ({choice['layers']}x{choice['hidden']}, "
             f"{choice['batch_size']}x{choice['seq_len']}, lr {choice['lr']:g}, dropout "
-            f"{choice['dropout']:g}) vs --preset small, {seconds} side by side, 1 thread each, "
-            f"on {corpus.name} (nats/char)",
+            f"{choice['dropout']:g}, {choice.get('precision', 'auto')}) vs --preset small, "
+            f"{seconds} side by side, 1 thread each, seed {seed}, on {corpus.name} (nats/char)",
             f"{losses['auto']:.3f}",
             f"{losses['small']:.3f} (small)",
             losses["auto"] / losses["small"],
@@ -130,6 +140,8 @@ def compare(bench: Bench, corpus: Path, seconds: str, seed: int = 1337) -> None:
                 "small_chars": steps["small"]["chars"],
                 "auto_probe_s": choice["probe_s"],
                 "auto_chars_per_s_probe": choice["chars_per_s"],
+                "auto_precision_probe": choice.get("precision_probe", {}),
+                "seed": seed,
                 "wall_s": time.perf_counter() - started,
             },
         )
@@ -145,15 +157,24 @@ def measure(bench: Bench) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Compare at each duration given (default 90s) and print the table."""
+    """Compare at each duration given (default 90s), once per `--seeds` seed (default 1337),
+    and print the table."""
+    import argparse
     import tempfile
 
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.autosize")
+    parser.add_argument("times", nargs="*", default=["90s"])
+    parser.add_argument("--seeds", default="1337", help="comma-separated, one comparison each")
+    parser.add_argument("--auto-args", default="", help="more flags for the --auto run")
+    args = parser.parse_args(argv)
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     with tempfile.TemporaryDirectory(prefix="charrnn-autosize-") as workdir:
         bench = Bench(quick=False, workdir=Path(workdir))
         corpus = comparison_corpus(None, bench.scratch("corpus"))
         started = time.perf_counter()
-        for seconds in argv or ["90s"]:
-            compare(bench, corpus, seconds)
+        for seconds in args.times:
+            for seed in seeds:
+                compare(bench, corpus, seconds, seed, tuple(args.auto_args.split()))
         print(render(bench.rows, False, machine(), time.perf_counter() - started))
         for row in bench.rows:
             print(json.dumps(row.numbers))

@@ -1,11 +1,18 @@
 """`--auto`: choose the network, batch and window for a corpus, a time budget and this machine.
 
 The rule, after char-rnn's advice and the compute-optimal studies of language models:
+- **precision**: on a CPU the probe first trains one shape in fp32 and with bf16 autocast and
+  keeps bf16 when it is at least `BF16_GAIN` times faster (CPUs with AVX512-BF16 or AMX run it
+  ~1.5x faster; on others it is slower). Elsewhere the run's own `--precision` stands.
 - **time**: a model is worth its size only if the run can show it enough text. The run will see
   `speed x seconds` characters, where `speed` is measured, not guessed: a short probe trains each
   candidate shape for a fraction of a second on the corpus itself, in this process, with the
-  threads the run will use. The largest candidate that will see at least `CHARS_PER_PARAMETER`
-  characters per parameter wins (the smallest when none does).
+  threads and precision the run will use. The largest candidate that will see at least
+  `CHARS_PER_PARAMETER` characters per parameter wins (the smallest when none does). The ratio
+  is measured on tiny Shakespeare, not borrowed from word-level studies: at 10 minutes (fp32)
+  a 1 x 512 LSTM that saw 5 characters per parameter beat a 1 x 384 at 14 and a 1 x 256 at 29;
+  at 90 s (bf16) a 1 x 256 at 16 beat a 1 x 384 at 4; in fp32 at 90 s every width between 4
+  and 22 ended within seed noise. The best lies between about 5 and 15.
 - **data**: parameters of the order of the corpus characters, at most `DATA_PARAMETER_RATIO`
   times the training characters; beyond that a model memorises the text instead of learning it.
 - **window and batch**: short runs are limited by optimiser steps, so the window stays at 32
@@ -45,7 +52,7 @@ CANDIDATE_SHAPES = (
 HIDDEN_SIZES = (64, 96, 128, 192, 256, 384, 512, 768, 1024)
 LAYER_COUNTS = (1, 2, 3)
 
-CHARS_PER_PARAMETER = 20.0  # characters the run must show each parameter (the time cap)
+CHARS_PER_PARAMETER = 8.0  # characters the run must show each parameter (the time cap)
 DATA_PARAMETER_RATIO = 1.5  # parameters per training character at most (the data cap)
 MIN_STEPS = 8000  # the window and batch grow only while the run keeps this many steps
 BASE_BATCH, BASE_WINDOW = 32, 32  # the tuned `small` preset's shape
@@ -57,6 +64,8 @@ DROPOUT = 0.1
 # The probe: a small share of the budget, split among the shapes it measures.
 PROBE_SHARE, MIN_PROBE_S, MAX_PROBE_S = 0.03, 1.5, 30.0
 MIN_SHAPE_S = 0.2  # each measured shape trains at least this long (after its warm-up steps)
+SHARE_PER_SHAPE = 1 / 10  # and at least this share of the probe's budget
+BF16_GAIN = 1.1  # bf16 autocast is chosen on a CPU only when this much faster than fp32
 WARMUP_STEPS, MIN_TIMED_STEPS = 2, 2
 
 
@@ -87,6 +96,7 @@ class AutoChoice:
     seq_len: int
     lr: float
     dropout: float
+    precision: str
     chars_per_s: float
     train_seconds: float
     probe_seconds: float
@@ -95,6 +105,7 @@ class AutoChoice:
     limit: str  # what stopped the model growing: time, data, largest (none did) or kept
     kept: list[str] = field(default_factory=list)  # settings the user gave, left alone
     measurements: list[Measurement] = field(default_factory=list)
+    precision_speeds: dict[str, float] = field(default_factory=dict)  # chars/s, when probed
 
     @property
     def expected_chars(self) -> float:
@@ -106,6 +117,7 @@ class AutoChoice:
             "layers": self.shape.layers, "hidden": self.shape.hidden,
             "batch_size": self.batch_size, "seq_len": self.seq_len,
             "lr": self.lr, "dropout": self.dropout, "max_time": self.train_seconds,
+            "precision": self.precision,
         }  # fmt: skip
         return {key: value for key, value in chosen.items() if key not in self.kept}
 
@@ -119,6 +131,8 @@ class AutoChoice:
             "seq_len": self.seq_len,
             "lr": self.lr,
             "dropout": self.dropout,
+            "precision": self.precision,
+            "precision_probe": {k: round(v, 1) for k, v in self.precision_speeds.items()},
             "limit": self.limit,
             "kept": sorted(self.kept),
             "chars_per_s": round(self.chars_per_s, 1),
@@ -157,9 +171,16 @@ class AutoChoice:
                 "characters per parameter in the time"
             )
         kept = f"; kept {', '.join('--' + k.replace('_', '-') for k in sorted(self.kept))}"
+        speeds = self.precision_speeds
+        precision = (
+            f", {self.precision} ({speeds['bf16'] / speeds['fp32']:.2f}x fp32's speed here)"
+            if {"fp32", "bf16"} <= speeds.keys()
+            else ""
+        )
         return (
             f"auto: {s.layers} x {s.hidden} ({s.parameters:,} parameters), batch "
-            f"{self.batch_size} x {self.seq_len}, lr {self.lr:.2g}, dropout {self.dropout:g}: "
+            f"{self.batch_size} x {self.seq_len}, lr {self.lr:.2g}, dropout {self.dropout:g}"
+            f"{precision}: "
             f"the probe ({self.probe_seconds:.1f} s) trains it at {self.chars_per_s:,.0f} chars/s,"
             f" {self.expected_chars / 1e6:.3g}M characters in {self.train_seconds:.0f} s = "
             f"{per_parameter:.3g} per parameter, on {self.train_chars:,} training characters; "
@@ -204,36 +225,73 @@ def choose_shape(
     seconds: float,
     speed: Callable[[Shape], float | None],
     flops: Callable[[Shape], float],
+    first: int = 0,
 ) -> tuple[Shape, str, list[Measurement]]:
     """The largest shape that passes the data and time caps (else the smallest), what stopped
     the growth, and the measurements made.
 
-    `speed(shape)` measures training chars/s, or returns None when the probe's time is spent;
-    a shape whose speed, extrapolated from the last one measured by `flops` per character, is
-    clearly too slow is not measured.
+    `speed(shape)` measures training chars/s, or returns None when the probe's time is spent.
+    `first` is a guess at the answer's index: it is measured first, then the shapes below it
+    while they fail, then the shapes above the largest that passed while they pass, so a good
+    guess saves the probe's time on the small shapes. A shape whose speed, extrapolated from the
+    chosen one by `flops` per character, is clearly too slow is not measured. A shape that
+    fails by less than half is measured again, after the shape below it is measured again too,
+    and each keeps its faster figure: load from other programs only ever slows a measurement,
+    and a busy moment seldom spans both.
     """
+    fastest: dict[Shape, float] = {}  # each shape's best measurement so far
+    guessed: list[Measurement] = []
+
+    def measure(shape: Shape) -> float | None:
+        measured = speed(shape)
+        if measured is None:
+            return None
+        fastest[shape] = max(measured, fastest.get(shape, 0.0))
+        return fastest[shape]
+
+    def needed(shape: Shape) -> float:
+        return CHARS_PER_PARAMETER * shape.parameters / seconds  # chars/s to pass
+
+    def report() -> list[Measurement]:
+        measured = [Measurement(s, fastest[s], measured=True) for s in shapes if s in fastest]
+        return measured + guessed
+
+    # Down from the guess while the shapes fail (or break the data cap).
     chosen: Shape | None = None
-    measurements: list[Measurement] = []
+    index = min(max(first, 0), len(shapes) - 1)
+    while index > 0:
+        shape = shapes[index]
+        if shape.parameters <= DATA_PARAMETER_RATIO * train_chars:
+            measured = measure(shape)
+            if measured is None:  # the probe's time ran out going down: the smallest failed
+                return shape, "time", report()
+            if measured >= needed(shape):
+                chosen = shape
+                break
+        index -= 1
+    # Up from there while they pass.
     limit = "largest" if len(shapes) > 1 else "kept"
-    for shape in shapes:
+    for shape in shapes[index + 1 if chosen is not None else 0 :]:
         if chosen is not None:
             if shape.parameters > DATA_PARAMETER_RATIO * train_chars:
                 limit = "data"
                 break
-            last = measurements[-1]  # extrapolate first: do not train a shape that cannot pass
-            guess = last.chars_per_s * flops(last.shape) / flops(shape)
-            if guess * seconds < 0.5 * CHARS_PER_PARAMETER * shape.parameters:
-                measurements.append(Measurement(shape, guess, measured=False))
+            # Extrapolate first: do not train a shape that cannot pass.
+            guess = fastest[chosen] * flops(chosen) / flops(shape)
+            if shape not in fastest and guess < 0.5 * needed(shape):
+                guessed.append(Measurement(shape, guess, measured=False))
                 limit = "time"
                 break
-        measured = speed(shape)
+        measured = fastest.get(shape) or measure(shape)  # measured already on the way down?
         if measured is None:  # the probe's time ran out: keep the best so far
             if chosen is None:
                 raise UsageError("--auto: the speed probe could not train a single step")
             limit = "time"
             break
-        measurements.append(Measurement(shape, measured, measured=True))
-        passes = measured * seconds >= CHARS_PER_PARAMETER * shape.parameters
+        if chosen is not None and 0.5 * needed(shape) <= measured < needed(shape):
+            measure(chosen)  # a second look at the boundary, interleaved
+            measured = measure(shape) or measured
+        passes = measured >= needed(shape)
         if chosen is not None and not passes:
             limit = "time"
             break
@@ -242,7 +300,25 @@ def choose_shape(
             limit = "time" if len(shapes) > 1 else "kept"
             break
     assert chosen is not None
-    return chosen, limit, measurements
+    return chosen, limit, report()
+
+
+def first_guess(
+    shapes: Sequence[Shape],
+    anchor: Shape,
+    anchor_speed: float,
+    seconds: float,
+    flops: Callable[[Shape], float],
+) -> int:
+    """Index of the largest shape that passes the time cap at the speed extrapolated by `flops`
+    from one measured shape (0 when none does): where `choose_shape` starts."""
+    passing = [
+        i
+        for i, shape in enumerate(shapes)
+        if anchor_speed * flops(anchor) / flops(shape) * seconds
+        >= CHARS_PER_PARAMETER * shape.parameters
+    ]
+    return max(passing, default=0)
 
 
 def flops_per_char(model: ModelConfig, vocab_size: int) -> float:
@@ -311,8 +387,9 @@ class SpeedProbe:
         self.deadline = time.perf_counter() + budget
         self.budget = budget
 
-    def __call__(self, shape: Shape) -> float | None:
-        """Chars/s of a training step of `shape`, or None when the probe's time is spent."""
+    def __call__(self, shape: Shape, precision: str | None = None) -> float | None:
+        """Chars/s of a training step of `shape` (in `precision`, else the config's), or None
+        when the probe's time is spent."""
         left = self.deadline - time.perf_counter()
         if left <= 0:
             return None
@@ -320,6 +397,7 @@ class SpeedProbe:
         config = self.config.replace(
             layers=shape.layers, hidden=shape.hidden, dropout=0.0, compile=False,
             batch_size=self.batch_size, seq_len=self.seq_len,
+            precision=precision or self.config.train.precision,
         )  # fmt: skip
         model = CharRNN(config.model, self.vocab.size)
         batches = StreamBatches(self.train_ids, self.batch_size, self.seq_len)
@@ -328,7 +406,7 @@ class SpeedProbe:
             model, batches, self.train_ids[:2], config, self.vocab, self.run_dir, self.device
         )
         step, timed, started = 0, 0, 0.0
-        minimum = max(MIN_SHAPE_S, min(left, self.budget / 6))
+        minimum = max(MIN_SHAPE_S, min(left, self.budget * SHARE_PER_SHAPE))
         while True:
             inputs, targets = batches.batch(step)
             trainer.train_step(
@@ -348,6 +426,34 @@ class SpeedProbe:
                     return timed * batches.chars_per_step / elapsed
                 if timed >= MIN_TIMED_STEPS and time.perf_counter() > self.deadline:
                     return timed * batches.chars_per_step / elapsed
+
+
+def precision_shape(shapes: Sequence[Shape], vocab_size: int) -> Shape:
+    """The candidate nearest in size to the `small` preset's 1 x 256: the precisions are
+    compared on it (small shapes gain less from bf16: their steps are not matrix products)."""
+    base = count_parameters(ModelConfig(layers=1, hidden=BASE_HIDDEN), vocab_size)
+    return min(shapes, key=lambda shape: abs(math.log(shape.parameters / base)))
+
+
+def choose_precision(
+    shape: Shape,
+    device: torch.device,
+    given: str,
+    kept: Collection[str],
+    speed: Callable[[Shape, str], float | None],
+) -> tuple[str, dict[str, float]]:
+    """On a CPU, bf16 autocast when the probe trains `shape` at least `BF16_GAIN` times faster
+    with it than in fp32, else `given`; and the speeds measured. A kept `--precision`, or
+    another device (where `auto` already means bf16 on CUDA), is left alone."""
+    if "precision" in kept or device.type != "cpu" or given != "auto":
+        return given, {}
+    speeds: dict[str, float] = {}
+    for precision in ("fp32", "bf16"):
+        measured = speed(shape, precision)
+        if measured is None:
+            return given, speeds
+        speeds[precision] = measured
+    return ("bf16" if speeds["bf16"] >= BF16_GAIN * speeds["fp32"] else given), speeds
 
 
 def auto_size(
@@ -382,15 +488,31 @@ def auto_size(
         )
     seconds_left = budget - probe.budget  # what training will have, near enough
 
-    def speed(shape: Shape) -> float | None:
+    def timed(shape: Shape, precision: str) -> float | None:
         if threads is not None:
             threads.tick()
-        return probe(shape)
+        return probe(shape, precision)
 
     def flops(shape: Shape) -> float:
         return flops_per_char(_with_shape(config.model, shape.layers, shape.hidden), vocab.size)
 
-    shape, limit, measurements = choose_shape(shapes, train_chars, seconds_left, speed, flops)
+    anchor = precision_shape(shapes, vocab.size)
+    precision, precision_speeds = choose_precision(
+        anchor, probe.device, config.train.precision, kept, timed
+    )
+    mode = "bf16" if precision == "bf16" else "fp32"
+    first = (
+        first_guess(shapes, anchor, precision_speeds[mode], seconds_left, flops)
+        if mode in precision_speeds
+        else 0
+    )
+
+    def speed(shape: Shape) -> float | None:
+        return timed(shape, precision)
+
+    shape, limit, measurements = choose_shape(
+        shapes, train_chars, seconds_left, speed, flops, first
+    )
     probe_seconds = time.perf_counter() - started
     train_seconds = max(budget - probe_seconds, budget / 2)  # a probe late on a busy machine
     chosen_speed = next(m.chars_per_s for m in measurements if m.shape == shape)
@@ -406,6 +528,7 @@ def auto_size(
             if "dropout" in kept
             else dropout_for(shape.parameters, train_chars, expected)
         ),
+        precision=precision,
         chars_per_s=chosen_speed,
         train_seconds=train_seconds,
         probe_seconds=probe_seconds,
@@ -414,5 +537,6 @@ def auto_size(
         limit=limit,
         kept=list(kept),
         measurements=measurements,
+        precision_speeds=precision_speeds,
     )
     return config.replace(**choice.settings()), choice

@@ -10,6 +10,7 @@ import torch
 from child import run_charrnn
 
 from charrnn.autosize import (
+    BF16_GAIN,
     CANDIDATE_SHAPES,
     CHARS_PER_PARAMETER,
     DATA_PARAMETER_RATIO,
@@ -18,10 +19,13 @@ from charrnn.autosize import (
     SpeedProbe,
     batch_and_window,
     candidate_shapes,
+    choose_precision,
     choose_shape,
     count_parameters,
     dropout_for,
+    first_guess,
     learning_rate,
+    precision_shape,
 )
 from charrnn.checkpoint import load_checkpoint
 from charrnn.commands import train_command
@@ -80,8 +84,10 @@ def test_the_rule_takes_the_largest_shape_that_passes_both_caps(train_chars, sec
     assert chosen == brute_force(train_chars, seconds, work_per_s)
     assert limit in {"time", "data", "largest"}
     # Only shapes up to the next one are trained; the rest are never probed.
-    assert measured == shapes()[: len(measured)]
-    assert len(measured) <= shapes().index(chosen) + 2
+    distinct = list(dict.fromkeys(measured))
+    assert distinct == shapes()[: len(distinct)]
+    assert len(distinct) <= shapes().index(chosen) + 2
+    assert len(measured) <= len(distinct) + 2  # at most one second look, at the boundary
     assert measurements[-1].shape.parameters >= chosen.parameters
 
 
@@ -97,6 +103,98 @@ def test_longer_budgets_and_larger_corpora_never_choose_smaller_models():
         for chars in (10_000, 100_000, 1_000_000, 10_000_000)
     ]
     assert by_corpus == sorted(by_corpus) and by_corpus[0] < by_corpus[-1]
+
+
+@pytest.mark.parametrize("seconds", [30, 90, 600, 3600])
+def test_any_first_guess_finds_the_same_answer_and_a_good_one_measures_less(seconds):
+    work_per_s, train_chars = 40_000 * 350_000, 1_000_000
+    right = brute_force(train_chars, seconds, work_per_s)
+    counts = {}
+    measured: list[Shape] = []
+
+    def speed(shape):
+        measured.append(shape)
+        return speed_of(work_per_s)(shape)
+
+    for first in range(len(shapes())):
+        measured.clear()
+        chosen, _, _ = choose_shape(shapes(), train_chars, seconds, speed, flops, first)
+        assert chosen == right, (first, chosen)
+        counts[first] = len(measured)
+    at_the_answer = counts[shapes().index(right)]
+    assert at_the_answer <= min(counts.values()) + 1
+    assert at_the_answer <= 4  # the answer, the shape above it, and a second look at both
+
+
+def test_the_first_guess_extrapolates_from_the_measured_shape():
+    anchor = shapes()[4]
+    work_per_s = 40_000 * 350_000
+    guess = first_guess(shapes(), anchor, speed_of(work_per_s)(anchor), 600, flops)
+    # flops here is the parameter count, as speed_of assumes: the guess is exact.
+    assert shapes()[guess] == brute_force(10**9, 600, work_per_s)
+    assert first_guess(shapes(), anchor, 1e-6, 600, flops) == 0  # nothing passes
+
+
+def test_bf16_is_chosen_on_a_cpu_only_when_the_probe_finds_it_faster():
+    shape = precision_shape(shapes(), VOCAB)
+    assert (shape.layers, shape.hidden) == (1, 256)  # the size of the `small` preset
+    cpu = torch.device("cpu")
+
+    def speeds(fp32, bf16):
+        asked = []
+
+        def speed(s, precision):
+            asked.append((s, precision))
+            return {"fp32": fp32, "bf16": bf16}[precision]
+
+        return speed, asked
+
+    speed, asked = speeds(40_000, 64_000)
+    assert choose_precision(shape, cpu, "auto", (), speed) == (
+        "bf16", {"fp32": 40_000, "bf16": 64_000},
+    )  # fmt: skip
+    assert asked == [(shape, "fp32"), (shape, "bf16")]
+    speed, _ = speeds(40_000, 40_000 * BF16_GAIN * 0.99)  # not enough faster: no rounding loss
+    assert choose_precision(shape, cpu, "auto", (), speed)[0] == "auto"
+    speed, _ = speeds(40_000, 9_000)  # a CPU without native bf16
+    assert choose_precision(shape, cpu, "auto", (), speed)[0] == "auto"
+    for device, given, kept in [
+        (cpu, "fp32", {"precision"}),  # the user's --precision
+        (torch.device("cuda"), "auto", ()),  # auto is bf16 there already
+    ]:
+        speed, asked = speeds(40_000, 64_000)
+        assert choose_precision(shape, device, given, kept, speed) == (given, {})
+        assert asked == []
+    answers = iter([40_000, None])  # the probe's time ran out: the given precision
+    assert choose_precision(shape, cpu, "auto", (), lambda s, p: next(answers)) == (
+        "auto", {"fp32": 40_000},
+    )  # fmt: skip
+
+
+def test_a_busy_moment_during_the_probe_is_looked_at_again():
+    """The right answer measured once while another program was busy: just too slow to pass,
+    then at its real speed. The second look at the boundary finds the right answer."""
+    work_per_s, train_chars, seconds = 40_000 * 350_000, 1_000_000, 600
+    right = brute_force(train_chars, seconds, work_per_s)
+    busy = 0.9 * CHARS_PER_PARAMETER * right.parameters / seconds  # just fails the time cap
+    assert busy < speed_of(work_per_s)(right)
+    calls: list[Shape] = []
+
+    def speed(shape, busy_every_time=False):
+        calls.append(shape)
+        if shape == right and (busy_every_time or calls.count(right) == 1):
+            return busy
+        return speed_of(work_per_s)(shape)
+
+    chosen, _, measurements = choose_shape(shapes(), train_chars, seconds, speed, flops)
+    assert chosen == right and calls.count(right) >= 2
+    reported = {m.shape: m.chars_per_s for m in measurements}
+    assert reported[right] == pytest.approx(speed_of(work_per_s)(right))  # the faster look
+    # Busy at both looks: the smaller shape, as the rule says.
+    always_busy = choose_shape(
+        shapes(), train_chars, seconds, lambda s: speed(s, busy_every_time=True), flops
+    )
+    assert always_busy[0].parameters < right.parameters
 
 
 def test_a_probe_out_of_time_keeps_the_best_shape_measured():
@@ -179,6 +277,9 @@ def test_train_auto_records_its_choice_and_keeps_given_flags(tmp_path, repetitiv
     assert auto["hidden"] == 64  # the corpus is far too small for more: the smallest width
     assert f"1 x {auto['hidden']}" in notices[0]
     assert auto["probe"][0]["measured"] and auto["probe"][0]["chars_per_s"] > 0
+    # On a CPU the probe compared fp32 and bf16 and the run trains in the one it chose.
+    assert set(auto["precision_probe"]) == {"fp32", "bf16"}
+    assert saved["train"]["precision"] == auto["precision"] in {"auto", "bf16"}
     # Training got the budget less the probe.
     assert saved["train"]["max_time"] == pytest.approx(4.0 - auto["probe_s"], abs=1e-3)
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -215,5 +316,7 @@ def test_auto_from_a_config_file_keeps_that_files_keys_and_the_flags(
     monkeypatch.setattr(commands, "train_command", train_command)
     invoke("train", "corpus.txt", "--config", "run.toml", "--seq-len", "16", cwd=tmp_path)
     assert seen["config"].train.auto and seen["kept"] == {"hidden", "seq_len"}
+    invoke("train", "corpus.txt", "--config", "run.toml", "--precision", "fp32", cwd=tmp_path)
+    assert seen["kept"] == {"hidden", "precision"}
     invoke("train", "corpus.txt", "--max-time", "1m", "--lr", "0.01", cwd=tmp_path)
     assert not seen["config"].train.auto and seen["kept"] == set()  # no --auto: nothing kept
