@@ -292,9 +292,7 @@ RESUMABLE_KEYS = frozenset(s.name for s in TRAINING_SETTINGS if s.resumable)
 MODEL_KEYS = frozenset(s.name for s in declared_settings(ModelConfig))
 TRAINING_KEYS = frozenset(s.name for s in TRAINING_SETTINGS)
 # What `--auto` chooses unless the command line or a --config file sets it.
-AUTO_KEYS = frozenset(
-    {"layers", "hidden", "batch_size", "seq_len", "lr", "dropout", "precision"}
-)
+AUTO_KEYS = frozenset({"layers", "hidden", "batch_size", "seq_len", "lr", "dropout", "precision"})
 
 
 def _key_sections() -> dict[str, str]:
