@@ -66,6 +66,7 @@ PROBE_SHARE, MIN_PROBE_S, MAX_PROBE_S = 0.03, 1.5, 30.0
 MIN_SHAPE_S = 0.2  # each measured shape trains at least this long (after its warm-up steps)
 SHARE_PER_SHAPE = 1 / 10  # and at least this share of the probe's budget
 BF16_GAIN = 1.1  # bf16 autocast is chosen on a CPU only when this much faster than fp32
+BF16_CLEAR = 1.3  # a first look at the two precisions closer than this gets a second look
 WARMUP_STEPS, MIN_TIMED_STEPS = 2, 2
 
 
@@ -443,16 +444,23 @@ def choose_precision(
     speed: Callable[[Shape, str], float | None],
 ) -> tuple[str, dict[str, float]]:
     """On a CPU, bf16 autocast when the probe trains `shape` at least `BF16_GAIN` times faster
-    with it than in fp32, else `given`; and the speeds measured. A kept `--precision`, or
-    another device (where `auto` already means bf16 on CUDA), is left alone."""
+    with it than in fp32, else `given`; and the speeds measured. When the first look is not
+    clear (the two within `BF16_CLEAR` of each other), both are measured again, interleaved,
+    and each keeps its faster figure: a busy moment of another program slows one measurement.
+    A kept `--precision`, or another device (where `auto` already means bf16 on CUDA), is left
+    alone."""
     if "precision" in kept or device.type != "cpu" or given != "auto":
         return given, {}
     speeds: dict[str, float] = {}
-    for precision in ("fp32", "bf16"):
-        measured = speed(shape, precision)
-        if measured is None:
-            return given, speeds
-        speeds[precision] = measured
+    for _look in range(2):  # a second look only when the first is not clear
+        for precision in ("fp32", "bf16"):
+            measured = speed(shape, precision)
+            if measured is None:
+                return given, speeds
+            speeds[precision] = max(measured, speeds.get(precision, 0.0))
+        ratio = speeds["bf16"] / speeds["fp32"]
+        if not 1 / BF16_CLEAR < ratio < BF16_CLEAR:
+            break
     return ("bf16" if speeds["bf16"] >= BF16_GAIN * speeds["fp32"] else given), speeds
 
 
