@@ -173,11 +173,14 @@ class AutoChoice:
             )
         kept = f"; kept {', '.join('--' + k.replace('_', '-') for k in sorted(self.kept))}"
         speeds = self.precision_speeds
-        precision = (
-            f", {self.precision} ({speeds['bf16'] / speeds['fp32']:.2f}x fp32's speed here)"
-            if {"fp32", "bf16"} <= speeds.keys()
-            else ""
-        )
+        precision = ""
+        if {"fp32", "bf16"} <= speeds.keys():  # on a CPU, where precision auto is fp32
+            gain = speeds["bf16"] / speeds["fp32"]
+            precision = (
+                f", bf16 ({gain:.2f}x fp32's speed here)"
+                if self.precision == "bf16"
+                else f", fp32 (bf16 at {gain:.2f}x its speed here)"
+            )
         return (
             f"auto: {s.layers} x {s.hidden} ({s.parameters:,} parameters), batch "
             f"{self.batch_size} x {self.seq_len}, lr {self.lr:.2g}, dropout {self.dropout:g}"

@@ -287,6 +287,8 @@ def test_train_auto_records_its_choice_and_keeps_given_flags(tmp_path, repetitiv
     # On a CPU the probe compared fp32 and bf16 and the run trains in the one it chose.
     assert set(auto["precision_probe"]) == {"fp32", "bf16"}
     assert saved["train"]["precision"] == auto["precision"] in {"auto", "bf16"}
+    said = "bf16 (" if auto["precision"] == "bf16" else "fp32 (bf16 at "
+    assert said in notices[0]
     # Training got the budget less the probe.
     assert saved["train"]["max_time"] == pytest.approx(4.0 - auto["probe_s"], abs=1e-3)
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
