@@ -513,10 +513,7 @@ def sample(
     )  # fmt: skip
     joined = unescape(separator).join(texts)
     if output is not None:
-        try:
-            output.write_text(joined + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+        commands.write_samples(output, joined + "\n")
         print(f"wrote {len(texts)} sample(s) to {output}", file=sys.stderr)
     elif stream:
         sys.stdout.write("\n")

@@ -448,6 +448,12 @@ def train_or_resume(
     )  # fmt: skip
 
 
+def write_samples(path: Path, text: str) -> None:
+    """`sample --output`: the text, written atomically (a full disk leaves an earlier file
+    whole and raises `WriteError`)."""
+    atomic_write_text(path, text)
+
+
 def sample_command(
     checkpoint_path: Path,
     prime: str,

@@ -191,3 +191,20 @@ def test_a_new_run_on_a_full_disk_is_one_line_and_leaves_nothing(disk, repetitiv
     assert result.stderr.startswith("charrnn: error: cannot write the corpus cache in .cache")
     assert "No space left on device" in result.stderr
     assert not temp_files(disk) and not list(disk.rglob("*.npy"))
+
+
+def test_sample_output_on_a_full_disk_keeps_the_earlier_file_whole(disk, repetitive_text):
+    (disk / "corpus.txt").write_text(repetitive_text(4000), "utf-8")
+    trained = invoke("train", "corpus.txt", "--out", "run", *FLAGS, "--max-steps", "5", cwd=disk)
+    assert trained.returncode == 0, trained.stderr
+    sample = ("sample", "--checkpoint", "run", "--length", str(3 * PAGE), "--seed", "1",
+              "--output", "out.txt")  # fmt: skip
+    first = invoke(*sample, cwd=disk)
+    assert first.returncode == 0, first.stderr
+    earlier = (disk / "out.txt").read_bytes()
+    assert len(earlier) > 3 * PAGE
+    fill(disk, leave=PAGE)  # room for a page, not for the new sample
+    failed = invoke(*sample[:-2], "--seed", "2", "--output", "out.txt", cwd=disk)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1
+    assert failed.stderr.startswith("charrnn: error: cannot write out.txt: No space left")
+    assert (disk / "out.txt").read_bytes() == earlier and not temp_files(disk)
