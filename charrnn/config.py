@@ -237,7 +237,11 @@ class TrainConfig:
     device: str = setting(DEFAULT_DEVICE, DEVICE_HELP, RUN_PANEL, resumable=True)
     threads: int = setting(0, THREADS_HELP, RUN_PANEL, resumable=True)
     precision: str = setting(
-        "auto", "auto (bf16 on CUDA), fp32, bf16 or fp16.", RUN_PANEL, resumable=True
+        "auto",
+        "auto (bf16 on CUDA; with --auto also on a CPU where the probe finds it faster), fp32, "
+        "bf16 or fp16.",
+        RUN_PANEL,
+        resumable=True,
     )
     compile: bool = setting(
         False, "torch.compile the model.", RUN_PANEL, resumable=True, flag="--compile/--no-compile"
