@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.common import REPO, Bench
-from charrnn.data import Vocab
+from charrnn.text.corpus import Vocab
 
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 WORDS = (

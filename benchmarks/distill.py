@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from benchmarks import quality
 from benchmarks.common import REPO, Bench, Row, charrnn_args, log
 from benchmarks.export import trained_run
-from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
 from charrnn.commands import eval_command
+from charrnn.model.checkpoint import load_checkpoint
 
 
 @dataclass(frozen=True)

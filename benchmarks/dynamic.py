@@ -16,12 +16,12 @@ import torch
 
 from benchmarks.common import Bench, Row, log
 from benchmarks.corpus import SHAKESPEARE, generated_text
-from charrnn.checkpoint import Checkpoint, load_model, save_checkpoint
+from charrnn.analysis.scoring import dynamic_score_ids, score_ids, validation_ids
 from charrnn.commands import train_command
 from charrnn.config import RunConfig
-from charrnn.data import prepare_corpus
-from charrnn.evaluate import dynamic_score_ids, score_ids, validation_ids
-from charrnn.model import CharRNN
+from charrnn.model.checkpoint import Checkpoint, load_model, save_checkpoint
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import prepare_corpus
 
 MODEL_ENV = "CHARRNN_BENCH_MODEL"
 

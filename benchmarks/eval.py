@@ -1,4 +1,4 @@
-"""eval: charrnn.evaluate.score_ids on the validation split, against training the same model."""
+"""eval: score_ids on the validation split, against training the same model."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 from benchmarks import train
 from benchmarks.common import Bench, Row, best_of, log, per_second
 from benchmarks.corpus import training_data
+from charrnn.analysis.scoring import score_ids
 from charrnn.config import RunConfig
-from charrnn.data import split_train_val
-from charrnn.evaluate import score_ids
-from charrnn.model import CharRNN
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import split_train_val
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def eval_ids(bench: Bench) -> np.ndarray:
 
 
 def scored_chars(model: CharRNN, ids: np.ndarray, streams: int) -> int:
-    """Characters scored by charrnn.evaluate.score_ids on the CPU."""
+    """Characters scored by charrnn.analysis.scoring.score_ids on the CPU."""
     return score_ids(model, ids, streams, "cpu").chars
 
 

@@ -20,7 +20,7 @@ from benchmarks import quality
 from benchmarks.common import Bench, Row, best_alternating, charrnn_args, log, run_child
 from charrnn.commands import eval_command, export_command, sample_command
 from charrnn.config import SampleConfig
-from charrnn.quantize import quantize_rows
+from charrnn.model.quantize import quantize_rows
 
 SIZE_TARGET = 0.5  # an int8 export under half the size of best.pt
 BPC_TARGET = 0.05  # ... with bits/char within 0.05 of it

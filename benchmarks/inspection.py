@@ -21,12 +21,12 @@ from benchmarks.common import (
     run_child,
 )
 from benchmarks.corpus import corpus_text
-from charrnn.checkpoint import Checkpoint, load_model, save_checkpoint
+from charrnn.analysis.inspection import inspect_symbols
+from charrnn.analysis.scoring import score_ids
 from charrnn.config import ModelConfig, RunConfig
-from charrnn.data import Vocab, symbols_of
-from charrnn.evaluate import score_ids
-from charrnn.inspection import inspect_symbols
-from charrnn.model import CharRNN
+from charrnn.model.checkpoint import Checkpoint, load_model, save_checkpoint
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab, symbols_of
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from benchmarks.common import Bench, Row, best_of, log
 from charrnn.config import ModelConfig, RunConfig
-from charrnn.data import Vocab
-from charrnn.device import use_cpu_threads
-from charrnn.generate import preview_text
-from charrnn.model import CharRNN
-from charrnn.train import make_optimizer
+from charrnn.generation.sampling import preview_text
+from charrnn.model.network import CharRNN
+from charrnn.system.device import use_cpu_threads
+from charrnn.text.corpus import Vocab
+from charrnn.training.trainer import make_optimizer
 
 VOCAB = 65  # tiny Shakespeare's
 

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from benchmarks.common import Bench, Row, log, machine, render
-from charrnn.device import use_cpu_threads
+from charrnn.system.device import use_cpu_threads
 
 # The sections, in the order they run: each is the module benchmarks/NAME.py, whose
 # `measure(bench)` adds its rows. `train` reuses the matmul peak; `eval` reuses a train figure;

@@ -9,9 +9,9 @@ import torch
 
 from benchmarks.common import Bench, Row, best_alternating, log, per_second
 from charrnn.config import ModelConfig, SampleConfig
-from charrnn.data import Vocab
-from charrnn.generate import generate
-from charrnn.model import CharRNN
+from charrnn.generation.sampling import generate
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab
 
 VOCAB_SIZE = 65  # tiny shakespeare's vocabulary size
 TARGET = 10_000.0  # chars/s, one stream of a 2x256 LSTM
@@ -38,7 +38,7 @@ def sample_model(hidden: int) -> tuple[CharRNN, Vocab]:
 
 
 def charrnn_sample(model: CharRNN, vocab: Vocab, config: SampleConfig) -> int:
-    """Characters drawn by charrnn.generate.generate (the defaults but length, streams, seed)."""
+    """Characters drawn by generation.sampling.generate (the defaults but length, streams, seed)."""
     generate(model, vocab, "", config)
     return config.num_samples * config.length
 

@@ -19,10 +19,10 @@ from benchmarks.common import Bench, Row, best_alternating, log
 from benchmarks.corpus import training_data
 from benchmarks.matmul import peak_gflops
 from charrnn.config import GATES, ModelConfig, RunConfig
-from charrnn.data import StreamBatches
-from charrnn.device import select_device
-from charrnn.model import CharRNN
-from charrnn.train import Trainer
+from charrnn.model.network import CharRNN
+from charrnn.system.device import select_device
+from charrnn.text.corpus import StreamBatches
+from charrnn.training.trainer import Trainer
 
 RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 ASSUMED_EFFICIENCY = 0.25  # fraction of the matmul peak a training step reaches (sizes windows)

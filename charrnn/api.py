@@ -14,15 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from charrnn.checkpoint import Checkpoint, load_model
+from charrnn.analysis.scoring import TextScore, score_text
 from charrnn.commands import describe_checkpoint, train_or_resume
 from charrnn.config import DEFAULT_DEVICE, SampleConfig, validate_sample_config
 from charrnn.console import ProgressBar
-from charrnn.device import select_sampling_device
-from charrnn.evaluate import TextScore, score_text
-from charrnn.generate import generate, prime_ids
-from charrnn.model import CharRNN
-from charrnn.textprep import preprocess_text
+from charrnn.generation.sampling import generate, prime_ids
+from charrnn.model.checkpoint import Checkpoint, load_model
+from charrnn.model.network import CharRNN
+from charrnn.system.device import select_sampling_device
+from charrnn.text.preprocess import preprocess_text
 
 _DONE = object()  # ends the stream of chunks from the generating thread
 

@@ -50,9 +50,9 @@ from charrnn.console import (
     print_table,
     warning_line,
 )
-from charrnn.cpuload import read_cpu_sample
-from charrnn.data import prep_report, prepare_corpus
 from charrnn.errors import CharRNNError, UsageError
+from charrnn.system.cpuload import read_cpu_sample
+from charrnn.text.corpus import prep_report, prepare_corpus
 from charrnn.version import __version__
 
 if TYPE_CHECKING:
@@ -719,8 +719,8 @@ def plot(
 
     Example: charrnn plot runs/small runs/medium -o curves.png (needs 'charrnn[plot]')
     """
-    from charrnn.plot import plot_runs
-    from charrnn.runs import read_run
+    from charrnn.analysis.plot import plot_runs
+    from charrnn.analysis.run_history import read_run
 
     written = plot_runs([read_run(path) for path in runs], output, width, height)
     notice_line(f"wrote {written}")

@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from charrnn.checkpoint import (
-    BEST_NAME,
-    LAST_NAME,
-    Checkpoint,
-    load_checkpoint,
-    load_model,
-    run_lock,
+from charrnn.analysis.inspection import Inspection, InspectOptions
+from charrnn.analysis.metrics import MetricsTally
+from charrnn.analysis.run_history import read_run, summarize
+from charrnn.analysis.scoring import (
+    EvalResult,
+    dynamic_score_ids,
+    encode_files,
+    evaluate_files,
+    score_ids,
+    validation_ids,
 )
 from charrnn.config import (
     CACHE_DIR_NAME,
@@ -43,8 +46,22 @@ from charrnn.config import (
     validate_sample_config,
     validate_threads,
 )
-from charrnn.cpuload import CpuSample
-from charrnn.data import (
+from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
+from charrnn.generation.sampling import generate, preview_text
+from charrnn.model.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    Checkpoint,
+    load_checkpoint,
+    load_model,
+    run_lock,
+)
+from charrnn.model.export import export_command as export_command  # `charrnn export`, re-exported
+from charrnn.model.network import CharRNN
+from charrnn.system.atomic import atomic_write_json, atomic_write_text, stale_temp_files
+from charrnn.system.cpuload import CpuSample
+from charrnn.system.device import CpuThreads, select_device, select_sampling_device
+from charrnn.text.corpus import (
     Corpus,
     StreamBatches,
     Vocab,
@@ -53,36 +70,19 @@ from charrnn.data import (
     prepare_corpus,
     split_train_val,
 )
-from charrnn.device import CpuThreads, select_device, select_sampling_device
-from charrnn.distributed import (
+from charrnn.text.preprocess import preprocess_text
+from charrnn.text.run_text import cache_dirs, corpus_record, run_corpus
+from charrnn.training.distributed import (
     check_batch_split,
     check_resume_world,
     joined,
     placement_from_env,
     rank_device,
 )
-from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
-from charrnn.evaluate import (
-    EvalResult,
-    dynamic_score_ids,
-    encode_files,
-    evaluate_files,
-    score_ids,
-    validation_ids,
-)
-from charrnn.export import export_command as export_command  # `charrnn export`, re-exported
-from charrnn.files import atomic_write_json, atomic_write_text, stale_temp_files
-from charrnn.generate import generate, preview_text
-from charrnn.inspection import Inspection, InspectOptions
-from charrnn.metrics import MetricsTally
-from charrnn.model import CharRNN
-from charrnn.runcorpus import cache_dirs, corpus_record, run_corpus
-from charrnn.runs import read_run, summarize
-from charrnn.textprep import preprocess_text
 
 if TYPE_CHECKING:
-    from charrnn.autosize import AutoChoice
-    from charrnn.train import Objective, Progress, Reporter
+    from charrnn.training.autosize import AutoChoice
+    from charrnn.training.trainer import Objective, Progress, Reporter
 
 
 @dataclass
@@ -156,7 +156,7 @@ def _run(
     """Split, batch and train `job` under the run directory's lock; `on_preview(step, text)`
     receives a sample of `preview_chars` after each evaluation."""
     # Imported here so that sample, eval and info never load the training loop.
-    from charrnn.train import Progress, Trainer
+    from charrnn.training.trainer import Progress, Trainer
 
     config = job.config
     placement = placement_from_env()  # under torchrun: this rank; else a world of one
@@ -354,7 +354,7 @@ def _auto_size(
     load_since: CpuSample | None,
 ) -> tuple[RunConfig, AutoChoice]:
     """`autosize.auto_size` on the training split, with the threads the run will train with."""
-    from charrnn.autosize import auto_size  # it imports the training loop
+    from charrnn.training.autosize import auto_size  # it imports the training loop
 
     train_ids = split_train_val(ids, config.data.val_frac)[0]
     with CpuThreads(config.train.threads, load_since) as threads:
@@ -396,7 +396,7 @@ def resume_command(
     model = checkpoint.build_model().train()
     objective = None
     if checkpoint.objective:  # a distillation continues with its teacher
-        from charrnn.distill import resumed_objective
+        from charrnn.training.distill import resumed_objective
 
         objective = resumed_objective(checkpoint.objective, select_device(config.train.device))
     job = _Job(
@@ -493,7 +493,7 @@ def interactive_command(
     `on_reply(texts)`; Ctrl-C while it is written stops that reply (`on_reply(None)`, the text
     stays as it was) and the loop goes on, as it does after a line the model cannot read
     (`on_error(message)`)."""
-    from charrnn.session import Session
+    from charrnn.generation.interactive import Session
 
     validate_sample_config(config)
     validate_threads(threads)
@@ -641,8 +641,13 @@ def inspect_command(
 ) -> InspectOutcome:
     """Stream a text (a file, or stdin for "-") through a model and show what it expected, what
     its units did, and (with `options.find`) which units track simple features of the text."""
-    from charrnn import inspect_view
-    from charrnn.inspection import UnitRef, inspect_symbols, parse_cell_index, symbol_chunks
+    from charrnn.analysis import inspect_view
+    from charrnn.analysis.inspection import (
+        UnitRef,
+        inspect_symbols,
+        parse_cell_index,
+        symbol_chunks,
+    )
 
     validate_threads(threads)
     if options.show < 0:
@@ -706,7 +711,7 @@ def distill_command(
 ) -> TrainOutcome:
     """Train a new student (the shape `config` gives) on `teacher_path`'s softened predictions
     of the corpus, in the teacher's vocabulary; resumed like any run (`resume_command`)."""
-    from charrnn.distill import load_teacher, new_objective
+    from charrnn.training.distill import load_teacher, new_objective
 
     if placement_from_env().distributed:  # the teacher's stream state is kept for one process
         raise UsageError("charrnn distill runs in one process: start it without torchrun")

@@ -164,7 +164,7 @@ class DataConfig:
     val_frac: float = setting(  # the last tenth, as nanoGPT's shakespeare_char: numbers compare
         0.1, "Fraction of the text, at its end, kept for validation.", DATA_PANEL
     )
-    # Preprocessing (charrnn/textprep.py): stored with the run and applied again to primes and
+    # Preprocessing (text/preprocess.py): stored with the run and applied again to primes and
     # eval files. None of it may change on --resume: the corpus would become another text.
     lowercase: bool = setting(False, "Lower-case the text.", DATA_PANEL)
     ascii: bool = setting(

@@ -9,7 +9,13 @@ import pytest
 import torch
 from child import run_charrnn
 
-from charrnn.autosize import (
+from charrnn.commands import train_command
+from charrnn.config import ModelConfig, RunConfig
+from charrnn.errors import UsageError
+from charrnn.model.checkpoint import load_checkpoint
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab
+from charrnn.training.autosize import (
     BF16_GAIN,
     CANDIDATE_SHAPES,
     CHARS_PER_PARAMETER,
@@ -27,12 +33,6 @@ from charrnn.autosize import (
     learning_rate,
     precision_shape,
 )
-from charrnn.checkpoint import load_checkpoint
-from charrnn.commands import train_command
-from charrnn.config import ModelConfig, RunConfig
-from charrnn.data import Vocab
-from charrnn.errors import UsageError
-from charrnn.model import CharRNN
 
 VOCAB = 65
 MODEL = ModelConfig()

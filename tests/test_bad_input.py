@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_cli import assert_one_error_line, invoke
 
-from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.commands import train_command
+from charrnn.model.checkpoint import load_checkpoint, save_checkpoint
 
 TRAIN = [
     "--out", "out", "--hidden", "8", "--embed", "4", "--batch-size", "2", "--seq-len", "8",

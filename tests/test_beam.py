@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from charrnn.beam import beam_search
 from charrnn.config import ModelConfig, SampleConfig, validate_sample_config
-from charrnn.data import Vocab
 from charrnn.errors import UsageError
-from charrnn.generate import generate, prime_ids
-from charrnn.model import CharRNN
+from charrnn.generation.beam import beam_search
+from charrnn.generation.sampling import generate, prime_ids
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab
 
 SYMBOLS = "ab\nc"
 VOCAB = Vocab(tuple(sorted(map(ord, SYMBOLS))))

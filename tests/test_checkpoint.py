@@ -1,4 +1,4 @@
-"""Saving and loading checkpoints, atomically and safely (charrnn.checkpoint)."""
+"""Saving and loading checkpoints, atomically and safely (charrnn.model.checkpoint)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.checkpoint import (
+from charrnn.config import RunConfig
+from charrnn.errors import CheckpointError, UsageError
+from charrnn.model.checkpoint import (
     PLAIN_FORMAT_VERSION,
     Checkpoint,
     load_checkpoint,
@@ -17,10 +19,8 @@ from charrnn.checkpoint import (
     resolve_checkpoint_path,
     save_checkpoint,
 )
-from charrnn.config import RunConfig
-from charrnn.data import Vocab
-from charrnn.errors import CheckpointError, UsageError
-from charrnn.model import CharRNN
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab
 
 VOCAB = Vocab(tuple(ord(c) for c in "\n abc床🎉"))
 

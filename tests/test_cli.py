@@ -25,7 +25,6 @@ from test_config import OTHER_SAMPLE_VALUES, OTHER_VALUES, flat
 from typer.testing import CliRunner
 
 from charrnn import commands
-from charrnn.checkpoint import load_checkpoint
 from charrnn.cli import app
 from charrnn.config import (
     DEFAULT_CACHE_DIR,
@@ -37,6 +36,7 @@ from charrnn.config import (
     declared_settings,
 )
 from charrnn.errors import UsageError
+from charrnn.model.checkpoint import load_checkpoint
 
 PRIME = "the "
 TRAIN_FLAGS = [
@@ -158,14 +158,14 @@ sys.argv = ["charrnn", *sys.argv[1:]]
 try:
     main()
 except SystemExit as exit:
-    loaded = ["torch" in sys.modules, "charrnn.train" in sys.modules]
+    loaded = ["torch" in sys.modules, "charrnn.training.trainer" in sys.modules]
     print("exit", exit.code, *loaded, file=sys.stderr)
 """
 
 
 def run_load_check(*args: str | Path, cwd: Path) -> tuple[str, str]:
     """Run `charrnn ARGS` in a child: its stdout, and its last stderr line, which reads
-    `exit CODE TORCH_LOADED TRAIN_LOADED` (whether torch and charrnn.train were imported)."""
+    `exit CODE TORCH_LOADED TRAIN_LOADED` (whether torch and the training loop were imported)."""
     result = subprocess.run(
         [sys.executable, "-c", LOAD_CHECK, *map(str, args)],
         cwd=cwd, env=CHILD_ENV, capture_output=True, text=True, timeout=120,
@@ -403,40 +403,50 @@ def test_prepare_caches_where_a_default_train_run_does(write_corpus, tmp_path):
 # ----------------------------------------------------------------------------- import graph
 
 PACKAGE = Path(commands.__file__).parent
-# Imports run one way, down this list: a module imports only modules of lower layers.
+# Imports run one way, down this list: a module imports only modules of lower layers. Names are
+# dotted below the package ("text.corpus"); a subpackage's own `__init__` is "text".
 LAYERS = [
     ["__init__"],  # the package's face: re-exports the API of `api`, imported on first use
     ["__main__"],
     ["cli", "api"],  # two front ends over the same commands
     ["commands"],
-    ["distill", "autosize"],  # a training objective; the speed probe runs the trainer's step
-    ["train", "inspect_view"],  # the loop scores validation text with evaluate
-    ["session"],  # sample --interactive: a prompt loop around generate
-    ["generate", "evaluate", "plot", "inspection", "export"],
-    ["beam"],
-    ["checkpoint", "metrics"],
-    ["model", "runcorpus", "quantize"],
-    ["data", "distributed", "runs"],  # distributed: the process group and collectives of torchrun
-    ["textprep"],  # the text steps the corpus and everything read through a model share
-    ["files", "device", "config"],
-    ["errors", "console", "cpuload", "version"],
-]
+    ["training.distill", "training.autosize"],  # an objective; the probe runs the trainer's step
+    ["training.trainer", "analysis.inspect_view"],  # the loop scores validation text
+    ["generation.interactive"],  # sample --interactive: a prompt loop around generate
+    ["generation.sampling", "analysis.scoring", "analysis.plot", "analysis.inspection",
+     "model.export"],
+    ["generation.beam"],
+    ["model.checkpoint", "analysis.metrics"],
+    ["model.network", "text.run_text", "model.quantize"],
+    ["text.corpus", "training.distributed", "analysis.run_history"],
+    ["text.preprocess"],  # the text steps the corpus and everything read through a model share
+    ["system.atomic", "system.device", "config"],
+    ["errors", "console", "system.cpuload", "version"],
+    # subpackage docstrings: they import nothing
+    ["system", "text", "model", "training", "generation", "analysis"],
+]  # fmt: skip
 
 
-def charrnn_imports(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    """A source file's dotted name below the package: "text.corpus", "text" for its __init__."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def charrnn_imports(path: Path, known: set[str]) -> set[str]:
     """The charrnn modules a source file imports, anywhere in it (`__init__` for the package)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text("utf-8"))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            module = "charrnn" if node.level else (node.module or "")
-            if node.level and node.module:
-                module = f"charrnn.{node.module}"
+            module = node.module or ""
             names = [f"{module}.{alias.name}" for alias in node.names]
-            # `from charrnn import commands` imports the submodule; other names come from
-            # the package's own __init__.
-            if any(not (PACKAGE / f"{alias.name}.py").is_file() for alias in node.names):
+            if module == "charrnn" and any(
+                alias.name not in known for alias in node.names
+            ):  # `from charrnn import commands` imports a submodule; `__version__` the package
                 names.append(module)
         else:
             continue
@@ -444,26 +454,30 @@ def charrnn_imports(path: Path) -> set[str]:
             parts = name.split(".")
             if parts[0] != "charrnn":
                 continue
-            if len(parts) > 1 and (PACKAGE / f"{parts[1]}.py").is_file():
-                found.add(parts[1])
-            elif len(parts) == 1:
-                found.add("__init__")
-    return found - {path.stem}
+            below = ".".join(parts[1:])
+            # the longest known module the name starts with: "text.corpus.Vocab" -> "text.corpus"
+            while below and below not in known:
+                below = below.rpartition(".")[0]
+            found.add(below or "__init__")
+    return found - {module_name(path)}
 
 
 def test_imports_run_one_way():
     rank = {module: depth for depth, layer in enumerate(LAYERS) for module in layer}
-    sources = sorted(PACKAGE.glob("*.py"))
-    assert {p.stem for p in sources} == set(rank)  # a new module needs a layer
+    sources = sorted(PACKAGE.rglob("*.py"))
+    assert {module_name(p) for p in sources} == set(rank)  # a new module needs a layer
+    known = set(rank)
     upward = [
-        f"{p.stem} imports {imported}"
+        f"{module_name(p)} imports {imported}"
         for p in sources
-        for imported in sorted(charrnn_imports(p))
-        if rank[imported] <= rank[p.stem]
+        for imported in sorted(charrnn_imports(p, known))
+        if imported not in {"system", "text", "model", "training", "generation", "analysis"}
+        and rank[imported] <= rank[module_name(p)]
     ]
     assert upward == []
-    assert charrnn_imports(PACKAGE / "cli.py") == {
-        "commands", "config", "console", "cpuload", "data", "errors", "plot", "runs", "version",
+    assert charrnn_imports(PACKAGE / "cli.py", known) == {
+        "commands", "config", "console", "system.cpuload", "text.corpus", "errors",
+        "analysis.plot", "analysis.run_history", "version",
     }  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn.cpuload import (
+from charrnn.system.cpuload import (
     LOAD_SLACK,
     CpuSample,
     allowed_cpus,
@@ -19,7 +19,7 @@ from charrnn.cpuload import (
     read_cpu_sample,
     threads_for_load,
 )
-from charrnn.device import CpuThreads, shared_thread_ceiling
+from charrnn.system.device import CpuThreads, shared_thread_ceiling
 
 STAT = """cpu  400 0 200 9000 10 0 5 0 0 0
 cpu0 100 0 50 4500 5 0 2 0 0 0

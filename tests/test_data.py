@@ -1,4 +1,4 @@
-"""Vocabulary, corpus reading and caching, splits and batches (charrnn.data)."""
+"""Vocabulary, corpus reading and caching, splits and batches (charrnn.text.corpus)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charrnn.config import DataConfig
-from charrnn.data import (
+from charrnn.errors import CorpusError, UsageError
+from charrnn.text.corpus import (
     CACHE_FORMAT,
     IGNORE_INDEX,
     StreamBatches,
@@ -26,7 +27,6 @@ from charrnn.data import (
     resolve_corpus_paths,
     split_train_val,
 )
-from charrnn.errors import CorpusError, UsageError
 
 CHARS = DataConfig()
 BYTES = DataConfig(bytes=True)

@@ -1,4 +1,4 @@
-"""Distillation: a student trained on a teacher's softened predictions (charrnn.distill)."""
+"""Distillation: a student trained on a teacher's softened predictions."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from test_cli import assert_one_error_line, invoke
 from test_robustness import assert_same, metrics, stop_after, without_timing
 
-from charrnn.checkpoint import load_checkpoint
 from charrnn.commands import distill_command, resume_command, train_command
 from charrnn.config import DistillConfig
-from charrnn.distill import distillation_loss
 from charrnn.errors import CheckpointError
+from charrnn.model.checkpoint import load_checkpoint
+from charrnn.training.distill import distillation_loss
 
 STUDENT = {"hidden": 8, "embed": 4, "max_steps": 24, "eval_every": 8, "log_every": 4, "seed": 5}
 

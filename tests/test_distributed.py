@@ -21,12 +21,12 @@ import torch
 from child import CHILD_ENV
 from test_cli import assert_one_error_line, invoke
 
-from charrnn.checkpoint import load_checkpoint
 from charrnn.commands import eval_command, info_command, resume_command, train_command
 from charrnn.config import resolve_config
-from charrnn.data import StreamBatches, eval_windows
-from charrnn.distributed import Placement, check_batch_split, placement_from_env
 from charrnn.errors import UsageError
+from charrnn.model.checkpoint import load_checkpoint
+from charrnn.text.corpus import StreamBatches, eval_windows
+from charrnn.training.distributed import Placement, check_batch_split, placement_from_env
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or sys.platform != "linux",

@@ -1,4 +1,4 @@
-"""Loss, bits per character and perplexity (charrnn.evaluate)."""
+"""Loss, bits per character and perplexity (charrnn.analysis.scoring)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn import evaluate
-from charrnn.checkpoint import Checkpoint
+from charrnn.analysis import scoring as evaluate
+from charrnn.analysis.scoring import EvalResult, evaluate_files, score_ids
 from charrnn.config import RunConfig
-from charrnn.data import Vocab
 from charrnn.errors import CorpusError, UsageError
-from charrnn.evaluate import EvalResult, evaluate_files, score_ids
-from charrnn.model import CharRNN
+from charrnn.model.checkpoint import Checkpoint
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab
 
 V = 7
 

@@ -1,4 +1,4 @@
-"""Inference-only exports: float16/bfloat16 copies and int8 weights (charrnn.export, quantize)."""
+"""Inference-only exports: float16/bfloat16 copies and int8 weights."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from test_cli import invoke
 
-from charrnn.checkpoint import load_checkpoint, load_model
 from charrnn.commands import eval_command, sample_command, train_command
 from charrnn.config import SampleConfig
-from charrnn.quantize import dequantize_state, quantize_rows, quantize_state
+from charrnn.model.checkpoint import load_checkpoint, load_model
+from charrnn.model.quantize import dequantize_state, quantize_rows, quantize_state
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ import pytest
 import torch
 from test_cli import invoke
 
-from charrnn.checkpoint import atomic_save, load_checkpoint, run_lock
 from charrnn.commands import write_run_config
 from charrnn.config import DataConfig, RunConfig
-from charrnn.data import prepare_corpus
 from charrnn.errors import CharRNNError
-from charrnn.train import MetricsLog
+from charrnn.model.checkpoint import atomic_save, load_checkpoint, run_lock
+from charrnn.text.corpus import prepare_corpus
+from charrnn.training.trainer import MetricsLog
 
 FLAGS = [
     "--hidden", "32", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--device", "cpu",

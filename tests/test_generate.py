@@ -1,4 +1,4 @@
-"""Sampling: seeds, strategies, priming, stop strings and streaming (charrnn.generate)."""
+"""Sampling: seeds, strategies, priming, stop strings and streaming."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from charrnn.config import ModelConfig, SampleConfig
-from charrnn.data import Vocab
 from charrnn.errors import UsageError
-from charrnn.generate import filter_logits, generate, gumbel_noise
-from charrnn.model import CharRNN
+from charrnn.generation.sampling import filter_logits, generate, gumbel_noise
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab
 
 ALPHABET = "\n .,abcdefghijklmnop床🎉"
 VOCAB = Vocab(tuple(sorted(ord(c) for c in ALPHABET)))

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from charrnn.checkpoint import load_checkpoint
 from charrnn.commands import eval_command, sample_command, train_command
 from charrnn.config import SampleConfig
-from charrnn.device import autocast_dtype, select_device
-from charrnn.model import Stepper
+from charrnn.model.checkpoint import load_checkpoint
+from charrnn.model.network import Stepper
+from charrnn.system.device import autocast_dtype, select_device
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -13,9 +13,9 @@ import torch
 from test_cli import invoke
 from test_inspection import TEXT, random_model, text_vocab, write_checkpoint
 
-from charrnn.data import symbols_of
-from charrnn.inspect_view import coloured_text, html_report
-from charrnn.inspection import UnitRef, inspect_symbols
+from charrnn.analysis.inspect_view import coloured_text, html_report
+from charrnn.analysis.inspection import UnitRef, inspect_symbols
+from charrnn.text.corpus import symbols_of
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 BROWSER = next((found for name in BROWSERS if (found := shutil.which(name))), None)

@@ -13,10 +13,7 @@ import pytest
 import torch
 from test_cli import assert_one_error_line, invoke
 
-from charrnn.checkpoint import Checkpoint, save_checkpoint
-from charrnn.config import ModelConfig, RunConfig
-from charrnn.data import Vocab, symbols_of
-from charrnn.inspection import (
+from charrnn.analysis.inspection import (
     FEATURES,
     WINDOW,
     Tracer,
@@ -24,7 +21,10 @@ from charrnn.inspection import (
     linear_scan,
     text_features,
 )
-from charrnn.model import CharRNN
+from charrnn.config import ModelConfig, RunConfig
+from charrnn.model.checkpoint import Checkpoint, save_checkpoint
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab, symbols_of
 
 TEXT = "(a b) [c]\nDE:\n12 x\n" * 8
 
@@ -330,7 +330,7 @@ def _speaker_text(n_lines: int, seed: int) -> str:
 
 @pytest.mark.parametrize("cut", [5, 64, 100])
 def test_features_read_window_by_window_equal_the_whole_texts(cut):
-    from charrnn.inspection import MAX_NAME_LINE, FeatureStream
+    from charrnn.analysis.inspection import MAX_NAME_LINE, FeatureStream
 
     s = symbols_of(_speaker_text(150, cut), False).astype(np.int64)
     whole = text_features(s)
@@ -344,7 +344,7 @@ def test_features_read_window_by_window_equal_the_whole_texts(cut):
 
 
 def test_spans_found_window_by_window_are_the_best_non_overlapping_runs():
-    from charrnn.inspection import SPAN_CHARS, SPANS, _SpanFinder
+    from charrnn.analysis.inspection import SPAN_CHARS, SPANS, _SpanFinder
 
     rng = np.random.default_rng(7)
     bits = rng.exponential(1.0, 3000).astype(np.float32)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_cli import invoke
 
+from charrnn.analysis.metrics import MetricsTally
 from charrnn.commands import train_command
-from charrnn.data import IGNORE_INDEX, Vocab
-from charrnn.metrics import MetricsTally
+from charrnn.text.corpus import IGNORE_INDEX, Vocab
 
 VOCAB = Vocab(tuple(map(ord, "abcdefg")))  # 7 symbols: top-5 can miss
 

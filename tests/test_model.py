@@ -1,4 +1,4 @@
-"""The network and its hand-written generation step (charrnn.model)."""
+"""The network and its hand-written generation step (charrnn.model.network)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from charrnn.config import ModelConfig
-from charrnn.model import CharRNN, Stepper, detach_state
+from charrnn.model.network import CharRNN, Stepper, detach_state
 
 VOCAB = 11
 CELLS = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]

@@ -1,4 +1,4 @@
-"""`charrnn plot` and `charrnn compare` on real tiny runs (charrnn.plot, charrnn.runs)."""
+"""`charrnn plot` and `charrnn compare` on real tiny runs."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from child import CHILD_ENV
 from test_cli import assert_one_error_line, invoke, run_load_check
 
-from charrnn.checkpoint import load_checkpoint
+from charrnn.analysis.plot import PLOT_HINT
+from charrnn.analysis.run_history import read_run
 from charrnn.commands import train_command
-from charrnn.plot import PLOT_HINT
-from charrnn.runs import read_run
+from charrnn.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -30,15 +30,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cli import invoke
 
-import charrnn.checkpoint
-from charrnn.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path, run_lock
+import charrnn.model.checkpoint
 from charrnn.cli import EXIT_SIGINT, EXIT_SIGTERM, _Interrupts
 from charrnn.commands import resume_command, train_command
 from charrnn.config import RunConfig
-from charrnn.data import Vocab
 from charrnn.errors import CheckpointError, TrainingError, UsageError
-from charrnn.model import CharRNN
-from charrnn.train import MAX_BAD_STEPS, Trainer, planned_steps
+from charrnn.model.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path, run_lock
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab
+from charrnn.training.trainer import MAX_BAD_STEPS, Trainer, planned_steps
 
 N = 12  # the half-way step of the resume tests
 CLI_FLAGS = [
@@ -357,7 +357,7 @@ def _fail_torch_save(monkeypatch, fail_from: int, snapshot) -> None:
                 "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
             ) from exc
 
-    monkeypatch.setattr(charrnn.checkpoint.torch, "save", save)
+    monkeypatch.setattr(charrnn.model.checkpoint.torch, "save", save)
 
 
 def _fail_replace(monkeypatch, fail_from: int, snapshot) -> None:
@@ -371,7 +371,7 @@ def _fail_replace(monkeypatch, fail_from: int, snapshot) -> None:
                 raise PermissionError(errno.EACCES, "Permission denied")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(charrnn.checkpoint.os, "replace", replace)
+    monkeypatch.setattr(charrnn.model.checkpoint.os, "replace", replace)
 
 
 @pytest.mark.parametrize(
@@ -423,7 +423,7 @@ def test_a_second_trainer_on_the_same_run_directory_is_refused(write_corpus, tmp
     train_command([corpus], tiny_config(max_steps=2, eval_every=2), out=tmp_path / "run")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from charrnn.checkpoint import run_lock\n"
+         "from charrnn.model.checkpoint import run_lock\n"
          "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)",
          str(tmp_path / "run")],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -461,8 +461,8 @@ def _nan_loss_at(monkeypatch, bad_steps: set[int]) -> None:
         calls.append(1)
         return loss * math.nan if len(calls) - 1 in bad_steps else loss
 
-    # The module itself: `charrnn.train` is the API's function (see charrnn/__init__.py).
-    training_loop = sys.modules["charrnn.train"]
+    import charrnn.training.trainer as training_loop
+
     monkeypatch.setattr(training_loop, "F", SimpleNamespace(cross_entropy=cross_entropy))
 
 

@@ -10,12 +10,12 @@ import pytest
 from test_cli import invoke
 from test_robustness import assert_same, stop_after
 
-from charrnn.checkpoint import load_checkpoint
 from charrnn.commands import resume_command, train_command
 from charrnn.config import DataConfig
-from charrnn.data import prepare_corpus
 from charrnn.errors import CorpusError
-from charrnn.runcorpus import cache_dirs, run_corpus
+from charrnn.model.checkpoint import load_checkpoint
+from charrnn.text.corpus import prepare_corpus
+from charrnn.text.run_text import cache_dirs, run_corpus
 
 RUN_FLAGS = [
     "--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--precision", "fp32",

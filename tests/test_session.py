@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from child import CHILD_ENV, charrnn_argv
 
-from charrnn.checkpoint import load_model
 from charrnn.commands import train_command
 from charrnn.config import SampleConfig
-from charrnn.generate import generate
+from charrnn.generation.sampling import generate
+from charrnn.model.checkpoint import load_model
 
 LENGTH = 40
 

@@ -12,9 +12,15 @@ from hypothesis import strategies as st
 from test_cli import invoke
 
 from charrnn.config import DataConfig
-from charrnn.data import corpus_key, encode_text_file, prep_report, prepare_corpus, source_file
 from charrnn.errors import UsageError
-from charrnn.textprep import (
+from charrnn.text.corpus import (
+    corpus_key,
+    encode_text_file,
+    prep_report,
+    prepare_corpus,
+    source_file,
+)
+from charrnn.text.preprocess import (
     UNKNOWN_SYMBOL,
     PrepTally,
     fold_ascii,

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.checkpoint import load_checkpoint, load_model
+from charrnn.analysis.scoring import score_ids
 from charrnn.commands import eval_command, train_command
 from charrnn.config import MIN_EVAL_CHARS, RunConfig, evaluation_chars, resume_config
-from charrnn.data import StreamBatches, split_train_val
-from charrnn.device import cgroup_cpu_limit, cpu_quota, use_cpu_threads
 from charrnn.errors import UsageError
-from charrnn.evaluate import score_ids
-from charrnn.train import lr_at, planned_steps
+from charrnn.model.checkpoint import load_checkpoint, load_model
+from charrnn.system.device import cgroup_cpu_limit, cpu_quota, use_cpu_threads
+from charrnn.text.corpus import StreamBatches, split_train_val
+from charrnn.training.trainer import lr_at, planned_steps
 
 LOG_KEYS = {"step", "chars", "train_loss", "lr", "chars_per_s", "elapsed_s", "threads"}
 

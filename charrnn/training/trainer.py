@@ -22,15 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, save_checkpoint
+from charrnn.analysis.scoring import EvalResult, score_ids
 from charrnn.config import RunConfig, TrainConfig
-from charrnn.data import StreamBatches, Vocab
-from charrnn.device import CpuThreads, autocast_dtype
-from charrnn.distributed import World
 from charrnn.errors import TrainingError, WriteError
-from charrnn.evaluate import EvalResult, score_ids
-from charrnn.files import atomic_write_text
-from charrnn.model import CharRNN, State, detach_state
+from charrnn.model.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, save_checkpoint
+from charrnn.model.network import CharRNN, State, detach_state
+from charrnn.system.atomic import atomic_write_text
+from charrnn.system.device import CpuThreads, autocast_dtype
+from charrnn.text.corpus import StreamBatches, Vocab
+from charrnn.training.distributed import World
 
 MAX_BAD_STEPS = 5  # consecutive non-finite steps before training stops
 

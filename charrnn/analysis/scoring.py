@@ -1,5 +1,5 @@
 """Scoring text: mean loss (nats/char), bits per character and perplexity; the accuracy
-metrics of `charrnn.metrics` on request; dynamic evaluation (the model adapting as it reads)."""
+metrics of `analysis.metrics` on request; dynamic evaluation (the model adapting as it reads)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn.checkpoint import Checkpoint
+from charrnn.analysis.metrics import CharMetrics, MetricsTally
 from charrnn.config import DYNAMIC_LR
-from charrnn.data import (
+from charrnn.errors import CorpusError, UsageError
+from charrnn.model.checkpoint import Checkpoint
+from charrnn.model.network import CharRNN, detach_state
+from charrnn.system.device import CpuThreads
+from charrnn.text.corpus import (
     IGNORE_INDEX,
     Vocab,
     encode_text_file,
@@ -23,11 +27,7 @@ from charrnn.data import (
     split_train_val,
     symbols_of,
 )
-from charrnn.device import CpuThreads
-from charrnn.errors import CorpusError, UsageError
-from charrnn.metrics import CharMetrics, MetricsTally
-from charrnn.model import CharRNN, detach_state
-from charrnn.runcorpus import cache_dirs, run_corpus
+from charrnn.text.run_text import cache_dirs, run_corpus
 
 EVAL_WINDOW = 512  # characters per forward call; bounds memory, not the result
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from charrnn.config import SampleConfig, validate_sample_config
-from charrnn.data import Vocab
-from charrnn.model import CharRNN, State, Stepper
+from charrnn.model.network import CharRNN, State, Stepper
+from charrnn.text.corpus import Vocab
 
 
 @dataclass(frozen=True)

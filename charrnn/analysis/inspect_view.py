@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from charrnn.inspection import (
+from charrnn.analysis.inspection import (
     FEATURE_HELP,
     SATURATION,
     Inspection,

@@ -23,8 +23,8 @@ import numpy as np
 
 from charrnn.config import DataConfig
 from charrnn.errors import CorpusError, UsageError, WriteError
-from charrnn.files import atomic_write, atomic_write_text
-from charrnn.textprep import (
+from charrnn.system.atomic import atomic_write, atomic_write_text
+from charrnn.text.preprocess import (
     UNKNOWN_SYMBOL,
     PrepTally,
     preprocess_chunks,

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import torch
 
 from charrnn.config import SampleConfig, validate_sample_config
-from charrnn.data import Vocab
-from charrnn.device import CpuThreads
 from charrnn.errors import UsageError
-from charrnn.generate import generate, known_prime, prime_ids
-from charrnn.model import CharRNN, State
+from charrnn.generation.sampling import generate, known_prime, prime_ids
+from charrnn.model.network import CharRNN, State
+from charrnn.system.device import CpuThreads
+from charrnn.text.corpus import Vocab
 
 
 class Session:

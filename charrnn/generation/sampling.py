@@ -14,11 +14,11 @@ from dataclasses import replace
 
 import torch
 
-from charrnn.beam import beam_search, repeat_state
 from charrnn.config import SampleConfig, validate_sample_config
-from charrnn.data import Vocab
-from charrnn.device import CpuThreads
-from charrnn.model import CharRNN, State, Stepper
+from charrnn.generation.beam import beam_search, repeat_state
+from charrnn.model.network import CharRNN, State, Stepper
+from charrnn.system.device import CpuThreads
+from charrnn.text.corpus import Vocab
 
 
 def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:

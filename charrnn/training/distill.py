@@ -17,11 +17,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charrnn.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path
 from charrnn.config import DistillConfig, validate_distill_config
 from charrnn.errors import CheckpointError
-from charrnn.model import CharRNN, State, detach_state
-from charrnn.train import Objective
+from charrnn.model.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path
+from charrnn.model.network import CharRNN, State, detach_state
+from charrnn.training.trainer import Objective
 
 KIND = "distill"
 

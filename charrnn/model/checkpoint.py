@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from charrnn.config import RunConfig
-from charrnn.data import Vocab
 from charrnn.errors import CheckpointError, TrainingError, UsageError, WriteError
-from charrnn.files import atomic_write
-from charrnn.model import CharRNN
-from charrnn.quantize import INT8, dequantize_state
+from charrnn.model.network import CharRNN
+from charrnn.model.quantize import INT8, dequantize_state
+from charrnn.system.atomic import atomic_write
+from charrnn.text.corpus import Vocab
 
 FORMAT_NAME = "charrnn-checkpoint"
 # 2 added int8 weights (an `export` section with quantize "int8"). Files without them are still

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 
 from charrnn.config import AUTO_KEYS, ModelConfig, RunConfig, recurrent_parameters
-from charrnn.data import StreamBatches, Vocab
-from charrnn.device import CpuThreads, select_device
 from charrnn.errors import UsageError
-from charrnn.model import CharRNN
-from charrnn.train import Trainer
+from charrnn.model.network import CharRNN
+from charrnn.system.device import CpuThreads, select_device
+from charrnn.text.corpus import StreamBatches, Vocab
+from charrnn.training.trainer import Trainer
 
 # Shapes tried, from small to large (layers, hidden). One layer while the model is small: in a
 # short run on a CPU a second layer costs steps that a wider single layer uses better.

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from charrnn.analysis.run_history import RunHistory, model_label
 from charrnn.errors import MissingExtraError, UsageError
-from charrnn.files import atomic_write
-from charrnn.runs import RunHistory, model_label
+from charrnn.system.atomic import atomic_write
 
 PLOT_HINT = "charrnn plot needs matplotlib: pip install 'charrnn[plot]'"
 DPI = 100

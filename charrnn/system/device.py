@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from charrnn.cpuload import (
+from charrnn.errors import UsageError
+from charrnn.system.cpuload import (
     CpuSample,
     allowed_cpus,
     foreign_load,
     read_cpu_sample,
     threads_for_load,
 )
-from charrnn.errors import UsageError
 
 
 def mps_available() -> bool:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from charrnn.config import DataConfig
-from charrnn.data import Corpus, load_cached_corpus, prep_report, prepare_corpus, source_file
 from charrnn.errors import CorpusError
+from charrnn.text.corpus import Corpus, load_cached_corpus, prep_report, prepare_corpus, source_file
 
 
 def corpus_record(corpus: Corpus, n_train: int, n_val: int) -> dict[str, Any]:

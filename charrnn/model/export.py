@@ -3,7 +3,7 @@
 The file is a normal checkpoint (configuration, vocabulary, weights, progress, corpus) without
 the optimizer, random-number or hidden state, so `sample`, `eval`, `info` and `--init-from` read
 it through `checkpoint.load_checkpoint` like any other. Weights are turned back into float32 as
-they load (see `charrnn.quantize` for why).
+they load (see `charrnn.model.quantize` for why).
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charrnn.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path, save_checkpoint
 from charrnn.errors import UsageError
-from charrnn.quantize import DTYPES, INT8, cast_state, quantize_state
+from charrnn.model.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    resolve_checkpoint_path,
+    save_checkpoint,
+)
+from charrnn.model.quantize import DTYPES, INT8, cast_state, quantize_state
 
 QUANTIZE_CHOICES = ("none", INT8)
 

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charrnn.config import DataConfig
-from charrnn.data import Vocab, corpus_symbol_chunks, symbols_of
-from charrnn.device import CpuThreads
 from charrnn.errors import CorpusError, UsageError
-from charrnn.model import CharRNN, State
-from charrnn.textprep import preprocess_text
+from charrnn.model.network import CharRNN, State
+from charrnn.system.device import CpuThreads
+from charrnn.text.corpus import Vocab, corpus_symbol_chunks, symbols_of
+from charrnn.text.preprocess import preprocess_text
 
 WINDOW = 512  # characters per forward call; bounds memory, not the result
 TOP_K = 5  # predictions kept per shown position

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from charrnn.data import IGNORE_INDEX, Vocab
+from charrnn.text.corpus import IGNORE_INDEX, Vocab
 
 TOP_K = 5
 CONFUSIONS_SHOWN = 10
