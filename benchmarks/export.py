@@ -63,7 +63,7 @@ def sampling_speed(checkpoint: Path, chars: int) -> float:
     """One-stream chars/s of `charrnn sample` on one thread (load excluded: best of a run)."""
     config = SampleConfig(length=chars, seed=0)
     started = time.perf_counter()
-    sample_command(checkpoint, "", config, "cpu", threads=1)
+    list(sample_command(checkpoint, "", config, "cpu", threads=1))
     return chars / (time.perf_counter() - started)
 
 

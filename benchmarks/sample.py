@@ -9,7 +9,7 @@ import torch
 
 from benchmarks.common import Bench, Row, best_alternating, log, per_second
 from charrnn.config import ModelConfig, SampleConfig
-from charrnn.generation.sampling import generate
+from charrnn.generation.sampling import collect, generate
 from charrnn.model.network import CharRNN
 from charrnn.text.corpus import Vocab
 
@@ -39,7 +39,7 @@ def sample_model(hidden: int) -> tuple[CharRNN, Vocab]:
 
 def charrnn_sample(model: CharRNN, vocab: Vocab, config: SampleConfig) -> int:
     """Characters drawn by generation.sampling.generate (the defaults but length, streams, seed)."""
-    generate(model, vocab, "", config)
+    collect(generate(model, vocab, "", config), config.num_samples)
     return config.num_samples * config.length
 
 

@@ -7,9 +7,7 @@ the same run from the same settings.
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,17 +16,12 @@ from charrnn.analysis.scoring import TextScore, score_text
 from charrnn.commands import describe_checkpoint, train_or_resume
 from charrnn.config import DEFAULT_DEVICE, SampleConfig, validate_sample_config
 from charrnn.console import ProgressBar
-from charrnn.generation.sampling import generate, prime_ids
+from charrnn.generation.sampling import generate
+from charrnn.generation.streams import prime_ids
 from charrnn.model.checkpoint import Checkpoint, load_model
 from charrnn.model.network import CharRNN
 from charrnn.system.device import select_sampling_device
 from charrnn.text.preprocess import preprocess_text
-
-_DONE = object()  # ends the stream of chunks from the generating thread
-
-
-class _Cancelled(Exception):
-    """Raised inside the generating thread when the reader stopped reading."""
 
 
 class Model:
@@ -59,7 +52,7 @@ class Model:
         validate_sample_config(config)
         prime = preprocess_text(prime, self.checkpoint.config.data)  # as the corpus was read
         prime_ids(self.vocab, prime, config.unknown)  # an unknown character fails here, at once
-        return _stream(lambda on_text: generate(self.network, self.vocab, prime, config, on_text))
+        return (piece for _, piece in generate(self.network, self.vocab, prime, config))
 
     def sample(self, prime: str = "", **sample_options: Any) -> str:
         """The whole text `generate` yields, as one string."""
@@ -69,58 +62,6 @@ class Model:
         """Loss (nats/char), bits per character and the loss of every character of `text`."""
         text = preprocess_text(text, self.checkpoint.config.data)  # as the corpus was read
         return score_text(self.network, self.vocab, text)
-
-
-OnText = Callable[[int, str], None]
-
-
-def _stream(run: Callable[[OnText], Any], buffered: int = 256) -> Iterator[str]:
-    """Run `run(on_text)` in a thread and yield each piece it reports as it comes.
-
-    The generating loop keeps torch's inference mode (a per-thread flag) on its own thread, so
-    the caller's code between chunks never runs inside it; a reader that stops early stops the
-    thread at its next character.
-    """
-    pieces: queue.Queue[Any] = queue.Queue(maxsize=buffered)
-    stop = threading.Event()
-
-    def on_text(index: int, piece: str) -> None:
-        while not stop.is_set():
-            try:
-                pieces.put(piece, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Cancelled
-
-    def work() -> None:
-        try:
-            run(on_text)
-            outcome: Any = _DONE
-        except _Cancelled:
-            return
-        except BaseException as exc:  # handed to the reader, who raises it
-            outcome = exc
-        while not stop.is_set():
-            try:
-                pieces.put(outcome, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    worker = threading.Thread(target=work, name="charrnn-generate", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = pieces.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def load(path: str | Path, device: str = DEFAULT_DEVICE) -> Model:

@@ -499,18 +499,19 @@ def sample(
                      threads)  # fmt: skip
         return
     stream = output is None and sample_config.num_samples == 1
-
-    def show(index: int, piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
     load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
-    texts = commands.sample_command(
-        checkpoint, prime, sample_config, device, on_text=show if stream else None,
-        threads=threads, load_since=load_since,
-    )  # fmt: skip
+    pieces: list[list[str]] = [[] for _ in range(sample_config.num_samples)]
+    for index, piece in commands.sample_command(
+        checkpoint, prime, sample_config, device, threads=threads, load_since=load_since
+    ):
+        if stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        else:
+            pieces[index].append(piece)
+    texts = ["".join(text) for text in pieces]
     joined = unescape(separator).join(texts)
     if output is not None:
         commands.write_samples(output, joined + "\n")

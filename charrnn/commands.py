@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -459,18 +459,17 @@ def sample_command(
     prime: str,
     config: SampleConfig,
     device_name: str = DEFAULT_DEVICE,
-    on_text: Callable[[int, str], None] | None = None,
     threads: int = 0,
     load_since: CpuSample | None = None,
-) -> list[str]:
-    """Generate text from a saved model (`threads`: torch CPU threads, 0 = auto; `load_since`:
-    a CPU reading from the command's start, for auto)."""
+) -> Iterator[tuple[int, str]]:
+    """Yield `(sample, piece)` as text is generated from a saved model (`threads`: torch CPU
+    threads, 0 = auto; `load_since`: a CPU reading from the command's start, for auto)."""
     validate_sample_config(config)
     validate_threads(threads)
     with CpuThreads(threads, load_since) as cpu_threads:
         model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
         model_prime = preprocess_text(prime, checkpoint.config.data)  # as the corpus was
-        return generate(model, checkpoint.vocab, model_prime, config, on_text, cpu_threads)
+        yield from generate(model, checkpoint.vocab, model_prime, config, cpu_threads)
 
 
 def interactive_command(
@@ -511,15 +510,19 @@ def interactive_command(
                 return session.turns
             if line is None:
                 return session.turns
+            pieces: list[list[str]] = [[] for _ in range(config.num_samples)]
             try:
-                texts = session.reply(preprocess_text(line, data_config), on_text)
+                for index, piece in session.reply(preprocess_text(line, data_config)):
+                    pieces[index].append(piece)
+                    if on_text is not None:
+                        on_text(index, piece)
             except KeyboardInterrupt:
                 on_reply(None)
                 continue
             except UsageError as exc:
                 on_error(str(exc))
                 continue
-            on_reply(texts)
+            on_reply(["".join(text) for text in pieces])
 
 
 def eval_command(

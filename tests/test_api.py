@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import charrnn
 from charrnn.commands import eval_command, info_command, sample_command
 from charrnn.config import SampleConfig
 from charrnn.errors import UsageError
+from charrnn.generation.sampling import collect
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TINY = {
@@ -63,7 +66,7 @@ def test_generate_yields_chunks_that_are_the_text_sample_makes(run):
     chunks = list(model.generate("the ", length=40, seed=3, temperature=0.7))
     assert chunks[0] == "the " and len(chunks) == 41  # the prime, then one chunk per character
     config = SampleConfig(length=40, seed=3, temperature=0.7)
-    assert "".join(chunks) == sample_command(run, "the ", config, "cpu")[0]
+    assert "".join(chunks) == collect(sample_command(run, "the ", config, "cpu"), 1)[0]
     assert model.sample("the ", length=40, seed=3, temperature=0.7) == "".join(chunks)
 
 
@@ -80,6 +83,20 @@ def test_generate_stops_when_the_reader_stops_and_reports_errors_at_once(run):
     assert [
         t.name for t in __import__("threading").enumerate() if t.name == "charrnn-generate"
     ] == []
+
+
+def test_the_first_chunk_comes_long_before_a_long_sample_ends_and_no_thread_starts(run):
+    model = charrnn.load(run)
+    threads = threading.active_count()
+    started = time.perf_counter()
+    stream = model.generate("", length=20_000, seed=2)
+    first = next(stream)
+    to_first = time.perf_counter() - started
+    assert threading.active_count() == threads  # drawn on the caller's thread
+    rest = sum(len(chunk) for chunk in stream)
+    whole = time.perf_counter() - started
+    assert len(first) + rest == 20_000
+    assert to_first < whole / 20
 
 
 def test_score_gives_the_loss_of_every_character_and_agrees_with_eval(run, tmp_path):

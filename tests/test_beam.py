@@ -11,7 +11,8 @@ import torch
 from charrnn.config import ModelConfig, SampleConfig, validate_sample_config
 from charrnn.errors import UsageError
 from charrnn.generation.beam import beam_search
-from charrnn.generation.sampling import generate, prime_ids
+from charrnn.generation.sampling import collect, generate
+from charrnn.generation.streams import prime_ids
 from charrnn.model.network import CharRNN
 from charrnn.text.corpus import Vocab
 
@@ -98,14 +99,15 @@ def test_scores_are_length_normalised():
 def test_one_beam_is_greedy_decoding():
     for seed in range(3):
         model = tiny_model("lstm", seed)
-        greedy = generate(model, VOCAB, PRIME, SampleConfig(length=12, greedy=True))[0]
-        beam = generate(model, VOCAB, PRIME, SampleConfig(length=12, beam=1))[0]
+        greedy = collect(generate(model, VOCAB, PRIME, SampleConfig(length=12, greedy=True)), 1)[0]
+        beam = collect(generate(model, VOCAB, PRIME, SampleConfig(length=12, beam=1)), 1)[0]
         assert beam == greedy
 
 
 def test_a_narrow_beam_returns_ranked_texts_of_the_asked_length():
     model = tiny_model("gru", seed=1)
-    texts = generate(model, VOCAB, PRIME, SampleConfig(length=30, beam=4, num_samples=3))
+    config = SampleConfig(length=30, beam=4, num_samples=3)
+    texts = collect(generate(model, VOCAB, PRIME, config), 3)
     assert len(texts) == 3 and len(set(texts)) == 3
     assert all(text.startswith(PRIME) and len(text) == len(PRIME) + 30 for text in texts)
     found = search(model, 4, length=30, num_samples=3)

@@ -415,6 +415,7 @@ LAYERS = [
     ["generation.interactive"],  # sample --interactive: a prompt loop around generate
     ["generation.sampling", "analysis.scoring", "analysis.plot", "analysis.inspection",
      "model.export"],
+    ["generation.streams"],  # streams of text stepped as one batch
     ["generation.beam"],
     ["model.checkpoint", "analysis.metrics"],
     ["model.network", "text.run_text", "model.quantize"],

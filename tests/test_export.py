@@ -11,6 +11,7 @@ from test_cli import invoke
 
 from charrnn.commands import eval_command, sample_command, train_command
 from charrnn.config import SampleConfig
+from charrnn.generation.sampling import collect
 from charrnn.model.checkpoint import load_checkpoint, load_model
 from charrnn.model.quantize import dequantize_state, quantize_rows, quantize_state
 
@@ -75,7 +76,8 @@ def test_an_export_is_smaller_and_scores_and_samples_like_the_original(
     assert after.chars == before.chars
     assert abs(after.loss - before.loss) < loss_tolerance
     assert after.loss != before.loss  # the weights really were rounded
-    text = sample_command(out, "the ", SampleConfig(length=40, seed=5), "cpu", threads=1)[0]
+    config = SampleConfig(length=40, seed=5)
+    text = collect(sample_command(out, "the ", config, "cpu", threads=1), 1)[0]
     assert text.startswith("the ") and len(text) == 44
 
 

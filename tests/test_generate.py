@@ -9,7 +9,8 @@ import torch
 
 from charrnn.config import ModelConfig, SampleConfig
 from charrnn.errors import UsageError
-from charrnn.generation.sampling import filter_logits, generate, gumbel_noise
+from charrnn.generation.sampling import collect, generate
+from charrnn.generation.streams import filter_logits, gumbel_noise
 from charrnn.model.network import CharRNN
 from charrnn.text.corpus import Vocab
 
@@ -33,7 +34,11 @@ def model() -> CharRNN:
 def sample(model, prime="ab", vocab=VOCAB, on_text=None, **keys) -> list[str]:
     keys.setdefault("length", 40)
     keys.setdefault("seed", 1)
-    return generate(model, vocab, prime, SampleConfig(**keys), on_text)
+    config = SampleConfig(**keys)
+    pieces = generate(model, vocab, prime, config)
+    if on_text is not None:
+        pieces = ((index, piece) for index, piece in pieces if on_text(index, piece) or True)
+    return collect(pieces, config.num_samples)
 
 
 def test_same_seed_same_samples_different_seeds_differ(model):
@@ -252,7 +257,7 @@ def test_sample_frequencies_follow_the_model_at_the_given_temperature():
     with torch.no_grad():
         model.head.bias.copy_(torch.linspace(-2.0, 2.0, VOCAB.size))
     config = SampleConfig(length=1, num_samples=4000, temperature=1.5, seed=0)
-    firsts = [text[0] for text in generate(model, VOCAB, "", config)]
+    firsts = [text[0] for text in collect(generate(model, VOCAB, "", config), 4000)]
     ids = torch.tensor(VOCAB.encode("".join(firsts)).tolist())
     freq = torch.bincount(ids, minlength=VOCAB.size).float() / len(firsts)
     expected = torch.softmax(model.head.bias.detach() / 1.5, dim=-1)

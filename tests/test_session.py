@@ -11,7 +11,7 @@ from child import CHILD_ENV, charrnn_argv
 
 from charrnn.commands import train_command
 from charrnn.config import SampleConfig
-from charrnn.generation.sampling import generate
+from charrnn.generation.sampling import collect, generate
 from charrnn.model.checkpoint import load_model
 
 LENGTH = 40
@@ -30,7 +30,8 @@ def continuation(run: Path, prime: str, **options) -> str:
     """What `charrnn sample --prime PRIME` writes after the prime, computed in-process."""
     model, checkpoint = load_model(run / "best.pt")
     config = SampleConfig(length=LENGTH, **options)
-    return generate(model, checkpoint.vocab, prime, config)[0][len(prime) :]
+    texts = collect(generate(model, checkpoint.vocab, prime, config), config.num_samples)
+    return texts[0][len(prime) :]
 
 
 def interactive(run: Path, lines: str, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -76,10 +77,10 @@ def test_sampling_options_apply_to_every_reply(run):
     assert "." not in first + second and end == ""
     beam = interactive(run, "to \n", "--beam", "3", "--num-samples", "2", "--reset")
     assert beam.returncode == 0, beam.stderr
+    config = SampleConfig(length=LENGTH, beam=3, num_samples=2)
     assert beam.stdout.split("\n\n") == [
         continuation(run, "to ", beam=3, num_samples=2),
-        generate(*_model(run), "to ", SampleConfig(length=LENGTH, beam=3, num_samples=2))[1][3:]
-        + "\n",
+        collect(generate(*_model(run), "to ", config), 2)[1][3:] + "\n",
     ]
 
 

@@ -9,13 +9,14 @@ through the network: a turn costs the line and the reply, not the whole transcri
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import torch
 
 from charrnn.config import SampleConfig, validate_sample_config
 from charrnn.errors import UsageError
-from charrnn.generation.sampling import generate, known_prime, prime_ids
+from charrnn.generation.sampling import beam_continuations
+from charrnn.generation.streams import StreamBatch, prime_ids, run_streams
 from charrnn.model.network import CharRNN, State
 from charrnn.system.device import CpuThreads
 from charrnn.text.corpus import Vocab
@@ -48,32 +49,31 @@ class Session:
                 _, self.start = model.eval()(ids.view(1, -1))
         self.state = self.start
 
-    def reply(self, line: str, on_text: Callable[[int, str], None] | None = None) -> list[str]:
-        """The continuations of the text after `line` (without the line itself), streamed
-        through `on_text(sample, piece)`; unless `reset`, the next line continues after it.
+    def reply(self, line: str) -> Iterator[tuple[int, str]]:
+        """Yield `(sample, piece)` of the continuations of the text after `line` (without the
+        line itself); once they are whole, unless `reset`, the next line continues after them.
 
-        A `UsageError` (a character the model never saw) leaves the text as it was."""
-        shown = known_prime(self.vocab, line, self.config.unknown)
-        skip = [len(shown)] * self.config.num_samples  # generate streams the line first
-
-        def stream(index: int, piece: str) -> None:
-            cut, skip[index] = (
-                min(skip[index], len(piece)),
-                skip[index] - min(skip[index], len(piece)),
-            )
-            if piece[cut:] and on_text is not None:
-                on_text(index, piece[cut:])
-
+        A `UsageError` (a character the model never saw) or a reply not read to its end leaves
+        the text as it was."""
         # A fresh seed per turn, from the given one: the session is reproducible, and the same
         # line typed twice need not give the same reply.
         seed = None if self.config.seed is None else self.config.seed + self.turns
         config = dataclasses.replace(self.config, seed=seed)
-        after: list[State] = []
-        texts = generate(
-            self.model, self.vocab, line, config, stream, self.threads,
-            state=self.start if self.reset else self.state, on_state=after.append,
-        )  # fmt: skip
+        start = self.start if self.reset else self.state
+        if config.beam:
+            texts, after = beam_continuations(
+                self.model, self.vocab, line, config, start, with_state=not self.reset
+            )
+            yield from enumerate(texts)
+        else:
+            batch = StreamBatch(self.model, self.vocab)
+            streams = batch.join_samples(line, config, start)
+            index = {stream: position for position, stream in enumerate(streams)}
+            tick = None if self.threads is None else self.threads.tick
+            for piece in run_streams(batch, tick):
+                if piece.text:
+                    yield index[piece.stream], piece.text
+            after = None if self.reset else batch.final_state(streams[0])
         self.turns += 1
         if not self.reset:
-            self.state = after[0]
-        return [text[len(shown) :] for text in texts]
+            self.state = after

@@ -117,21 +117,7 @@ class Stepper:
             self.input_biases = [b_ih.unsqueeze(0) for _, _, b_ih, _ in weights[1:]]
             self.head_weight = model.head.weight.detach().float().t().contiguous()
             self.head_bias = model.head.bias.detach().float().clone()
-            h, c = state if isinstance(state, tuple) else (state, None)
-            self.h = h.detach().float().clone()  # (layers, batch, hidden)
-            self.c = None if c is None else c.detach().float().clone()
-        batch, width = self.h.shape[1], self.hidden_weight.shape[-1]
-        self.gates = self.h.new_empty(self.layers, batch, width)
-        self.from_input = self.h.new_empty(self.layers, batch, width)  # GRU only
-        self.scratch = torch.empty_like(self.h[0])
-        self._h, self._gates = self.h.unbind(0), self.gates.unbind(0)
-        self._c = None if self.c is None else self.c.unbind(0)
-        self._from_input = self.from_input.unbind(0)
-        self._split = [gates.view(batch, -1, config.hidden).unbind(1) for gates in self._gates]
-        # GRU: the reset and update gates together, and the candidate, of both parts.
-        self._rz = [gates[:, : 2 * config.hidden] for gates in self._gates]
-        self._rz_input = [part[:, : 2 * config.hidden] for part in self._from_input]
-        self._n_input = [part[:, 2 * config.hidden :] for part in self._from_input]
+            self._bind_state(state)
 
     @staticmethod
     def _layer(model: CharRNN, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -214,3 +200,48 @@ class Stepper:
         candidate.mul_(reset).add_(self._n_input[layer]).tanh_()
         # h' = (1 - z) n + z h = n + z (h - n)
         self._h[layer].sub_(candidate).mul_(update).add_(candidate)
+
+    # The rows of a batch whose streams join and leave between steps (generation/streams.py).
+
+    def _bind_state(self, state: State) -> None:
+        """Take a copy of `state` as the rows to step, with the buffers and views over them."""
+        h, c = state if isinstance(state, tuple) else (state, None)
+        hidden = self.head_weight.shape[0]
+        with torch.no_grad():
+            self.h = h.detach().float().clone()  # (layers, batch, hidden)
+            self.c = None if c is None else c.detach().float().clone()
+        batch, width = self.h.shape[1], self.hidden_weight.shape[-1]
+        self.gates = self.h.new_empty(self.layers, batch, width)
+        self.from_input = self.h.new_empty(self.layers, batch, width)  # GRU only
+        self.scratch = torch.empty_like(self.h[0])
+        self._h, self._gates = self.h.unbind(0), self.gates.unbind(0)
+        self._c = None if self.c is None else self.c.unbind(0)
+        self._from_input = self.from_input.unbind(0)
+        parts = width // hidden  # gates per layer (a view of -1 is ambiguous at batch 0)
+        self._split = [gates.view(batch, parts, hidden).unbind(1) for gates in self._gates]
+        # GRU: the reset and update gates together, and the candidate, of both parts.
+        self._rz = [gates[:, : 2 * hidden] for gates in self._gates]
+        self._rz_input = [part[:, : 2 * hidden] for part in self._from_input]
+        self._n_input = [part[:, 2 * hidden :] for part in self._from_input]
+
+    @property
+    def rows(self) -> int:
+        """How many streams the stepper holds."""
+        return self.h.shape[1]
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only these rows of the state, in this order (the rest are dropped)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.h.device)
+        kept = self.h.index_select(1, index)
+        self._bind_state(kept if self.c is None else (kept, self.c.index_select(1, index)))
+
+    def append_rows(self, state: State) -> None:
+        """Add the rows of `state` (shaped as the fused layers return it) after the others."""
+        h, c = state if isinstance(state, tuple) else (state, None)
+        joined = torch.cat([self.h, h.float()], 1)
+        self._bind_state(joined if c is None else (joined, torch.cat([self.c, c.float()], 1)))
+
+    def row_state(self, row: int) -> State:
+        """A copy of one row's state, as a batch of one shaped as the fused layers return it."""
+        h = self.h[:, row : row + 1].clone()
+        return h if self.c is None else (h, self.c[:, row : row + 1].clone())

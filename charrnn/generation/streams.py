@@ -1,0 +1,375 @@
+"""Streams of text drawn together: one batched recurrent step advances every active stream.
+
+A `StreamBatch` holds one row of recurrent state per stream. `join` adds a stream with its own
+prime, sampling options and seeded random generator; `leave` drops one; between two `step`
+calls any number may join or leave. Each `step` advances all rows with one `Stepper.advance`
+and draws one symbol per stream, and returns the text each stream gained.
+
+A stream's text depends only on its own prime, options and seed, never on which other streams
+share the batch: its noise comes from its own generator in chunks sized by its own length and
+the vocabulary, and temperature scales its own row. Draws use the Gumbel-max trick: the argmax of
+logits plus Gumbel noise is a draw from the softmax, and a masked (-inf) logit never wins.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+
+from charrnn.config import SampleConfig, validate_sample_config
+from charrnn.generation.beam import repeat_state
+from charrnn.model.network import CharRNN, State, Stepper
+from charrnn.text.corpus import Vocab
+
+FinishReason = Literal["stop", "length"]
+
+SEED_RANGE = 2**64  # what torch.Generator.manual_seed takes
+
+# Noise is drawn this many floats at a time per stream (a few hundred positions).
+STREAM_NOISE = 1 << 14
+
+
+def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
+    """Temperature-scaled logits with everything outside top-k / top-p set to -inf."""
+    logits = logits.float() / config.temperature
+    if config.top_k is not None and config.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, config.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p is not None and config.top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a character when the ones more likely than it already reach top_p.
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= config.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Standard Gumbel noise, -log(-log(u)), always finite."""
+    tiny = torch.finfo(torch.float32).tiny
+    uniforms = torch.rand(shape, generator=generator, device=generator.device)
+    return uniforms.clamp_(min=tiny).log_().neg_().log_().neg_()
+
+
+def prime_ids(vocab: Vocab, prime: str, policy: str) -> torch.Tensor:
+    """Ids of the prime; unknown characters raise (policy error) or are dropped (skip)."""
+    if policy == "skip":
+        ids, _ = vocab.encode_known(prime)
+    else:
+        ids = vocab.encode(prime)
+    return torch.as_tensor(ids, dtype=torch.long)
+
+
+def known_prime(vocab: Vocab, prime: str, policy: str) -> str:
+    """The prime as a sample begins with it: without unknown characters under policy skip."""
+    return vocab.decode(prime_ids(vocab, prime, policy).tolist()) if policy == "skip" else prime
+
+
+class StopWatcher:
+    """Holds back text that could be the start of the stop string."""
+
+    def __init__(self, stop: str) -> None:
+        self.stop, self.pending, self.done = stop, "", False
+
+    def feed(self, text: str) -> str:
+        """Text safe to emit now; sets `done` when the stop string has appeared."""
+        if self.done:
+            return ""
+        self.pending += text
+        cut = self.pending.find(self.stop)
+        if cut >= 0:
+            out, self.pending, self.done = self.pending[:cut], "", True
+            return out
+        # Hold back the last len(stop) - 1 characters: they may begin the stop string.
+        out = self.pending[: max(0, len(self.pending) - (len(self.stop) - 1))]
+        self.pending = self.pending[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        """The held-back text at the end of a sample (empty once the stop string was found)."""
+        out, self.pending = self.pending, ""
+        return out
+
+
+def symbol_decoder(vocab: Vocab) -> Callable[[int], str]:
+    """A function from each new id of one stream to its text (bytes decode UTF-8 incrementally)."""
+    if not vocab.is_bytes:
+        return [chr(symbol) for symbol in vocab.symbols].__getitem__
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    return lambda i: decoder.decode(bytes((vocab.symbols[i],)))
+
+
+def symbol_text(vocab: Vocab, symbol: int) -> str:
+    """One id's own text (a lone byte of a multi-byte character shows as U+FFFD)."""
+    value = vocab.symbols[symbol]
+    return bytes((value,)).decode("utf-8", "replace") if vocab.is_bytes else chr(value)
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One symbol drawn, with the model's log-probability of it (temperature 1, no filtering)
+    and of its most likely alternatives, best first."""
+
+    text: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one stream gained in one step: new text (maybe empty while a stop string may be
+    beginning), why it finished if it did, and the symbol drawn when log-probabilities are on."""
+
+    stream: int
+    text: str
+    finish: FinishReason | None = None
+    draw: Draw | None = None
+
+
+class _Stream:
+    """One stream's options, random generator, noise, decoder and progress."""
+
+    def __init__(
+        self, ident: int, config: SampleConfig, ids: torch.Tensor, state: State | None,
+        head_bias: torch.Tensor, logprobs: int, vocab: Vocab,
+    ) -> None:  # fmt: skip
+        self.ident, self.config, self.ids, self.state = ident, config, ids, state
+        self.logprobs, self.drawn, self.row = logprobs, 0, -1
+        self.decode = symbol_decoder(vocab)
+        self.watcher = StopWatcher(config.stop) if config.stop else None
+        self.filtered = not config.greedy and (config.top_k is not None or config.top_p is not None)
+        self.scale = 1.0 if config.greedy else 1.0 / config.temperature
+        self.generator = torch.Generator(device=head_bias.device)
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(6), "little")
+        self.generator.manual_seed(seed)
+        # Added to the scaled logits: the bias at this temperature, with the noise unless the
+        # draw filters first (top-k / top-p need the logits without it).
+        self.bias = head_bias if config.greedy else head_bias * self.scale
+        self.noise: list[torch.Tensor] = []
+
+    def extra(self) -> torch.Tensor:
+        """The row added to this stream's scaled logits at this position."""
+        if self.config.greedy or self.filtered:
+            return self.bias
+        return self._next_noise()
+
+    def _next_noise(self) -> torch.Tensor:
+        if not self.noise:
+            vocab = self.bias.shape[0]
+            positions = max(1, min(self.config.length - self.drawn, STREAM_NOISE // vocab))
+            noise = gumbel_noise((positions, vocab), self.generator)
+            if not self.filtered:
+                noise += self.bias
+            self.noise = list(noise.unbind(0))[::-1]
+        return self.noise.pop()
+
+    def redraw(self, logits: torch.Tensor) -> int:
+        """The id drawn from this stream's logits (1, vocab) after top-k / top-p filtering."""
+        kept = filter_logits(logits, replace(self.config, temperature=1.0))
+        return int(kept[0].add_(self._next_noise()).argmax())
+
+
+class StreamBatch:
+    """Streams stepped together; `join` and `leave` between `step` calls."""
+
+    def __init__(self, model: CharRNN, vocab: Vocab) -> None:
+        self.model, self.vocab = model.eval(), vocab
+        self.device = model.head.weight.device
+        # Outside inference mode: the rows are updated in place between a caller's yields.
+        self.stepper = Stepper(model, model.initial_state(0))
+        self.streams: list[_Stream] = []  # row i of the stepper is streams[i]
+        self.joining: list[_Stream] = []
+        self.leaving: set[int] = set()
+        self.fed: torch.Tensor | None = None  # the ids drawn last, not yet fed to the rows
+        self.next_ident = 0
+        self._scale: float | torch.Tensor = 1.0
+        self._filtered: list[_Stream] = []
+        self.unstepped: dict[int, State] = {}  # streams of length 0: the state after the prime
+
+    def join(
+        self, prime: str, config: SampleConfig, state: State | None = None, logprobs: int = 0
+    ) -> int:
+        """Add a stream that continues `prime` (after `state`, a batch-1 state; None: fresh);
+        its first symbol comes with the next `step`. Returns the stream's id.
+
+        Raises `UsageError` for an option out of range or, under `config.unknown` error, a
+        character of the prime the model never saw."""
+        validate_sample_config(config)
+        ids = prime_ids(self.vocab, prime, config.unknown).to(self.device)
+        stream = _Stream(
+            self.next_ident, config, ids, state, self.stepper.head_bias, logprobs, self.vocab
+        )
+        self.next_ident += 1
+        self.joining.append(stream)
+        return stream.ident
+
+    def join_samples(
+        self, prime: str, config: SampleConfig, state: State | None = None
+    ) -> list[int]:
+        """Add `config.num_samples` streams of one prime; sample i draws with seed + i (a fresh
+        seed when none is given), so each is the text its seed gives alone."""
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(6), "little")
+        one = replace(config, num_samples=1)
+        return [
+            self.join(prime, replace(one, seed=(seed + i) % SEED_RANGE if i else seed), state)
+            for i in range(config.num_samples)
+        ]
+
+    def leave(self, ident: int) -> None:
+        """Drop a stream (finished or not); its row is freed before the next step."""
+        self.leaving.add(ident)
+
+    @property
+    def active(self) -> int:
+        """Streams that joined and have not left or finished."""
+        gone = self.leaving
+        return sum(1 for s in self.streams + self.joining if s.ident not in gone)
+
+    def final_state(self, ident: int) -> State:
+        """The state of a stream after every symbol it drew (batch 1), until the next step."""
+        if ident in self.unstepped:
+            return self.unstepped[ident]
+        stream = next(s for s in self.streams if s.ident == ident)
+        state = self.stepper.row_state(stream.row)
+        if self.fed is None:
+            return state
+        with torch.inference_mode():
+            _, state = self.model(self.fed[stream.row].view(1, 1), state)
+        return state
+
+    def step(self) -> list[Piece]:
+        """Feed every stream its last symbol, let streams join and leave, and draw the next
+        symbol of each: the text each stream gained (finished streams leave by themselves)."""
+        self.unstepped.clear()
+        if self.leaving:
+            self._drop()
+        if self.fed is not None and self.streams:
+            self.stepper.advance(self.fed)
+        self.fed = None
+        pieces: list[Piece] = []
+        if self.joining:
+            pieces = self._admit()
+        if not self.streams:
+            return pieces
+        ids = self._draw()
+        self.fed = ids
+        return pieces + self._emit(ids.tolist())
+
+    def _drop(self) -> None:
+        kept = [s for s in self.streams if s.ident not in self.leaving]
+        self.joining = [s for s in self.joining if s.ident not in self.leaving]
+        self.leaving = set()
+        if len(kept) == len(self.streams):
+            return
+        rows = [s.row for s in kept]
+        self.stepper.keep_rows(rows)
+        if self.fed is not None:
+            self.fed = self.fed[rows]
+        self._arrange(kept)
+
+    def _admit(self) -> list[Piece]:
+        """Run the joining streams' primes (shared primes once) and add their rows."""
+        joining, self.joining = self.joining, []
+        done = [Piece(s.ident, "", "length") for s in joining if s.config.length == 0]
+        for stream in (s for s in joining if s.config.length == 0):
+            self.unstepped[stream.ident] = self._prime_state([stream])
+        joining = [s for s in joining if s.config.length > 0]
+        groups: dict[tuple[tuple[int, ...], int], list[_Stream]] = {}
+        for stream in joining:  # streams of one prime after one state run the prime once
+            key = (tuple(stream.ids.tolist()), id(stream.state))
+            groups.setdefault(key, []).append(stream)
+        added: list[_Stream] = []
+        for members in groups.values():
+            # The rows are taken outside inference mode: steps update them in place later.
+            self.stepper.append_rows(self._prime_state(members))
+            added += members
+        for stream in added:
+            stream.state = None  # held in the stepper's rows now
+        self._arrange(self.streams + added)
+        return done
+
+    def _prime_state(self, members: list[_Stream]) -> State:
+        """The state after the prime that `members` share, one row each."""
+        first, count = members[0], len(members)
+        state = first.state
+        if state is not None and count > 1:
+            state = repeat_state(state, count)
+        if first.ids.numel():
+            with torch.inference_mode():
+                return self.model(first.ids.view(1, -1).expand(count, -1), state)[1]
+        return state if state is not None else self.model.initial_state(count)
+
+    def _arrange(self, streams: list[_Stream]) -> None:
+        """Record the streams in row order and what each draw needs of them."""
+        self.streams = streams
+        for row, stream in enumerate(streams):
+            stream.row = row
+        scales = [s.scale for s in streams]
+        if all(scale == scales[0] for scale in scales):
+            self._scale = scales[0] if scales else 1.0
+        else:
+            self._scale = torch.tensor(scales, device=self.device).unsqueeze(1)
+        self._filtered = [s for s in streams if s.filtered]
+
+    def _draw(self) -> torch.Tensor:
+        """The next id of every row: argmax of scaled logits plus each stream's noise."""
+        top = self.stepper.top
+        scaled = top if isinstance(self._scale, float) and self._scale == 1.0 else top * self._scale
+        streams = self.streams
+        if len(streams) == 1:
+            extra = streams[0].extra()
+        else:
+            extra = torch.stack([s.extra() for s in streams])
+        logits = torch.addmm(extra, scaled, self.stepper.head_weight)
+        ids = logits.argmax(dim=-1)
+        for stream in self._filtered:
+            ids[stream.row] = stream.redraw(logits[stream.row : stream.row + 1])
+        return ids
+
+    def _emit(self, symbols: list[int]) -> list[Piece]:
+        pieces = []
+        for stream, symbol in zip(self.streams, symbols, strict=True):
+            stream.drawn += 1
+            text = stream.decode(symbol)
+            finish: FinishReason | None = None
+            watcher = stream.watcher
+            if watcher is not None:
+                text = watcher.feed(text)
+                if watcher.done:
+                    finish = "stop"
+            if finish is None and stream.drawn >= stream.config.length:
+                finish = "length"
+                if watcher is not None:
+                    text += watcher.flush()
+            draw = self._log_probs(stream, symbol) if stream.logprobs else None
+            if text or finish or draw:
+                pieces.append(Piece(stream.ident, text, finish, draw))
+            if finish:
+                self.leaving.add(stream.ident)
+        return pieces
+
+    def _log_probs(self, stream: _Stream, symbol: int) -> Draw:
+        """The model's log-probability of `symbol` and of the best alternatives at this row."""
+        row = self.stepper.top[stream.row : stream.row + 1]
+        logits = torch.addmm(self.stepper.head_bias, row, self.stepper.head_weight)[0]
+        logprobs = torch.log_softmax(logits.double(), dim=-1)
+        best = torch.topk(logprobs, min(stream.logprobs, logprobs.shape[0]))
+        top = tuple(
+            (symbol_text(self.vocab, i), float(v))
+            for v, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+        )
+        return Draw(symbol_text(self.vocab, symbol), float(logprobs[symbol]), top)
+
+
+def run_streams(batch: StreamBatch, tick: Callable[[], None] | None = None) -> Iterator[Piece]:
+    """Step `batch` until no stream is left, yielding every piece (`tick` after each step)."""
+    while batch.active:
+        yield from batch.step()
+        if tick is not None:
+            tick()
