@@ -16,7 +16,7 @@ STDLIB := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['s
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e ".[dev,plot]"
+	$(PY) -m pip install --quiet -e ".[dev,plot,serve]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -35,10 +35,12 @@ from charrnn.config import (
     DataConfig,
     DistillConfig,
     SampleConfig,
+    ServeConfig,
     Setting,
     check_train_options,
     declared_settings,
     preset_names,
+    read_serve_config,
     resolve_config,
     validate_sample_config,
 )
@@ -896,6 +898,35 @@ def export(
             ("size (bytes)", f"{result.output_bytes:,} ({result.source_bytes:,} before)"),
         ],
     )
+
+
+@app.command()
+@user_errors
+@with_settings(declared_settings(ServeConfig), after="checkpoint")
+def serve(
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
+        ),
+    ],
+    device: Annotated[str, typer.Option(help=SAMPLING_DEVICE_HELP)] = DEFAULT_DEVICE,
+    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    **serve_settings: Any,
+) -> None:
+    """Serve a model over HTTP: OpenAI-compatible completions (streamed too), a score
+    endpoint and a web page to write with. Ctrl-C stops it.
+
+    Example: charrnn serve --checkpoint runs/shakespeare-... then open http://127.0.0.1:8000
+    """
+    config = read_serve_config(serve_settings)
+    load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
+    from charrnn import commands
+
+    def listening(url: str) -> None:
+        print(f"serving {checkpoint} at {url} (Ctrl-C stops)", flush=True)
+
+    commands.serve_command(checkpoint, config, listening, device, threads, load_since)
 
 
 DISTILL_KEYS = tuple(s.name for s in declared_settings(DistillConfig))

@@ -37,6 +37,7 @@ from charrnn.config import (
     DistillConfig,
     RunConfig,
     SampleConfig,
+    ServeConfig,
     auto_kept_keys,
     check_init_from_flags,
     check_train_options,
@@ -44,9 +45,17 @@ from charrnn.config import (
     resolve_config,
     resume_config,
     validate_sample_config,
+    validate_serve_config,
     validate_threads,
 )
-from charrnn.errors import CheckpointError, CorpusError, TrainingError, UsageError, WriteError
+from charrnn.errors import (
+    CheckpointError,
+    CorpusError,
+    MissingExtraError,
+    TrainingError,
+    UsageError,
+    WriteError,
+)  # fmt: skip
 from charrnn.generation.sampling import generate, preview_text
 from charrnn.model.checkpoint import (
     BEST_NAME,
@@ -523,6 +532,34 @@ def interactive_command(
                 on_error(str(exc))
                 continue
             on_reply(["".join(text) for text in pieces])
+
+
+SERVE_HINT = "charrnn serve needs starlette and uvicorn: pip install 'charrnn[serve]'"
+
+
+def serve_command(
+    checkpoint_path: Path,
+    config: ServeConfig,
+    on_listening: Callable[[str], None],
+    device_name: str = DEFAULT_DEVICE,
+    threads: int = 0,
+    load_since: CpuSample | None = None,
+) -> None:
+    """Serve a saved model over HTTP until Ctrl-C or SIGTERM (`charrnn.serve`); the model
+    loads while the server starts, and `on_listening(url)` says where it listens."""
+    validate_serve_config(config)
+    validate_threads(threads)
+    try:
+        from charrnn.serve.app import run_server
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] in ("starlette", "uvicorn"):
+            raise MissingExtraError(SERVE_HINT) from None
+        raise
+    device = select_sampling_device(device_name)
+    path = Path(checkpoint_path)
+    name = config.name or (path.name if path.is_dir() or path.suffix != ".pt" else path.parent.name)
+    with CpuThreads(threads, load_since):
+        run_server(lambda: load_model(path, device), config, name or path.stem, on_listening)
 
 
 def eval_command(

@@ -695,6 +695,64 @@ def check_beam_options(config: SampleConfig) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- serving
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How `charrnn serve` listens and what one request may ask for; each field is an option."""
+
+    host: str = setting("127.0.0.1", "Address to listen on (0.0.0.0: every interface).")
+    port: int = setting(8000, "Port to listen on (0: any free port).")
+    name: str | None = setting(None, "The model's name in the API (default: the run's name).")
+    api_key: str | None = setting(
+        None, "Require 'Authorization: Bearer KEY' on all but /health (default: no key)."
+    )
+    max_tokens: int = setting(4096, "Most characters one completion may ask for.")
+    max_n: int = setting(16, "Most completions one request may ask for (n x prompts).")
+    max_streams: int = setting(
+        64, "Most completions generated at once; more get 429 until one ends."
+    )
+    max_body: int = setting(1_000_000, "Largest request body in bytes.")
+    max_prompt: int = setting(100_000, "Longest prompt (or text to score) in characters.")
+    request_timeout: float = setting(
+        300.0, "Seconds a request may take before it is ended (10m, 1h understood).",
+        parse=parse_duration,
+    )  # fmt: skip
+    idle_timeout: float = setting(
+        5.0, "Seconds an idle keep-alive connection stays open.", parse=parse_duration
+    )
+    unknown: str = setting("error", "Prompt characters the model never saw: error (a 400) or skip.")
+
+
+def read_serve_config(values: dict[str, Any]) -> ServeConfig:
+    """The serve settings from option values (durations may be text such as '10m'), checked."""
+    declared = {s.name: s for s in declared_settings(ServeConfig)}
+    config = ServeConfig(**{key: _coerce(declared[key], v, "serve") for key, v in values.items()})
+    validate_serve_config(config)
+    return config
+
+
+def validate_serve_config(config: ServeConfig) -> None:
+    """Raise `UsageError` for the first value out of range."""
+    _check(0 <= config.port <= 65535, f"port must be between 0 and 65535, got {config.port}")
+    _check(config.name != "", "name cannot be empty")
+    _check(config.api_key != "", "api-key cannot be empty")
+    for key in ("max_tokens", "max_n", "max_streams", "max_body", "max_prompt"):
+        value = getattr(config, key)
+        _check(value >= 1, f"{key.replace('_', '-')} must be at least 1, got {value}")
+    for key in ("request_timeout", "idle_timeout"):
+        value = getattr(config, key)
+        _check(
+            math.isfinite(value) and value > 0,
+            f"{key.replace('_', '-')} must be a positive duration, got {value}",
+        )
+    _check(
+        config.unknown in UNKNOWN_POLICIES,
+        f"unknown policy '{config.unknown}'; choose error or skip",
+    )
+
+
 # ----------------------------------------------------------------------------- distillation
 
 DISTILL_PANEL = "Distillation"

@@ -410,6 +410,8 @@ LAYERS = [
     ["__main__"],
     ["cli", "api"],  # two front ends over the same commands
     ["commands"],
+    ["serve.app"],  # charrnn serve: routes and the server's life
+    ["serve.engine", "serve.protocol"],
     ["training.distill", "training.autosize"],  # an objective; the probe runs the trainer's step
     ["training.trainer", "analysis.inspect_view"],  # the loop scores validation text
     ["generation.interactive"],  # sample --interactive: a prompt loop around generate
@@ -424,7 +426,7 @@ LAYERS = [
     ["system.atomic", "system.device", "config"],
     ["errors", "console", "system.cpuload", "version"],
     # subpackage docstrings: they import nothing
-    ["system", "text", "model", "training", "generation", "analysis"],
+    ["system", "text", "model", "training", "generation", "analysis", "serve"],
 ]  # fmt: skip
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import codecs
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
+from typing import Literal, NamedTuple
 
 import torch
 
 from charrnn.config import SampleConfig, validate_sample_config
+from charrnn.errors import UsageError
 from charrnn.generation.beam import repeat_state
 from charrnn.model.network import CharRNN, State, Stepper
 from charrnn.text.corpus import Vocab
@@ -72,22 +73,23 @@ def known_prime(vocab: Vocab, prime: str, policy: str) -> str:
 
 
 class StopWatcher:
-    """Holds back text that could be the start of the stop string."""
+    """Holds back text that could be the start of a stop string."""
 
-    def __init__(self, stop: str) -> None:
-        self.stop, self.pending, self.done = stop, "", False
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops, self.pending, self.done = stops, "", False
+        self.hold = max(len(stop) for stop in stops) - 1
 
     def feed(self, text: str) -> str:
-        """Text safe to emit now; sets `done` when the stop string has appeared."""
+        """Text safe to emit now; sets `done` when a stop string has appeared."""
         if self.done:
             return ""
         self.pending += text
-        cut = self.pending.find(self.stop)
-        if cut >= 0:
-            out, self.pending, self.done = self.pending[:cut], "", True
+        cuts = [cut for cut in (self.pending.find(stop) for stop in self.stops) if cut >= 0]
+        if cuts:
+            out, self.pending, self.done = self.pending[: min(cuts)], "", True
             return out
-        # Hold back the last len(stop) - 1 characters: they may begin the stop string.
-        out = self.pending[: max(0, len(self.pending) - (len(self.stop) - 1))]
+        # Hold back the last characters: they may begin a stop string.
+        out = self.pending[: max(0, len(self.pending) - self.hold)]
         self.pending = self.pending[len(out) :]
         return out
 
@@ -111,8 +113,7 @@ def symbol_text(vocab: Vocab, symbol: int) -> str:
     return bytes((value,)).decode("utf-8", "replace") if vocab.is_bytes else chr(value)
 
 
-@dataclass(frozen=True)
-class Draw:
+class Draw(NamedTuple):
     """One symbol drawn, with the model's log-probability of it (temperature 1, no filtering)
     and of its most likely alternatives, best first."""
 
@@ -121,8 +122,7 @@ class Draw:
     top: tuple[tuple[str, float], ...]
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
     """What one stream gained in one step: new text (maybe empty while a stop string may be
     beginning), why it finished if it did, and the symbol drawn when log-probabilities are on."""
 
@@ -137,12 +137,13 @@ class _Stream:
 
     def __init__(
         self, ident: int, config: SampleConfig, ids: torch.Tensor, state: State | None,
-        head_bias: torch.Tensor, logprobs: int, vocab: Vocab,
+        head_bias: torch.Tensor, logprobs: int, vocab: Vocab, stops: tuple[str, ...],
     ) -> None:  # fmt: skip
         self.ident, self.config, self.ids, self.state = ident, config, ids, state
         self.logprobs, self.drawn, self.row = logprobs, 0, -1
         self.decode = symbol_decoder(vocab)
-        self.watcher = StopWatcher(config.stop) if config.stop else None
+        stops = stops or ((config.stop,) if config.stop else ())
+        self.watcher = StopWatcher(stops) if stops else None
         self.filtered = not config.greedy and (config.top_k is not None or config.top_p is not None)
         self.scale = 1.0 if config.greedy else 1.0 / config.temperature
         self.generator = torch.Generator(device=head_bias.device)
@@ -193,17 +194,27 @@ class StreamBatch:
         self.unstepped: dict[int, State] = {}  # streams of length 0: the state after the prime
 
     def join(
-        self, prime: str, config: SampleConfig, state: State | None = None, logprobs: int = 0
+        self,
+        prime: str,
+        config: SampleConfig,
+        state: State | None = None,
+        logprobs: int = 0,
+        stops: tuple[str, ...] = (),
     ) -> int:
         """Add a stream that continues `prime` (after `state`, a batch-1 state; None: fresh);
-        its first symbol comes with the next `step`. Returns the stream's id.
+        its first symbol comes with the next `step`. Returns the stream's id. `logprobs`: how
+        many alternatives each `Piece.draw` lists (0: no draws); `stops`: several stop strings
+        (the stream ends at the first to appear) instead of `config.stop`.
 
         Raises `UsageError` for an option out of range or, under `config.unknown` error, a
         character of the prime the model never saw."""
         validate_sample_config(config)
         ids = prime_ids(self.vocab, prime, config.unknown).to(self.device)
+        if any(not stop for stop in stops):
+            raise UsageError("stop text cannot be empty")
+        head_bias = self.stepper.head_bias
         stream = _Stream(
-            self.next_ident, config, ids, state, self.stepper.head_bias, logprobs, self.vocab
+            self.next_ident, config, ids, state, head_bias, logprobs, self.vocab, stops
         )
         self.next_ident += 1
         self.joining.append(stream)
@@ -246,7 +257,8 @@ class StreamBatch:
     def step(self) -> list[Piece]:
         """Feed every stream its last symbol, let streams join and leave, and draw the next
         symbol of each: the text each stream gained (finished streams leave by themselves)."""
-        self.unstepped.clear()
+        if self.unstepped:
+            self.unstepped.clear()
         if self.leaving:
             self._drop()
         if self.fed is not None and self.streams:

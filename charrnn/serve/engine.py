@@ -1,0 +1,185 @@
+"""The server's batcher: one worker thread steps every open completion as one `StreamBatch`.
+
+Requests join and leave between steps through a queue the worker reads; after each step the
+worker hands all the pieces it drew to the event loop in one call. The steps run on their own
+thread because torch releases the interpreter lock while it computes: the event loop keeps
+reading requests and writing responses while a step runs, and a long step never stalls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from charrnn.config import SampleConfig
+from charrnn.generation.streams import Piece, StreamBatch, symbol_text
+from charrnn.model.network import CharRNN
+from charrnn.text.corpus import Vocab
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One completion a request asks for: its prime and how to draw it."""
+
+    prime: str
+    config: SampleConfig
+    logprobs: int = 0
+    stops: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's completions as the event loop sees them: `pieces` receives
+    `(choice, Piece)`, or `(choice, None)` after a failure of the worker."""
+
+    completions: list[Completion]
+    pieces: asyncio.Queue[tuple[int, Piece | None]] = field(default_factory=asyncio.Queue)
+    streams: dict[int, int] = field(default_factory=dict)  # the worker's: stream -> choice
+    released: bool = False
+
+
+class Full(Exception):
+    """More streams were asked for than `max_streams` allows now."""
+
+
+class Engine:
+    """Owns the model's `StreamBatch` and the worker thread that steps it."""
+
+    def __init__(self, model: CharRNN, vocab: Vocab, max_streams: int) -> None:
+        self.model, self.vocab, self.max_streams = model, vocab, max_streams
+        self.open = 0  # streams admitted and not released (event loop side)
+        self.closing = False
+        self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.loop = asyncio.get_running_loop()
+        self.worker = threading.Thread(target=self._work, name="charrnn-serve", daemon=True)
+        self.worker.start()
+
+    def submit(self, completions: list[Completion]) -> Ticket:
+        """Start `completions` in the next step; raises `Full` when the slots are taken."""
+        if self.open + len(completions) > self.max_streams or self.closing:
+            raise Full
+        self.open += len(completions)
+        ticket = Ticket(completions)
+        self.inbox.put(("join", ticket))
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        """Free a request's slots now; its unfinished streams leave before the next step."""
+        if not ticket.released:
+            ticket.released = True
+            self.open -= len(ticket.completions)
+            self.inbox.put(("leave", ticket))
+
+    def close(self) -> None:
+        """End every open stream (finish reason length) and refuse new ones; thread-safe."""
+        self.closing = True
+        self.inbox.put(("close", None))
+
+    def stop(self) -> None:
+        """End the worker thread."""
+        self.inbox.put(("stop", None))
+        self.worker.join(timeout=10)
+
+    # ------------------------------------------------------------------ the worker thread
+
+    def _work(self) -> None:
+        batch = StreamBatch(self.model, self.vocab)
+        owners: dict[int, Ticket] = {}  # stream -> its ticket
+        torch.set_grad_enabled(False)
+        while True:
+            messages = [self.inbox.get()] if not batch.active else []
+            while True:
+                try:
+                    messages.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for kind, ticket in messages:
+                if kind == "stop":
+                    return
+                if kind == "join":
+                    self._join(batch, ticket, owners)
+                elif kind == "leave":
+                    for stream in ticket.streams:
+                        batch.leave(stream)
+                        owners.pop(stream, None)
+                elif kind == "close":
+                    self._end_all(batch, owners)
+            if not batch.active:
+                continue
+            try:
+                pieces = batch.step()
+            except Exception:  # a bug: fail the open requests, keep serving new ones
+                self._fail(owners)
+                batch, owners = StreamBatch(self.model, self.vocab), {}
+                continue
+            self._deliver(owners, pieces)
+
+    def _join(self, batch: StreamBatch, ticket: Ticket, owners: dict[int, Ticket]) -> None:
+        if ticket.released:
+            return
+        for choice, completion in enumerate(ticket.completions):
+            stream = batch.join(
+                completion.prime, completion.config, logprobs=completion.logprobs,
+                stops=completion.stops,
+            )  # fmt: skip
+            ticket.streams[stream] = choice
+            owners[stream] = ticket
+
+    def _deliver(self, owners: dict[int, Ticket], pieces: list[Piece]) -> None:
+        """Hand a step's pieces to the event loop in one call."""
+        out = []
+        for piece in pieces:
+            ticket = owners.get(piece.stream)
+            if ticket is not None:
+                out.append((ticket, ticket.streams[piece.stream], piece))
+                if piece.finish:
+                    owners.pop(piece.stream)
+        if out:
+            self.loop.call_soon_threadsafe(_hand_over, out)
+
+    def _end_all(self, batch: StreamBatch, owners: dict[int, Ticket]) -> None:
+        """Finish every open stream now (the server is stopping)."""
+        pieces = [Piece(stream, "", "length") for stream in owners]
+        self._deliver(owners, pieces)
+        for stream in list(owners):
+            batch.leave(stream)
+        owners.clear()
+
+    def _fail(self, owners: dict[int, Ticket]) -> None:
+        out = [(ticket, ticket.streams[stream], None) for stream, ticket in owners.items()]
+        self.loop.call_soon_threadsafe(_hand_over, out)
+
+
+def _hand_over(out: list[tuple[Ticket, int, Piece | None]]) -> None:
+    """On the event loop: queue each piece for the request it belongs to."""
+    for ticket, choice, piece in out:
+        if not ticket.released:
+            ticket.pieces.put_nowait((choice, piece))
+
+
+def prompt_logprobs(
+    model: CharRNN, vocab: Vocab, ids: torch.Tensor, top: int
+) -> list[tuple[str, float | None, dict[str, float] | None]]:
+    """For `echo` with `logprobs`: each prompt character with the model's log-probability of
+    it and of the `top` best alternatives (None for the first, which nothing predicts)."""
+    texts = [symbol_text(vocab, int(i)) for i in ids.tolist()]
+    if not texts:
+        return []
+    with torch.inference_mode():
+        logits, _ = model(ids.view(1, -1))
+        logprobs = torch.log_softmax(logits[0].double(), dim=-1)
+    result: list[tuple[str, float | None, dict[str, float] | None]] = [(texts[0], None, None)]
+    for position in range(1, len(texts)):
+        row = logprobs[position - 1]
+        best = torch.topk(row, min(top, row.shape[0]))
+        alternatives = {
+            symbol_text(vocab, i): v
+            for v, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+        }
+        result.append((texts[position], float(row[int(ids[position])]), alternatives))
+    return result
