@@ -193,12 +193,11 @@ async def completions(request: Request) -> Response:
                        kind="rate_limit_error") from None  # fmt: skip
     reply = _Reply(state, asked, ticket, [echoes[i // asked.n] for i in range(len(jobs))])
     if asked.stream:
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(reply.events(), media_type="text/event-stream", headers=headers)
+        return _EventStream(reply)
     try:
         return JSONResponse(await reply.whole())
     finally:
-        engine.release(ticket)
+        reply.release()
 
 
 def _prime(state: ServerState, prompt: str) -> tuple[str, str]:
@@ -247,7 +246,7 @@ class _Choice:
 
     def __init__(self, echo: tuple[str, list[Any]], logprobs: bool) -> None:
         self.pending: deque[Any] = deque()  # draws whose character is not yet released
-        self.text, self.finish, self.offset = [echo[0]], None, 0
+        self.text, self.finish, self.length = [echo[0]], None, len(echo[0])
         self.logprobs = logprobs
         self.marks: list[Any] = list(echo[1])  # (token, logprob, top) of released characters
         self.sent_marks = 0
@@ -258,6 +257,7 @@ class _Choice:
             self.pending.append(piece.draw)
         self.text.append(piece.text)
         self.generated += len(piece.text)
+        self.length += len(piece.text)
         released = len(piece.text)
         while released > 0 and self.pending:
             draw = self.pending.popleft()
@@ -281,6 +281,22 @@ class _Choice:
         }  # fmt: skip
 
 
+class _EventStream(StreamingResponse):
+    """Server-sent events that free the request's slots the moment the response ends, however
+    it ends: finished, failed, or the client gone (the next write fails)."""
+
+    def __init__(self, reply: _Reply) -> None:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(reply.events(), media_type="text/event-stream", headers=headers)
+        self.reply = reply
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.reply.release()
+
+
 class _Reply:
     """A completion's choices filling in from the batcher, sent whole or as events."""
 
@@ -290,31 +306,45 @@ class _Reply:
         self.state, self.asked, self.ticket = state, asked, ticket
         self.choices = [_Choice(echo, asked.logprobs > 0) for echo in echoes]
         self.ident = completion_id()
-        self.deadline = time.monotonic() + state.config.request_timeout
+        # At the time limit a marker joins the pieces (asyncio.wait_for around each get could
+        # swallow the cancellation that a client's disconnect sends).
+        self.timer = asyncio.get_running_loop().call_later(
+            state.config.request_timeout, ticket.pieces.put_nowait, (-1, None)
+        )
 
-    async def _pieces(self) -> AsyncIterator[tuple[int, Piece]]:
-        """Each piece as it comes, until every choice has finished."""
+    async def _batches(self) -> AsyncIterator[list[tuple[int, Piece]]]:
+        """The pieces that have come, a batch at a time, until every choice has finished."""
         open_choices = len(self.choices)
+        pieces = self.ticket.pieces
         while open_choices:
-            left = self.deadline - time.monotonic()
-            try:
-                choice, piece = await asyncio.wait_for(self.ticket.pieces.get(), max(left, 0))
-            except asyncio.TimeoutError:
-                limit = self.state.config.request_timeout
-                raise ApiError(408, f"the request took longer than {limit:g} s") from None
-            if piece is None:
-                raise ApiError(500, "generation failed; the server goes on")
-            if piece.finish:
-                open_choices -= 1
-            yield choice, piece
+            batch = [await pieces.get()]
+            while not pieces.empty():  # what else has come: one write for all of it
+                batch.append(pieces.get_nowait())
+            for choice, piece in batch:
+                if choice < 0:
+                    limit = self.state.config.request_timeout
+                    raise ApiError(408, f"the request took longer than {limit:g} s")
+                if piece is None:
+                    raise ApiError(500, "generation failed; the server goes on")
+                if piece.finish:
+                    open_choices -= 1
+            yield batch  # type: ignore[misc]
+
+    def release(self) -> None:
+        """Free the slots (at once; the batcher drops the streams before its next step)."""
+        self.timer.cancel()
+        engine = self.state.engine
+        if engine is not None:
+            engine.release(self.ticket)
 
     def _usage(self) -> dict[str, int]:
         prompt = sum(len(p) for p in self.asked.prompts)
         return usage_object(prompt, sum(c.generated for c in self.choices))
 
     async def whole(self) -> dict[str, Any]:
-        async for choice, piece in self._pieces():
-            self.choices[choice].add(piece)
+        async for batch in self._batches():
+            for choice, piece in batch:
+                self.choices[choice].add(piece)
         choices = [
             choice_object(i, "".join(c.text), c.finish, c.logprob_object(0, 0))
             for i, c in enumerate(self.choices)
@@ -323,24 +353,29 @@ class _Reply:
 
     async def events(self) -> AsyncIterator[bytes]:
         """Server-sent events: a chunk per step's new text, then `data: [DONE]`."""
-        engine = self.state.engine
-        assert engine is not None
         try:
             if self.asked.echo:
                 echoed = [(i, c, "".join(c.text), 0, 0) for i, c in enumerate(self.choices)]
                 yield self._chunk(echoed)
-            async for index, piece in self._pieces():
-                choice = self.choices[index]
-                start, offset = len(choice.marks), sum(len(t) for t in choice.text)
-                choice.add(piece)
-                if piece.text or piece.finish:
-                    yield self._chunk([(index, choice, piece.text, start, offset)])
+            async for batch in self._batches():
+                events = []
+                for index, piece in batch:
+                    choice = self.choices[index]
+                    start, offset = len(choice.marks), choice.length
+                    choice.add(piece)
+                    if piece.text or piece.finish:
+                        events.append(self._chunk([(index, choice, piece.text, start, offset)]))
+                # A point where a disconnect's cancellation lands: writing to a closed
+                # connection returns at once, so without it the loop could spin here.
+                await asyncio.sleep(0)
+                if events:
+                    yield b"".join(events)
             if self.asked.include_usage:
                 yield sse(completion_object(self.ident, self.state.name, [], self._usage()))
         except ApiError as error:
             yield sse(error.body())
         finally:
-            engine.release(self.ticket)
+            self.release()
         yield sse("[DONE]")
 
     def _chunk(self, parts: list[tuple[int, _Choice, str, int, int]]) -> bytes:
