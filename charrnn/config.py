@@ -698,6 +698,9 @@ def check_beam_options(config: SampleConfig) -> None:
 # ----------------------------------------------------------------------------- serving
 
 
+BATCHERS = ("thread", "loop")  # where `charrnn serve` runs its batched steps
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How `charrnn serve` listens and what one request may ask for; each field is an option."""
@@ -723,6 +726,9 @@ class ServeConfig:
         5.0, "Seconds an idle keep-alive connection stays open.", parse=parse_duration
     )
     unknown: str = setting("error", "Prompt characters the model never saw: error (a 400) or skip.")
+    batcher: str = setting(
+        "thread", "Where the batched steps run: thread (a worker thread) or loop (the event loop)."
+    )
 
 
 def read_serve_config(values: dict[str, Any]) -> ServeConfig:
@@ -750,6 +756,10 @@ def validate_serve_config(config: ServeConfig) -> None:
     _check(
         config.unknown in UNKNOWN_POLICIES,
         f"unknown policy '{config.unknown}'; choose error or skip",
+    )
+    _check(
+        config.batcher in BATCHERS,
+        f"unknown batcher '{config.batcher}'; choose {' or '.join(BATCHERS)}",
     )
 
 

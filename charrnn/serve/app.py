@@ -281,6 +281,13 @@ class _Choice:
         }  # fmt: skip
 
 
+def _by_choice(batch: list[tuple[int, Piece]]) -> dict[int, list[Piece]]:
+    grouped: dict[int, list[Piece]] = {}
+    for choice, piece in batch:
+        grouped.setdefault(choice, []).append(piece)
+    return grouped
+
+
 class _EventStream(StreamingResponse):
     """Server-sent events that free the request's slots the moment the response ends, however
     it ends: finished, failed, or the client gone (the next write fails)."""
@@ -359,12 +366,14 @@ class _Reply:
                 yield self._chunk(echoed)
             async for batch in self._batches():
                 events = []
-                for index, piece in batch:
+                for index, pieces in _by_choice(batch).items():
                     choice = self.choices[index]
                     start, offset = len(choice.marks), choice.length
-                    choice.add(piece)
-                    if piece.text or piece.finish:
-                        events.append(self._chunk([(index, choice, piece.text, start, offset)]))
+                    for piece in pieces:
+                        choice.add(piece)
+                    text = "".join(piece.text for piece in pieces)
+                    if text or choice.finish:  # one event for what came of this choice
+                        events.append(self._chunk([(index, choice, text, start, offset)]))
                 # A point where a disconnect's cancellation lands: writing to a closed
                 # connection returns at once, so without it the loop could spin here.
                 await asyncio.sleep(0)
@@ -419,7 +428,8 @@ def create_app(load: Loader, config: ServeConfig, name: str) -> Starlette:
                 state.load_error = exc
                 state.stop_server()
                 return
-            state.engine = Engine(state.model, state.checkpoint.vocab, config.max_streams)
+            vocab = state.checkpoint.vocab
+            state.engine = Engine(state.model, vocab, config.max_streams, config.batcher)
 
         loading = asyncio.create_task(load_model())
         app.state.loading = loading

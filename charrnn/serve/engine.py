@@ -48,16 +48,24 @@ class Full(Exception):
 
 
 class Engine:
-    """Owns the model's `StreamBatch` and the worker thread that steps it."""
+    """Owns the model's `StreamBatch` and what steps it: a worker thread (`thread`), or a task
+    on the event loop (`loop`), which then runs the steps between its other work."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab, max_streams: int) -> None:
+    def __init__(self, model: CharRNN, vocab: Vocab, max_streams: int, batcher: str) -> None:
         self.model, self.vocab, self.max_streams = model, vocab, max_streams
         self.open = 0  # streams admitted and not released (event loop side)
         self.closing = False
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.loop = asyncio.get_running_loop()
-        self.worker = threading.Thread(target=self._work, name="charrnn-serve", daemon=True)
-        self.worker.start()
+        self.batch = StreamBatch(model, vocab)
+        self.owners: dict[int, Ticket] = {}  # stream -> its ticket (the stepping side's)
+        self.wake = asyncio.Event()
+        self.threaded = batcher == "thread"
+        if self.threaded:
+            self.worker = threading.Thread(target=self._work, name="charrnn-serve", daemon=True)
+            self.worker.start()
+        else:
+            self.task = asyncio.ensure_future(self._drive())
 
     def submit(self, completions: list[Completion]) -> Ticket:
         """Start `completions` in the next step; raises `Full` when the slots are taken."""
@@ -65,7 +73,7 @@ class Engine:
             raise Full
         self.open += len(completions)
         ticket = Ticket(completions)
-        self.inbox.put(("join", ticket))
+        self._send("join", ticket)
         return ticket
 
     def release(self, ticket: Ticket) -> None:
@@ -73,51 +81,75 @@ class Engine:
         if not ticket.released:
             ticket.released = True
             self.open -= len(ticket.completions)
-            self.inbox.put(("leave", ticket))
+            self._send("leave", ticket)
 
     def close(self) -> None:
         """End every open stream (finish reason length) and refuse new ones; thread-safe."""
         self.closing = True
-        self.inbox.put(("close", None))
+        self._send("close", None)
 
     def stop(self) -> None:
-        """End the worker thread."""
-        self.inbox.put(("stop", None))
-        self.worker.join(timeout=10)
+        """End the stepping."""
+        self._send("stop", None)
+        if self.threaded:
+            self.worker.join(timeout=10)
 
-    # ------------------------------------------------------------------ the worker thread
+    def _send(self, kind: str, ticket: Ticket | None) -> None:
+        self.inbox.put((kind, ticket))
+        if not self.threaded:
+            self.loop.call_soon_threadsafe(self.wake.set)
+
+    # ------------------------------------------------------------------ the stepping side
 
     def _work(self) -> None:
-        batch = StreamBatch(self.model, self.vocab)
-        owners: dict[int, Ticket] = {}  # stream -> its ticket
+        """The worker thread: wait while idle, else step."""
         torch.set_grad_enabled(False)
+        while self._handle(block=not self.batch.active):
+            self._step()
+
+    async def _drive(self) -> None:
+        """The task on the event loop: step, then let the loop run its other work."""
         while True:
-            messages = [self.inbox.get()] if not batch.active else []
-            while True:
-                try:
-                    messages.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
-            for kind, ticket in messages:
-                if kind == "stop":
-                    return
-                if kind == "join":
-                    self._join(batch, ticket, owners)
-                elif kind == "leave":
-                    for stream in ticket.streams:
-                        batch.leave(stream)
-                        owners.pop(stream, None)
-                elif kind == "close":
-                    self._end_all(batch, owners)
-            if not batch.active:
-                continue
+            if not self.batch.active and self.inbox.empty():
+                self.wake.clear()
+                await self.wake.wait()
+            if not self._handle(block=False):
+                return
+            with torch.no_grad():
+                self._step()
+            await asyncio.sleep(0)
+
+    def _handle(self, block: bool) -> bool:
+        """Apply the joins, leaves and closes sent since the last step; False to stop."""
+        messages = [self.inbox.get()] if block else []
+        while True:
             try:
-                pieces = batch.step()
-            except Exception:  # a bug: fail the open requests, keep serving new ones
-                self._fail(owners)
-                batch, owners = StreamBatch(self.model, self.vocab), {}
-                continue
-            self._deliver(owners, pieces)
+                messages.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        for kind, ticket in messages:
+            if kind == "stop":
+                return False
+            if kind == "join":
+                self._join(self.batch, ticket, self.owners)
+            elif kind == "leave":
+                for stream in ticket.streams:
+                    self.batch.leave(stream)
+                    self.owners.pop(stream, None)
+            elif kind == "close":
+                self._end_all(self.batch, self.owners)
+        return True
+
+    def _step(self) -> None:
+        if not self.batch.active:
+            return
+        try:
+            pieces = self.batch.step()
+        except Exception:  # a bug: fail the open requests, keep serving new ones
+            self._fail(self.owners)
+            self.batch, self.owners = StreamBatch(self.model, self.vocab), {}
+            return
+        self._deliver(self.owners, pieces)
 
     def _join(self, batch: StreamBatch, ticket: Ticket, owners: dict[int, Ticket]) -> None:
         if ticket.released:
@@ -140,7 +172,7 @@ class Engine:
                 if piece.finish:
                     owners.pop(piece.stream)
         if out:
-            self.loop.call_soon_threadsafe(_hand_over, out)
+            self._post(out)
 
     def _end_all(self, batch: StreamBatch, owners: dict[int, Ticket]) -> None:
         """Finish every open stream now (the server is stopping)."""
@@ -152,7 +184,14 @@ class Engine:
 
     def _fail(self, owners: dict[int, Ticket]) -> None:
         out = [(ticket, ticket.streams[stream], None) for stream, ticket in owners.items()]
-        self.loop.call_soon_threadsafe(_hand_over, out)
+        self._post(out)
+
+    def _post(self, out: list[tuple[Ticket, int, Piece | None]]) -> None:
+        """Hand pieces to the event loop: in one call from the worker thread, or directly."""
+        if self.threaded:
+            self.loop.call_soon_threadsafe(_hand_over, out)
+        else:
+            _hand_over(out)
 
 
 def _hand_over(out: list[tuple[Ticket, int, Piece | None]]) -> None:
