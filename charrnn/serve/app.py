@@ -49,6 +49,7 @@ from charrnn.serve.protocol import (
 from charrnn.text.preprocess import preprocess_text
 
 Loader = Callable[[], tuple[CharRNN, Checkpoint]]
+EVENT_INTERVAL = 0.02  # seconds between two events of one stream at most rate
 
 
 @dataclass
@@ -374,11 +375,12 @@ class _Reply:
                     text = "".join(piece.text for piece in pieces)
                     if text or choice.finish:  # one event for what came of this choice
                         events.append(self._chunk([(index, choice, text, start, offset)]))
-                # A point where a disconnect's cancellation lands: writing to a closed
-                # connection returns at once, so without it the loop could spin here.
-                await asyncio.sleep(0)
                 if events:
                     yield b"".join(events)
+                # Text drawn meanwhile waits for the next event: fewer, larger writes keep the
+                # event loop's share of the work small. The pause is also where a disconnect's
+                # cancellation lands (a write to a closed connection returns at once).
+                await asyncio.sleep(EVENT_INTERVAL)
             if self.asked.include_usage:
                 yield sse(completion_object(self.ident, self.state.name, [], self._usage()))
         except ApiError as error:

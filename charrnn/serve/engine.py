@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,9 @@ class Full(Exception):
     """More streams were asked for than `max_streams` allows now."""
 
 
+SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
+
+
 class Engine:
     """Owns the model's `StreamBatch` and what steps it: a worker thread (`thread`), or a task
     on the event loop (`loop`), which then runs the steps between its other work."""
@@ -62,6 +66,9 @@ class Engine:
         self.wake = asyncio.Event()
         self.threaded = batcher == "thread"
         if self.threaded:
+            # The worker gives the interpreter lock up for every torch call; a short switch
+            # interval gets it back soon when the event loop thread holds it meanwhile.
+            sys.setswitchinterval(SWITCH_INTERVAL)
             self.worker = threading.Thread(target=self._work, name="charrnn-serve", daemon=True)
             self.worker.start()
         else:
