@@ -257,6 +257,11 @@ class StreamBatch:
     def step(self) -> list[Piece]:
         """Feed every stream its last symbol, let streams join and leave, and draw the next
         symbol of each: the text each stream gained (finished streams leave by themselves)."""
+        # Inference mode for this step only: a caller's code between steps runs outside it.
+        with torch.inference_mode():
+            return self._step()
+
+    def _step(self) -> list[Piece]:
         if self.unstepped:
             self.unstepped.clear()
         if self.leaving:
