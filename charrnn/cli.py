@@ -34,6 +34,7 @@ from charrnn.config import (
     TRAINING_SETTINGS,
     DataConfig,
     DistillConfig,
+    ExportFormat,
     SampleConfig,
     Setting,
     check_train_options,
@@ -874,15 +875,25 @@ def export(
         str,
         typer.Option(help="int8: weight matrices as int8 with one scale per row; none: off."),
     ] = "none",
+    export_format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="pt: a checkpoint; html: one web page that runs the model offline; "
+            "onnx: a graph for onnxruntime (needs 'charrnn[onnx]').",
+        ),
+    ] = ExportFormat.PT,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Write an inference-only copy of a checkpoint (no optimizer state), smaller if asked.
+    """Write an inference-only copy of a checkpoint (no optimizer state), smaller if asked,
+    as a checkpoint, a web page or an ONNX graph.
 
     Example: charrnn export --checkpoint runs/shakespeare-... -o model.pt --quantize int8
+    Example: charrnn export --checkpoint shakespeare --format html -o poet.html --quantize int8
     """
     from charrnn import commands
 
-    result = commands.export_command(checkpoint, output, dtype, quantize)
+    result = commands.export_command(checkpoint, output, dtype, quantize, export_format)
     if json_output:
         print(json.dumps(result.to_dict()))
         return
@@ -890,7 +901,8 @@ def export(
         f"exported {result.output}",
         [
             ("source", str(result.source)),
-            ("format", _export_format({"dtype": result.dtype, "quantize": result.quantize})),
+            ("format", result.format),
+            ("weights", _export_format({"dtype": result.dtype, "quantize": result.quantize})),
             ("parameters", result.parameters),
             ("size (bytes)", f"{result.output_bytes:,} ({result.source_bytes:,} before)"),
         ],

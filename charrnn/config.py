@@ -11,6 +11,7 @@ below *are* the ``small`` preset: the recipe tuned for the best validation loss 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
 import re
@@ -608,6 +609,17 @@ def validate(config: RunConfig) -> None:
         t.precision in PRECISIONS,
         f"unknown precision '{t.precision}'; choose from {', '.join(PRECISIONS)}",
     )
+
+
+# ----------------------------------------------------------------------------- export
+
+
+class ExportFormat(str, enum.Enum):
+    """What `charrnn export` writes: a checkpoint, a self-contained web page or an ONNX graph."""
+
+    PT = "pt"
+    HTML = "html"
+    ONNX = "onnx"
 
 
 # ----------------------------------------------------------------------------- sampling

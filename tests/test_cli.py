@@ -415,7 +415,8 @@ LAYERS = [
     ["generation.interactive"],  # sample --interactive: a prompt loop around generate
     ["generation.sampling", "analysis.scoring", "analysis.plot", "analysis.inspection",
      "model.export"],
-    ["generation.beam"],
+    ["generation.beam", "model.onnx_graph"],
+    ["model.web_page"],  # the page; the ONNX graph shares its summary and cell check
     ["model.checkpoint", "analysis.metrics"],
     ["model.network", "text.run_text", "model.quantize"],
     ["text.corpus", "training.distributed", "analysis.run_history"],
