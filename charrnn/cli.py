@@ -101,6 +101,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
+CHECKPOINT_HELP = (
+    "A checkpoint file, a run directory (its best.pt), or shakespeare: the model built into "
+    "charrnn (a file or directory of that name wins)."
+)
+
 SAMPLING_DEVICE_HELP = (
     "auto, cpu, cuda or mps. For sampling, auto is the CPU: one small step per character is "
     "bound by latency, and a GPU pays launch costs on every step."
@@ -442,9 +447,7 @@ def prepare(
 def sample(
     checkpoint: Annotated[
         Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
+        typer.Option(help=CHECKPOINT_HELP, show_default=False),
     ],
     prime: Annotated[
         str,
@@ -580,9 +583,7 @@ def _interactive(
 def evaluate(
     checkpoint: Annotated[
         Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
+        typer.Option(help=CHECKPOINT_HELP, show_default=False),
     ],
     files: Annotated[
         list[Path] | None,
@@ -668,9 +669,7 @@ def evaluate(
 def info(
     checkpoint: Annotated[
         Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
+        typer.Option(help=CHECKPOINT_HELP, show_default=False),
     ],
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -687,6 +686,11 @@ def info(
     print_table(
         "checkpoint",
         [
+            *(
+                [("built in", f"yes: {checkpoint} ships with charrnn")]
+                if details["built_in"]
+                else []
+            ),
             ("parameters", details["parameters"]),
             ("vocabulary", f"{details['vocab_size']} {details['vocab_kind']}"),
             ("vocabulary preview", repr(details["vocab_preview"])),
@@ -763,9 +767,7 @@ def compare(
 def inspect_model(
     checkpoint: Annotated[
         Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
+        typer.Option(help=CHECKPOINT_HELP, show_default=False),
     ],
     text: Annotated[
         str, typer.Argument(help="The text to look at: a file, or - for stdin.", show_default=False)
@@ -861,9 +863,7 @@ def _teacher_of(objective: dict[str, Any]) -> str:
 def export(
     checkpoint: Annotated[
         Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
+        typer.Option(help=CHECKPOINT_HELP, show_default=False),
     ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="The file to write.", show_default=False)
