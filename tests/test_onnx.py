@@ -81,3 +81,20 @@ def test_the_docs_sampler_runs_on_numpy_and_onnxruntime_alone(corpus, tiny_confi
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("the ") and len(result.stdout) == 4 + 200 + 1  # and print's \n
+
+
+def test_without_the_onnx_package_the_export_is_one_line(corpus, tiny_config, tmp_path):
+    config = tiny_config(hidden=8, embed=4, max_steps=2, eval_every=2)
+    train_command([corpus], config, out=tmp_path / "run", cache_dir=corpus.parent / ".cache")
+    code = (
+        "import sys; sys.modules['onnx'] = None; sys.argv = ['charrnn', 'export', "
+        "'--checkpoint', 'run', '-o', 'm.onnx', '--format', 'onnx']; "
+        "from charrnn.cli import main; main()"
+    )  # onnx made unimportable, as where it is not installed
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 1 and not (tmp_path / "m.onnx").exists()
+    assert result.stderr.strip().splitlines() == [
+        "charrnn: error: export --format onnx needs the onnx package: pip install 'charrnn[onnx]'"
+    ]

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import urllib.parse
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from test_cli import invoke
 from charrnn.analysis.inspect_view import json_report
 from charrnn.commands import InspectOptions, inspect_command, sample_command, train_command
 from charrnn.config import SampleConfig
+from charrnn.errors import UsageError
+from charrnn.model.web_page import check_cell
 
 PRIME = "the quick brown fox, "
 GREEDY_CHARS = 240
@@ -112,11 +115,17 @@ def test_the_page_matches_inspect_probabilities_and_greedy_sample(
 @needs_chromium
 def test_the_page_samples_with_a_stop_text_and_shows_the_model(corpus, tiny_config, tmp_path):
     run = train_small(corpus, tiny_config, "lstm", tmp_path)
-    page = tmp_path / "poet.html"
-    result = invoke("export", "--checkpoint", run, "-o", page, "--format", "html", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    text = page.read_text("utf-8")
-    assert "<script src" not in text and "http" not in text.split("<script")[0]  # nothing fetched
+    page, checkpoint = tmp_path / "poet.html", tmp_path / "poet.pt"
+    for output, fmt in ((page, "html"), (checkpoint, "pt")):
+        result = invoke(
+            "export", "--checkpoint", run, "-o", output, "--format", fmt, "--quantize", "int8",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    text = page.read_bytes()
+    assert b"<script src" not in text and b"http" not in text.split(b"<script")[0]  # no fetches
+    # The weights as bytes (not base64): the page is the export's size and a fixed page.
+    assert page.stat().st_size < 1.03 * checkpoint.stat().st_size + 30_000
     spec = {"prime": "the ", "speed": 300, "options": {"topK": 5, "topP": 0.9}}
     shown = open_page(page, spec, tmp_path / "profile")
     assert len(shown["sample"]) == 300 and shown["sample_seconds"] > 0
@@ -133,3 +142,14 @@ def test_the_page_samples_with_a_stop_text_and_shows_the_model(corpus, tiny_conf
     ).stdout  # fmt: skip
     assert '<h1 id="name">lstm</h1>' in dom  # the run directory's name
     assert "2 x 32 LSTM" in dom and "30 steps" in dom and "corpus.txt" in dom
+
+
+@pytest.mark.parametrize("where", ["html", "onnx"])
+def test_a_cell_the_page_and_graph_lack_is_refused_in_one_line(where):
+    model = SimpleNamespace(cell="mingru")
+    checkpoint = SimpleNamespace(config=SimpleNamespace(model=model))
+    with pytest.raises(UsageError) as refused:
+        check_cell(checkpoint, where)  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        f"export --format {where} supports the cells lstm, gru, rnn, not 'mingru'"
+    )

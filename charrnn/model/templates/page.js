@@ -1,5 +1,5 @@
 "use strict";
-// A charrnn model in the browser: its weights are in this page (the "weights" element, base64),
+// A charrnn model in the browser: its weights are in this page (the "weights" element, raw bytes),
 // its shape and vocabulary in the "model" element. Everything runs here, offline: the cell step
 // (LSTM, GRU or RNN, any number of layers) and the sampling (temperature, top-k, top-p, prime,
 // stop). Sums are taken in double precision over float32 weights, which agrees with PyTorch's
@@ -7,11 +7,29 @@
 
 // ---------------------------------------------------------------------------- weights
 
-function base64Bytes(text) {
-  const binary = atob(text.trim());
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return bytes;
+// The page is windows-1252: each byte of the weights is one character. Bytes 0x80-0x9F read as
+// these characters; every other byte reads as the character of the same number.
+const WINDOWS_1252 = [0x20ac, 0x81, 0x201a, 0x192, 0x201e, 0x2026, 0x2020, 0x2021, 0x2c6, 0x2030,
+  0x160, 0x2039, 0x152, 0x8d, 0x17d, 0x8f, 0x90, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013,
+  0x2014, 0x2dc, 0x2122, 0x161, 0x203a, 0x153, 0x9d, 0x17e, 0x178];
+const SHIFT = 150; // charrnn's web_page.SHIFT: every byte was written plus this (mod 256)
+
+// The weights' bytes: undo the "=" escapes (byte + 64) and the shift.
+function pageBytes(text) {
+  const byteOf = new Map(WINDOWS_1252.map((code, i) => [code, 0x80 + i]));
+  const bytes = new Uint8Array(text.length);
+  let n = 0;
+  for (let i = 0; i < text.length; i++) {
+    let code = text.charCodeAt(i);
+    if (code >= 0x100 || (code >= 0x80 && code < 0xa0)) code = byteOf.get(code);
+    if (code === 0x3d) {
+      let next = text.charCodeAt(++i);
+      if (next >= 0x100 || (next >= 0x80 && next < 0xa0)) next = byteOf.get(next);
+      code = (next - 64) & 0xff;
+    }
+    bytes[n++] = (code - SHIFT) & 0xff;
+  }
+  return bytes.slice(0, n);
 }
 
 function halfToNumber(bits) {
@@ -346,7 +364,7 @@ function selfTest(meta, net, spec) {
 
 function main() {
   const meta = JSON.parse($("model").textContent);
-  const bytes = base64Bytes($("weights").textContent);
+  const bytes = pageBytes($("weights").textContent);
   const net = buildNet(meta, decodeTensors(meta.tensors, bytes));
   showModel(meta, bytes.length);
   startSampling(meta, net);
