@@ -94,17 +94,26 @@ function buildNet(meta, weights) {
   return {
     cell: meta.cell, relu: meta.nonlinearity === "relu", hidden: meta.hidden, embed: meta.embed,
     vocab: meta.symbols.length, embedding: weights["embed.weight"].data, layers: layers,
+    input: new Float64Array(meta.embed),
     headWeight: weights["head.weight"].data, headBias: weights["head.bias"].data,
   };
 }
 
-// out = W x + b for a row-major W of `cols` columns.
+// out = W x + b for a row-major W of `cols` columns. Four running sums let the processor
+// overlap the multiplications (about twice as fast as one sum).
 function affine(w, x, cols, b, out) {
+  const whole = cols - (cols % 4);
   for (let r = 0; r < out.length; r++) {
-    let sum = b[r];
     const base = r * cols;
-    for (let j = 0; j < cols; j++) sum += w[base + j] * x[j];
-    out[r] = sum;
+    let s0 = 0, s1 = 0, s2 = 0, s3 = 0, j = 0;
+    for (; j < whole; j += 4) {
+      s0 += w[base + j] * x[j];
+      s1 += w[base + j + 1] * x[j + 1];
+      s2 += w[base + j + 2] * x[j + 2];
+      s3 += w[base + j + 3] * x[j + 3];
+    }
+    for (; j < cols; j++) s0 += w[base + j] * x[j];
+    out[r] = b[r] + (s0 + s1 + (s2 + s3));
   }
 }
 
@@ -118,7 +127,10 @@ function zeroState(net) {
 // Feed one symbol: PyTorch's equations (gate order i f g o for the LSTM, r z n for the GRU).
 function advance(net, state, id) {
   const H = net.hidden;
-  let x = net.embedding.subarray(id * net.embed, (id + 1) * net.embed);
+  // Copied into a Float64Array: affine then always sees one kind of array, which V8 compiles
+  // far better than a call site that sees two.
+  let x = net.input;
+  for (let j = 0; j < net.embed; j++) x[j] = net.embedding[id * net.embed + j];
   for (let l = 0; l < net.layers.length; l++) {
     const layer = net.layers[l], h = state.h[l], gi = layer.fromInput, gh = layer.fromHidden;
     affine(layer.wih, x, layer.inputs, layer.bih, gi);
