@@ -412,9 +412,8 @@ LAYERS = [
     ["commands"],
     ["training.distill", "training.autosize"],  # an objective; the probe runs the trainer's step
     ["training.trainer", "analysis.inspect_view"],  # the loop scores validation text
-    ["generation.interactive"],  # sample --interactive: a prompt loop around generate
-    ["generation.sampling", "analysis.scoring", "analysis.plot", "analysis.inspection",
-     "model.export"],
+    ["generation.interactive", "analysis.inspection"],  # inspection: scoring's windows
+    ["generation.sampling", "analysis.scoring", "analysis.plot", "model.export"],
     ["generation.beam"],
     ["model.checkpoint", "analysis.metrics"],
     ["model.network", "text.run_text", "model.quantize"],

@@ -16,7 +16,7 @@ import torch
 
 from charrnn.text.corpus import IGNORE_INDEX, Vocab
 
-TOP_K = 5
+TOP_K = 5  # a prediction counts as top-k; inspect also shows this many per position
 CONFUSIONS_SHOWN = 10
 _PAIR_BUFFER = 1 << 20  # error pairs buffered before they are folded into the counter
 

@@ -96,17 +96,18 @@ def _unknown_targets(targets: np.ndarray, unknown_id: int | None) -> int:
 @dataclass(frozen=True)
 class Window:
     """One window through the model: ids and next-symbol targets (S, T) on the device (the
-    targets also as read, on the host), and what the forward function made of them (logits
-    (S, T, V) for a `CharRNN`)."""
+    targets also as read, on the host), the logits (S, T, V) and all the forward function
+    returned (the logits themselves, or a record with `.logits`, as inspect's trace)."""
 
     inputs: Tensor
     targets: Tensor
-    output: Any
+    logits: Tensor
     host_targets: np.ndarray
+    output: Any
 
     def losses(self, reduction: str = "sum") -> Tensor:
         """Cross-entropy of the logits against the targets (IGNORE_INDEX targets left out)."""
-        logits = self.output
+        logits = self.logits
         return F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             self.targets.reshape(-1),
@@ -131,7 +132,8 @@ def forward_windows(
             threads.tick()
         x = torch.from_numpy(inputs).to(device)
         output, state = forward(x, state)
-        yield Window(x, torch.from_numpy(targets).to(device), output, targets)
+        y = torch.from_numpy(targets).to(device)
+        yield Window(x, y, getattr(output, "logits", output), targets, output)
         state = detach_state(state)
 
 
@@ -167,7 +169,7 @@ def score_ids(
         for window in forward_windows(model, windows, device, threads):
             total += window.losses().double()
             if tally is not None:
-                tally.update(window.output, window.targets)
+                tally.update(window.logits, window.targets)
             scored += int((window.host_targets != IGNORE_INDEX).sum())
             unknown += _unknown_targets(window.host_targets, unknown_id)
     return EvalResult(float(total), scored, unknown_symbol_chars=unknown)
