@@ -21,8 +21,8 @@ from charrnn.analysis.inspection import (
     Inspection,
     Tracker,
     UnitRef,
-    symbol_text,
 )
+from charrnn.text.corpus import symbol_glyph
 
 MAX_BITS = 8.0  # the surprisal colour scale saturates here
 EXCERPT_CHARS = 160  # the text shown under each --find tracker in the terminal
@@ -63,11 +63,6 @@ def unit_stops() -> list[str]:
     return [_hex(unit_rgb(k / 4, 1.0)) for k in range(-4, 5)]
 
 
-def _shown_char(symbol: int, is_bytes: bool) -> str:
-    text = symbol_text(symbol, is_bytes)
-    return text if text == "\n" or text.isprintable() else "\u00b7"
-
-
 # ----------------------------------------------------------------------------- terminal
 
 
@@ -85,7 +80,7 @@ def coloured_text(
     )
     values = inspection.unit_values(unit)[:count] if unit is not None else None
     scale = _unit_scale(values) if values is not None else 0.0
-    chars = [_shown_char(int(s), inspection.is_bytes) for s in inspection.symbols[:count]]
+    chars = [symbol_glyph(int(s), inspection.is_bytes, True) for s in inspection.symbols[:count]]
     if plain:
         return _text_with_bars(inspection, chars, values)
     text = Text()
@@ -297,13 +292,13 @@ def json_report(inspection: Inspection, unit: UnitRef | None) -> dict[str, Any]:
         known = bool(inspection.known[k])
         bits = float(inspection.bits[k])
         entry: dict[str, Any] = {
-            "char": symbol_text(int(inspection.symbols[k]), inspection.is_bytes),
+            "char": symbol_glyph(int(inspection.symbols[k]), inspection.is_bytes),
             "known": known,
             "bits": _num(bits),
             "top5": []
             if math.isnan(bits)
             else [
-                [symbol_text(vocab.symbols[int(i)], vocab.is_bytes), _num(float(p))]
+                [vocab.glyph(int(i)), _num(float(p))]
                 for i, p in zip(inspection.top_ids[k], inspection.top_probs[k], strict=False)
             ],
         }
@@ -363,12 +358,12 @@ def html_report(inspection: Inspection, source: str, unit: UnitRef | None) -> st
     bits = inspection.bits.astype(float).tolist()
     steps = range(-UNIT_STEPS, UNIT_STEPS + 1)  # the page's unit colours, one per int8 step
     payload = {
-        "chars": [_shown_char(int(s), inspection.is_bytes) for s in inspection.symbols],
+        "chars": [symbol_glyph(int(s), inspection.is_bytes, True) for s in inspection.symbols],
         "known": inspection.known.astype(int).tolist(),
         "bits": [_num(float(b), 3) for b in inspection.bits],
         "top": [
             [
-                [symbol_text(vocab.symbols[int(i)], vocab.is_bytes), round(float(p), 4)]
+                [vocab.glyph(int(i)), round(float(p), 4)]
                 for i, p in zip(ids, probs, strict=False)
                 if p > 0
             ]

@@ -104,13 +104,6 @@ def _stdin_symbols(vocab: Vocab, config: DataConfig) -> np.ndarray:
     return symbols_of(preprocess_text(text, config), False)
 
 
-def symbol_text(symbol: int, is_bytes: bool) -> str:
-    """How one symbol is shown: the character, or for a byte above ASCII a middle dot."""
-    if is_bytes and symbol >= 0x80:
-        return "\u00b7"
-    return chr(symbol)
-
-
 # ----------------------------------------------------------------------------- text features
 
 NEWLINE = ord("\n")
@@ -513,7 +506,7 @@ class _KnownStream:
     `offset`), and the first `show` symbols of all (0: all) with whether each is known."""
 
     def __init__(self, chunks: Iterable[np.ndarray], vocab: Vocab, show: int) -> None:
-        self.table = vocab.lookup_table()
+        self.vocab = vocab
         self.chunks = iter(chunks)
         self.show = show
         self.pending = np.zeros(0, dtype=np.int64)
@@ -529,15 +522,14 @@ class _KnownStream:
             if chunk is None:
                 self.exhausted = True
                 return
-            plus_one = self.table[np.asarray(chunk, dtype=np.int64)]
-            known = plus_one > 0
+            ids, known = self.vocab.known_ids(np.asarray(chunk, dtype=np.int64))
             room = chunk.shape[0] if self.show == 0 else max(0, self.show - self.seen)
             if room:
                 self.shown_symbols.append(np.asarray(chunk[:room], dtype=np.int64))
                 self.shown_known.append(known[:room])
             self.seen += chunk.shape[0]
             self.unknown += int((~known).sum())
-            self.pending = np.concatenate([self.pending, plus_one[known].astype(np.int64) - 1])
+            self.pending = np.concatenate([self.pending, ids])
 
     def advance(self, count: int) -> None:
         self.pending, self.offset = self.pending[count:], self.offset + count
@@ -609,7 +601,7 @@ class _SpanFinder:
         return [
             {
                 "start": start,
-                "text": "".join(symbol_text(vocab.symbols[i], vocab.is_bytes) for i in ids),
+                "text": "".join(vocab.glyph(i) for i in ids),
                 "bits": total,
                 "bits_per_char": total / bits.shape[0],
                 "worst": int(bits.argmax()),

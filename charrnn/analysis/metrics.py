@@ -70,14 +70,6 @@ class CharMetrics:
         return summary
 
 
-def symbol_label(vocab: Vocab, index: int) -> str:
-    """How a symbol id is shown: the character, a byte as 0x.., the unknown symbol as <unk>."""
-    symbol = vocab.symbols[index]
-    if vocab.unknown is not None and symbol == vocab.unknown:
-        return "<unk>"
-    return f"0x{symbol:02x}" if vocab.is_bytes else chr(symbol)
-
-
 class MetricsTally:
     """Counts from scored windows, turned into `CharMetrics` by `result`."""
 
@@ -139,15 +131,15 @@ class MetricsTally:
         order = np.lexsort((occurring, -occurrences))
         per_char = tuple(
             CharScore(
-                symbol_label(vocab, int(occurring[i])), int(occurrences[i]),
+                vocab.label(int(occurring[i])), int(occurrences[i]),
                 int(predictions[i]), float(precision[i]), float(recall[i]), float(f1[i]),
             )
             for i in order
         )  # fmt: skip
         confusions = tuple(
             Confusion(
-                symbol_label(vocab, key // self.vocab_size),
-                symbol_label(vocab, key % self.vocab_size),
+                vocab.label(key // self.vocab_size),
+                vocab.label(key % self.vocab_size),
                 count,
                 count / int(self.occurrences[key // self.vocab_size]),
             )
