@@ -250,16 +250,36 @@ def evaluate_files(
 ) -> EvalResult:
     """Score each file as its own text and sum; symbols the vocabulary lacks are counted and
     left out (with an unknown symbol there are none: they are scored as it)."""
-    total = EvalResult(0.0, 0)
+    texts = encode_files(checkpoint, files, encoding)
     unknown_id = checkpoint.vocab.unknown_id
-    for ids, missing in encode_files(checkpoint, files, encoding):
+    return require_scored(score_texts(model, texts, streams, device, threads, tally, unknown_id))
+
+
+def score_texts(
+    model: CharRNN,
+    texts: list[tuple[np.ndarray, int]],
+    streams: int,
+    device: torch.device | str = "cpu",
+    threads: CpuThreads | None = None,
+    tally: MetricsTally | None = None,
+    unknown_id: int | None = None,
+) -> EvalResult:
+    """Each text (its ids, and how many symbols it lacked) scored on its own (`score_ids`),
+    summed."""
+    total = EvalResult(0.0, 0)
+    for ids, missing in texts:
         result = score_ids(model, ids, streams, device, threads, tally, unknown_id)
         total = total + replace(result, unknown_chars=missing)
-    if total.chars == 0:
+    return total
+
+
+def require_scored(result: EvalResult) -> EvalResult:
+    """`result`, unless it scored nothing: a text the user gave must hold something to score."""
+    if result.chars == 0:
         raise CorpusError(
             "nothing to score: the text has fewer than two characters the model knows"
         )
-    return total
+    return result
 
 
 @dataclass(frozen=True)
