@@ -1,5 +1,6 @@
 """How an `Inspection` is shown: coloured text and tables for the terminal (rich), one plain JSON
-object for machines, and one self-contained HTML page (inline CSS and script, no network)."""
+object for machines, and one self-contained HTML page (inline CSS and script, no network) from
+the template templates/inspect.html. The colours are computed here, once, for both."""
 
 from __future__ import annotations
 

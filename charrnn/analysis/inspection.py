@@ -1,12 +1,12 @@
 """Looking inside a model: per-character surprisal, unit values, gate statistics, and the units
 that best track simple features of the text (Karpathy, Johnson & Fei-Fei 2015).
 
-The text streams through the network window by window with the state carried, as `eval` scores
-it, so a long file needs memory for one window of activations, not for the whole text. Each layer
-runs as its own single-layer fused module with the model's weights, which yields every layer's
-outputs h; the gates and the LSTM cell state c are then computed from those outputs and the same
-weights, vectorised over the window (c by a parallel scan), and checked against the fused
-layers' final state in the tests.
+The text streams through the network window by window with the state carried, through the same
+`scoring.forward_windows` that `eval` scores with, so a long file needs memory for one window of
+activations, not for the whole text. Each layer runs as its own single-layer fused module with the
+model's weights, which yields every layer's outputs h; the gates and the LSTM cell state c are
+then computed from those outputs and the same weights, vectorised over the window (c by a
+parallel scan), and checked against the fused layers' final state in the tests.
 """
 
 from __future__ import annotations
