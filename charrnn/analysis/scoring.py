@@ -131,8 +131,8 @@ def forward_windows(
         if threads is not None:
             threads.tick()
         x = torch.from_numpy(inputs).to(device)
-        output, state = forward(x, state)
         y = torch.from_numpy(targets).to(device)
+        output, state = forward(x, state)
         yield Window(x, y, getattr(output, "logits", output), targets, output)
         state = detach_state(state)
 
