@@ -114,9 +114,8 @@ class Quantize(Choice):
 
 DYNAMIC_LR = 0.1  # SGD step of `eval --dynamic`: the best of a grid on tiny Shakespeare
 DEFAULT_PRESET = "small"
-DEFAULT_DEVICE = (
-    Device.AUTO.value
-)  # every command: CUDA, then MPS, then the CPU (sampling: the CPU)
+# Every command's device: CUDA, then MPS, then the CPU (sampling: the CPU).
+DEFAULT_DEVICE = Device.AUTO.value
 
 # Runs go to runs/<corpus>-<time> unless --out says otherwise; encoded corpora are cached beside
 # the runs that use them, so a default run's cache is runs/.cache (where `prepare` writes too).
@@ -167,10 +166,9 @@ def setting(
     `parse`: how text sets it where its type is not text (durations); the command line passes text.
     `choices`: the words it takes (its value stays text; `validate` checks it).
     """
-    info = {
-        "help": help, "panel": panel, "resumable": resumable, "flag": flag, "parse": parse,
-        "choices": choices,
-    }  # fmt: skip
+    info = dict(
+        help=help, panel=panel, resumable=resumable, flag=flag, parse=parse, choices=choices
+    )
     return field(default=default, metadata={"setting": info})
 
 
@@ -262,9 +260,11 @@ class DataConfig:
         False, "Fold accents to ASCII (é -> e); drop characters with no ASCII form.", DATA_PANEL
     )
     normalize: str = setting(
-        NormalForm.NONE.value, "Unicode normal form (none: as written).", DATA_PANEL,
+        NormalForm.NONE.value,
+        "Unicode normal form (none: as written).",
+        DATA_PANEL,
         choices=NormalForm,
-    )  # fmt: skip
+    )
     strip_control: bool = setting(
         False, "Remove ANSI escapes and control characters but newline and tab.", DATA_PANEL
     )
