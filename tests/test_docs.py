@@ -38,3 +38,36 @@ def test_every_relative_link_names_a_file_and_heading_that_exist():
             if not linked.exists() or (anchor and anchor not in heading_anchors(linked)):
                 broken.append(f"{page.relative_to(REPO)}: {target}")
     assert broken == []
+
+
+# Flags of other programs the pages show: torchrun's and docker's.
+OTHER_PROGRAMS_FLAGS = {
+    "--nnodes",
+    "--nproc_per_node",
+    "--rdzv-backend",
+    "--rdzv-endpoint",
+    "--rdzv-id",
+    "--standalone",
+    "--cpus",
+}
+
+
+def test_every_option_the_pages_mention_exists():
+    import typer.main
+
+    from charrnn.cli import app
+
+    group = typer.main.get_command(app)
+    params = [*group.params, *(p for c in group.commands.values() for p in c.params)]
+    known = {"--help"} | {o for p in params for o in (*p.opts, *p.secondary_opts)}
+    unknown = []
+    for page in PAGES:
+        if page.name in {"cli.md", "errors.md"}:  # generated; errors.md shows mistyped options
+            continue
+        mentioned = set(
+            re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]", page.read_text("utf-8"))
+        )
+        unknown += [
+            f"{page.name}: {flag}" for flag in sorted(mentioned - known - OTHER_PROGRAMS_FLAGS)
+        ]
+    assert unknown == []
