@@ -42,6 +42,8 @@ from charrnn.config import (
     UnitState,
     check_train_options,
     declared_settings,
+    format_duration,
+    parse_duration,
     preset_names,
     resolve_config,
     validate_sample_config,
@@ -201,6 +203,8 @@ def shown_default(setting: Setting) -> str | bool:
     setting's help says what it means."""
     if setting.default is None:
         return False
+    if setting.parse is parse_duration:
+        return format_duration(setting.default)
     if setting.type is bool and setting.flag and "/" in setting.flag:
         on, off = setting.flag.split("/")
         return (on if setting.default else off).lstrip("-")

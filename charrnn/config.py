@@ -146,6 +146,14 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * scale
 
 
+def format_duration(seconds: float) -> str:
+    """`seconds` as `parse_duration` reads it, in the largest whole unit: 300 is '5m'."""
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= scale and seconds % scale == 0:
+            return f"{seconds / scale:g}{unit}"
+    return f"{seconds:g}s"
+
+
 # ----------------------------------------------------------------------------- declaring settings
 
 
@@ -343,7 +351,7 @@ class TrainConfig:
     )
     collective_timeout: float = setting(  # seconds; bounds the wait for a rank that died or hung
         300.0,
-        "Under torchrun: how long a rank waits for the others (default 5m) before the job stops.",
+        "Under torchrun: how long a rank waits for the others before the job stops.",
         RUN_PANEL,
         resumable=True,
         parse=parse_duration,
