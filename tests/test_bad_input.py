@@ -213,7 +213,7 @@ FAILURES = [
     ("export-over-source", ["export", "--checkpoint", "run", "-o", "run/best.pt"], 2,
      ["export would overwrite its source run/best.pt; choose another -o"]),
     ("export-unknown-format", ["export", "--checkpoint", "run", "-o", "m.zip", "--format", "zip"],
-     2, ["invalid value for '--format'", "'zip' is not one of 'pt', 'html', 'onnx'"]),
+     2, ["unknown export format 'zip'; choose from pt, html, onnx"]),
     ("export-no-directory",
      ["export", "--checkpoint", "run", "-o", "nodir/m.html", "--format", "html"], 2,
      ["cannot write nodir/m.html: no directory nodir"]),
