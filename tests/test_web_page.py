@@ -135,13 +135,19 @@ def test_the_page_samples_with_a_stop_text_and_shows_the_model(corpus, tiny_conf
     spec = {"prime": "the ", "greedy": 100, "speed": 100, "options": {"topK": 1}}
     again = open_page(page, spec, tmp_path / "profile")
     assert again["sample"] == again["greedy"]  # top-k 1 is greedy
+    # Press Generate (the #generate= link does) and let the page's timers run: the text streams
+    # into the page in slices and the status line counts it.
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", page.resolve().as_uri()],
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=60000",
+         f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom",
+         page.resolve().as_uri() + "#generate=the%20"],
         capture_output=True, text=True, timeout=120,
     ).stdout  # fmt: skip
     assert '<h1 id="name">lstm</h1>' in dom  # the run directory's name
     assert "2 x 32 LSTM" in dom and "30 steps" in dom and "corpus.txt" in dom
+    output = html.unescape(re.search(r'<pre id="output">([^<]*)</pre>', dom).group(1))
+    assert output.startswith("the ") and len(output) == 4 + 500  # the form's default length
+    assert re.search(r'<p id="status">500 characters, \d+ chars/s</p>', dom)
 
 
 @pytest.mark.parametrize("where", ["html", "onnx"])

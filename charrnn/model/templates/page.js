@@ -381,6 +381,11 @@ function main() {
   showModel(meta, bytes.length);
   startSampling(meta, net);
   if (location.hash.startsWith("#test=")) selfTest(meta, net, JSON.parse(decodeURIComponent(location.hash.slice(6))));
+  // #generate=PRIME: press Generate with that prime once the page is up (a link can start it).
+  if (location.hash.startsWith("#generate=")) {
+    $("prime").value = decodeURIComponent(location.hash.slice(10));
+    $("controls").requestSubmit();
+  }
 }
 
 main();
