@@ -1,5 +1,5 @@
 # charrnn: `make demo` trains on a built-in corpus and samples; `make test` runs the tests.
-# Both create the virtualenv on first use. GPU users: make install TORCH_SPEC=torch (see README).
+# Both create the virtualenv on first use. GPU users: make install TORCH_SPEC=torch (see docs/install.md).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,15 +8,18 @@ CHARRNN := $(VENV)/bin/charrnn
 # The CPU build of torch; change it for a GPU (e.g. TORCH_SPEC=torch, or add TORCH_INDEX=...).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# Optional extras to install besides the tools (dev), plots and the server; EXTRAS=...,onnx adds
+# onnx + onnxruntime (~37 MB of wheels), without which the ONNX tests skip.
+EXTRAS ?= dev,plot,serve
 DEMO_TIME ?= 60s
 STDLIB := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench lint docs clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e ".[dev,plot,serve]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -36,6 +39,10 @@ test-slow: install
 
 bench: install
 	$(PY) -m benchmarks.run
+
+# docs/cli.md is written from the commands' declarations; a test fails when it is out of date.
+docs: install
+	$(PY) -m charrnn.cli_reference > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 lint: install
 	$(VENV)/bin/ruff check charrnn tests benchmarks

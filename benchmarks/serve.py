@@ -27,7 +27,7 @@ import httpx
 from benchmarks.common import Bench, Row, charrnn_args, log, run_child
 from benchmarks.corpus import generated_text
 from charrnn.commands import sample_command
-from charrnn.config import BATCHERS, SampleConfig
+from charrnn.config import Batcher, SampleConfig
 
 TARGET = 0.7  # served chars/s over `sample --num-samples N` chars/s, N = 32
 THREADS = 1  # torch threads of the server and of the baseline
@@ -136,10 +136,10 @@ def measure(bench: Bench) -> None:
     --num-samples`."""
     sizes = bench.pick(FULL, QUICK)
     run = model_run(bench)
-    servers = {batcher: Server(run, sizes.length, batcher) for batcher in BATCHERS}
+    servers = {batcher: Server(run, sizes.length, batcher) for batcher in Batcher.values()}
     try:
         for clients in sizes.clients:
-            sampled, served = 0.0, {batcher: (0.0, [0.0]) for batcher in BATCHERS}
+            sampled, served = 0.0, {batcher: (0.0, [0.0]) for batcher in Batcher.values()}
             for _ in range(sizes.repeats):
                 sampled = max(sampled, sample_speed(run, clients, sizes.length))
                 for batcher, server in servers.items():

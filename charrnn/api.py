@@ -18,7 +18,7 @@ from charrnn.config import DEFAULT_DEVICE, SampleConfig, validate_sample_config
 from charrnn.console import ProgressBar
 from charrnn.generation.sampling import generate
 from charrnn.generation.streams import prime_ids
-from charrnn.model.checkpoint import Checkpoint, load_model
+from charrnn.model.checkpoint import Checkpoint, is_built_in, load_model
 from charrnn.model.network import CharRNN
 from charrnn.system.device import select_sampling_device
 from charrnn.text.preprocess import preprocess_text
@@ -34,7 +34,7 @@ class Model:
     @property
     def info(self) -> dict[str, Any]:
         """What `charrnn info --json` prints: configuration, vocabulary, size and progress."""
-        return describe_checkpoint(self.checkpoint, self.network)
+        return describe_checkpoint(self.checkpoint, self.network, is_built_in(self.path))
 
     def __repr__(self) -> str:
         m = self.checkpoint.config.model
@@ -65,7 +65,8 @@ class Model:
 
 
 def load(path: str | Path, device: str = DEFAULT_DEVICE) -> Model:
-    """The model in a checkpoint file or a run directory (its best.pt).
+    """The model in a checkpoint file, a run directory (its best.pt), or a built-in model
+    (`load("shakespeare")`: the starter model in the package).
 
     `device`: as for `charrnn sample`, auto means the CPU.
     """

@@ -33,12 +33,19 @@ from charrnn.config import (
     THREADS_HELP,
     TRAINING_SETTINGS,
     DataConfig,
+    Device,
     DistillConfig,
+    ExportDtype,
+    ExportFormat,
+    Quantize,
     SampleConfig,
     ServeConfig,
     Setting,
+    UnitState,
     check_train_options,
     declared_settings,
+    format_duration,
+    parse_duration,
     preset_names,
     read_serve_config,
     resolve_config,
@@ -103,12 +110,51 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 SAMPLING_DEVICE_HELP = (
-    "auto, cpu, cuda or mps. For sampling, auto is the CPU: one small step per character is "
-    "bound by latency, and a GPU pays launch costs on every step."
+    "Where to run: auto is the CPU, since one small step per character is bound by latency and "
+    "a GPU pays launch costs on every step."
 )
 
 
+def listed_choices(words: Iterable[str]) -> dict[str, Any]:
+    """`typer.Option` arguments that list `words` in `--help` and offer them to shell completion.
+
+    The value stays text and is checked where its setting is validated, so the command line, a
+    TOML file and the Python API refuse a wrong word with the same message (docs/errors.md).
+    """
+    choices = tuple(words)
+
+    def complete(incomplete: str) -> list[str]:
+        return [word for word in choices if word.startswith(incomplete)]
+
+    return {"metavar": "<" + "|".join(choices) + ">", "autocompletion": complete}
+
+
+# Options several commands share, declared once.
+CheckpointOption = Annotated[
+    Path,
+    typer.Option(
+        help="A checkpoint file, a run directory (its best.pt), or shakespeare: the model built "
+        "into charrnn (a file or directory of that name wins).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP, **listed_choices(Device.values()))]
+SamplingDeviceOption = Annotated[
+    str, typer.Option(help=SAMPLING_DEVICE_HELP, **listed_choices(Device.values()))
+]
+ThreadsOption = Annotated[int, typer.Option(help=THREADS_HELP)]
+
 # The run options `train` and `distill` share.
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Start from this preset in configs/ (default: {DEFAULT_PRESET}, the settings' own "
+        "defaults).",
+        rich_help_panel=RUN_PANEL,
+        **listed_choices(preset_names()),
+    ),
+]
 ConfigFileOption = Annotated[
     Path | None,
     typer.Option(
@@ -148,6 +194,7 @@ def setting_option(setting: Setting, *, unset: bool = False) -> inspect.Paramete
         help=setting.help,
         rich_help_panel=setting.panel,
         show_default=shown_default(setting) if unset else True,
+        **(listed_choices(setting.choices.values()) if setting.choices else {}),
     )
     return inspect.Parameter(
         setting.name,
@@ -163,6 +210,8 @@ def shown_default(setting: Setting) -> str | bool:
     setting's help says what it means."""
     if setting.default is None:
         return False
+    if setting.parse is parse_duration:
+        return format_duration(setting.default)
     if setting.type is bool and setting.flag and "/" in setting.flag:
         on, off = setting.flag.split("/")
         return (on if setting.default else off).lstrip("-")
@@ -304,14 +353,7 @@ def train(
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help=f"Start from a preset in configs/ ({', '.join(preset_names())}) "
-            f"(default: {DEFAULT_PRESET}, the settings' own defaults).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = None,
+    preset: PresetOption = None,
     config: ConfigFileOption = None,
     out: RunDirOption = None,
     cache_dir: CacheDirOption = None,
@@ -412,7 +454,7 @@ def prepare(
     cache_dir: Annotated[
         Path, typer.Option(help="Where the encoded corpus is cached.")
     ] = DEFAULT_CACHE_DIR,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_output: JsonOption = False,
     **data_settings: Any,
 ) -> None:
     """Read, build the vocabulary, encode and cache CORPUS: exactly what `train` does first."""
@@ -441,12 +483,7 @@ def prepare(
 @user_errors
 @with_settings(declared_settings(SampleConfig), after="prime_file")
 def sample(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
+    checkpoint: CheckpointOption,
     prime: Annotated[
         str,
         typer.Option(
@@ -462,8 +499,8 @@ def sample(
     output: Annotated[
         Path | None, typer.Option(help="Write the samples to this file (default: stdout).")
     ] = None,
-    device: Annotated[str, typer.Option(help=SAMPLING_DEVICE_HELP)] = DEFAULT_DEVICE,
-    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    device: SamplingDeviceOption = DEFAULT_DEVICE,
+    threads: ThreadsOption = 0,
     interactive: Annotated[
         bool,
         typer.Option(
@@ -580,12 +617,7 @@ def _interactive(
 @app.command("eval")
 @user_errors
 def evaluate(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
+    checkpoint: CheckpointOption,
     files: Annotated[
         list[Path] | None,
         typer.Argument(help="Files to score (default: the validation split).", show_default=False),
@@ -596,9 +628,9 @@ def evaluate(
     streams: Annotated[
         int | None, typer.Option(help="Parallel stateful streams (default: as in training).")
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = DEFAULT_DEVICE,
-    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    json_output: JsonOption = False,
+    device: DeviceOption = DEFAULT_DEVICE,
+    threads: ThreadsOption = 0,
     by_char: Annotated[
         bool,
         typer.Option("--by-char", help="Also the per-character table and most confused pairs."),
@@ -668,13 +700,8 @@ def evaluate(
 @app.command()
 @user_errors
 def info(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    checkpoint: CheckpointOption,
+    json_output: JsonOption = False,
 ) -> None:
     """Show what a checkpoint holds: configuration, vocabulary, size and progress."""
     from charrnn import commands
@@ -689,6 +716,11 @@ def info(
     print_table(
         "checkpoint",
         [
+            *(
+                [("built in", f"yes: {checkpoint} ships with charrnn")]
+                if details["built_in"]
+                else []
+            ),
             ("parameters", details["parameters"]),
             ("vocabulary", f"{details['vocab_size']} {details['vocab_kind']}"),
             ("vocabulary preview", repr(details["vocab_preview"])),
@@ -742,9 +774,7 @@ def compare(
     runs: Annotated[
         list[Path], typer.Argument(help="Run directories to compare.", show_default=False)
     ],
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print a JSON list, one object per run.")
-    ] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Compare runs in one table: model, parameters, steps, characters, best loss, time, speed.
 
@@ -763,12 +793,7 @@ def compare(
 @app.command("inspect")
 @user_errors
 def inspect_model(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
+    checkpoint: CheckpointOption,
     text: Annotated[
         str, typer.Argument(help="The text to look at: a file, or - for stdin.", show_default=False)
     ],
@@ -782,8 +807,9 @@ def inspect_model(
     state: Annotated[
         str | None,
         typer.Option(
-            help="Which value of the unit: c (LSTM cell state) or h "
-            "(default: c for an LSTM, else h)."
+            help="Which value of the unit: c, an LSTM's cell state, or h, the output "
+            "(default: c for an LSTM, else h).",
+            **listed_choices(UnitState.values()),
         ),
     ] = None,
     find: Annotated[
@@ -808,15 +834,15 @@ def inspect_model(
             help="Write a self-contained HTML page with a unit picker to this file (default: none)."
         ),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_output: JsonOption = False,
     no_color: Annotated[
         bool, typer.Option("--no-color", help="Plain text, no colours (also when not a TTY).")
     ] = False,
     encoding: Annotated[
         str | None, typer.Option(help="Encoding of TEXT (default: the training corpus').")
     ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = DEFAULT_DEVICE,
-    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    device: DeviceOption = DEFAULT_DEVICE,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Look inside a model: how surprised it is at each character, what its units and gates do.
 
@@ -861,31 +887,40 @@ def _teacher_of(objective: dict[str, Any]) -> str:
 @app.command("export")
 @user_errors
 def export(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
+    checkpoint: CheckpointOption,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="The file to write.", show_default=False)
     ],
     dtype: Annotated[
-        str, typer.Option(help="float32, float16 or bfloat16: the weights' storage type.")
-    ] = "float32",
+        str, typer.Option(help="The weights' storage type.", **listed_choices(ExportDtype.values()))
+    ] = ExportDtype.FLOAT32.value,
     quantize: Annotated[
         str,
-        typer.Option(help="int8: weight matrices as int8 with one scale per row; none: off."),
-    ] = "none",
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        typer.Option(
+            help="int8: weight matrices as int8 with one scale per row; none: off.",
+            **listed_choices(Quantize.values()),
+        ),
+    ] = Quantize.NONE.value,
+    export_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="pt: a checkpoint; html: one web page that runs the model offline; "
+            "onnx: a graph for onnxruntime (needs 'charrnn[onnx]').",
+            **listed_choices(ExportFormat.values()),
+        ),
+    ] = ExportFormat.PT.value,
+    json_output: JsonOption = False,
 ) -> None:
-    """Write an inference-only copy of a checkpoint (no optimizer state), smaller if asked.
+    """Write an inference-only copy of a checkpoint (no optimizer state), smaller if asked,
+    as a checkpoint, a web page or an ONNX graph.
 
     Example: charrnn export --checkpoint runs/shakespeare-... -o model.pt --quantize int8
+    Example: charrnn export --checkpoint shakespeare --format html -o poet.html --quantize int8
     """
     from charrnn import commands
 
-    result = commands.export_command(checkpoint, output, dtype, quantize)
+    result = commands.export_command(checkpoint, output, dtype, quantize, export_format)
     if json_output:
         print(json.dumps(result.to_dict()))
         return
@@ -893,7 +928,8 @@ def export(
         f"exported {result.output}",
         [
             ("source", str(result.source)),
-            ("format", _export_format({"dtype": result.dtype, "quantize": result.quantize})),
+            ("format", result.format),
+            ("weights", _export_format({"dtype": result.dtype, "quantize": result.quantize})),
             ("parameters", result.parameters),
             ("size (bytes)", f"{result.output_bytes:,} ({result.source_bytes:,} before)"),
         ],
@@ -904,14 +940,9 @@ def export(
 @user_errors
 @with_settings(declared_settings(ServeConfig), after="checkpoint")
 def serve(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
-    device: Annotated[str, typer.Option(help=SAMPLING_DEVICE_HELP)] = DEFAULT_DEVICE,
-    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    checkpoint: CheckpointOption,
+    device: SamplingDeviceOption = DEFAULT_DEVICE,
+    threads: ThreadsOption = 0,
     **serve_settings: Any,
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible completions (streamed too), a score
@@ -949,14 +980,7 @@ def distill(
             rich_help_panel="Distillation",
         ),
     ],
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help=f"Start the student from a preset in configs/ ({', '.join(preset_names())}) "
-            f"(default: {DEFAULT_PRESET}).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = None,
+    preset: PresetOption = None,
     config: ConfigFileOption = None,
     out: RunDirOption = None,
     cache_dir: CacheDirOption = None,

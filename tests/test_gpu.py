@@ -9,6 +9,7 @@ import torch
 
 from charrnn.commands import eval_command, sample_command, train_command
 from charrnn.config import SampleConfig
+from charrnn.generation.sampling import collect
 from charrnn.model.checkpoint import load_checkpoint
 from charrnn.model.network import Stepper
 from charrnn.system.device import autocast_dtype, select_device
@@ -44,8 +45,8 @@ def test_training_on_cuda_learns_and_saves_cpu_loadable_checkpoints(
 def test_cuda_sampling_is_seeded_and_stepper_matches_cudnn(tmp_path, write_corpus, tiny_config):
     train_command([write_corpus()], tiny_config(device="cuda"), out=tmp_path / "run")
     config = SampleConfig(length=40, seed=3)
-    first = sample_command(tmp_path / "run", "the ", config, "cuda")
-    assert first == sample_command(tmp_path / "run", "the ", config, "cuda")
+    first = collect(sample_command(tmp_path / "run", "the ", config, "cuda"), 1)
+    assert first == collect(sample_command(tmp_path / "run", "the ", config, "cuda"), 1)
     model = load_checkpoint(tmp_path / "run").build_model("cuda")
     ids = torch.randint(0, model.vocab_size, (2, 7), device="cuda")
     with torch.inference_mode():

@@ -23,8 +23,7 @@ import torch
 
 from charrnn.config import SampleConfig, validate_sample_config
 from charrnn.errors import UsageError
-from charrnn.generation.beam import repeat_state
-from charrnn.model.network import CharRNN, State, Stepper
+from charrnn.model.network import CharRNN, State, Stepper, repeat_rows
 from charrnn.text.corpus import Vocab
 
 FinishReason = Literal["stop", "length"]
@@ -316,7 +315,7 @@ class StreamBatch:
         first, count = members[0], len(members)
         state = first.state
         if state is not None and count > 1:
-            state = repeat_state(state, count)
+            state = repeat_rows(state, count)
         if first.ids.numel():
             with torch.inference_mode():
                 return self.model(first.ids.view(1, -1).expand(count, -1), state)[1]
