@@ -528,6 +528,16 @@ def recurrent_parameters(model: ModelConfig) -> int:
     return first + rest
 
 
+def count_parameters(model: ModelConfig, vocab_size: int) -> int:
+    """Parameters of a `CharRNN` of this shape: embedding, recurrent layers, output layer."""
+    return (
+        vocab_size * model.embed
+        + recurrent_parameters(model)
+        + model.hidden * vocab_size
+        + vocab_size
+    )
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UsageError(message)

@@ -13,13 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from charrnn.errors import UsageError
-from charrnn.model.checkpoint import (
-    Checkpoint,
-    load_checkpoint,
-    resolve_checkpoint_path,
-    save_checkpoint,
-)
+from charrnn.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.model.quantize import DTYPES, INT8, cast_state, quantize_state
+from charrnn.run_dir import resolve_checkpoint_path
 
 QUANTIZE_CHOICES = ("none", INT8)
 
@@ -85,7 +81,5 @@ def export_command(
     checkpoint = load_checkpoint(source)
     exported = export_checkpoint(checkpoint, dtype, quantize)
     save_checkpoint(exported, output)
-    parameters = sum(t.numel() for t in checkpoint.model_state.values())
-    return ExportResult(
-        source, output, source.stat().st_size, output.stat().st_size, dtype, quantize, parameters
-    )
+    sizes = source.stat().st_size, output.stat().st_size
+    return ExportResult(source, output, *sizes, dtype, quantize, checkpoint.parameters)

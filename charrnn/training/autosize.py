@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from charrnn.config import AUTO_KEYS, ModelConfig, RunConfig, recurrent_parameters
+from charrnn.config import (
+    AUTO_KEYS,
+    ModelConfig,
+    RunConfig,
+    count_parameters,
+    recurrent_parameters,
+)
 from charrnn.errors import UsageError
 from charrnn.model.network import CharRNN
 from charrnn.system.device import CpuThreads, select_device
@@ -190,16 +196,6 @@ class AutoChoice:
             f"{per_parameter:.3g} per parameter, on {self.train_chars:,} training characters; "
             f"{why}" + (kept if self.kept else "")
         )
-
-
-def count_parameters(model: ModelConfig, vocab_size: int) -> int:
-    """Parameters of a `CharRNN` of this shape: embedding, recurrent layers, output layer."""
-    return (
-        vocab_size * model.embed
-        + recurrent_parameters(model)
-        + model.hidden * vocab_size
-        + vocab_size
-    )
 
 
 def candidate_shapes(model: ModelConfig, vocab_size: int, kept: Collection[str]) -> list[Shape]:
