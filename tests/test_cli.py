@@ -512,6 +512,18 @@ def test_no_function_in_the_package_is_longer_than_100_lines():
     assert long_functions(PACKAGE) == []
 
 
+RUN_FILE_NAMES = {"best.pt", "last.pt", "config.json", "metrics.jsonl", ".lock"}
+
+
+def test_a_run_directory_s_file_names_are_spelled_in_one_module():
+    spelled: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in RUN_FILE_NAMES:
+                spelled.setdefault(node.value, set()).add(module_name(path))
+    assert spelled == {name: {"run_dir"} for name in RUN_FILE_NAMES}
+
+
 # ----------------------------------------------------------------------------- the training view
 
 CONTROL_CODES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # ANSI escapes start with \x1b; \r too
