@@ -120,12 +120,9 @@ def train_command(
     With `auto` set, the model, batch and window are chosen first (`autosize`), leaving the
     keys in `auto_kept` (given by the user) as they are. `hooks` (or its parts as keywords,
     `should_stop=`, `on_preview=`) watch and steer the run."""
-    hooks = (hooks or TrainHooks()).with_fields(**hook_parts)
-    run_dir = out or default_run_dir(specs)
-    cache_dir = cache_dir or default_cache_dir(run_dir)
-    plan = plan_new_run(
-        specs, config, RunDir(run_dir), cache_dir, init_from, auto_kept, hooks.load_since
-    )
+    hooks = TrainHooks.joined(hooks, hook_parts)
+    run, cache_dir = _new_run_place(specs, out, cache_dir)
+    plan = plan_new_run(specs, config, run, cache_dir, init_from, auto_kept, hooks.load_since)
     return execute(plan, hooks)
 
 
@@ -138,7 +135,7 @@ def resume_command(
     **hook_parts: Any,
 ) -> TrainOutcome:
     """Continue a run from its last.pt exactly where it stopped (or extend a finished one)."""
-    hooks = (hooks or TrainHooks()).with_fields(**hook_parts)
+    hooks = TrainHooks.joined(hooks, hook_parts)
     return execute(plan_resume(RunDir(run_dir), overrides, cache_dir), hooks)
 
 
@@ -155,13 +152,20 @@ def distill_command(
 ) -> TrainOutcome:
     """Train a new student (the shape `config` gives) on `teacher_path`'s softened predictions
     of the corpus, in the teacher's vocabulary; resumed like any run (`resume_command`)."""
-    hooks = (hooks or TrainHooks()).with_fields(**hook_parts)
-    run_dir = out or default_run_dir(specs)
-    cache_dir = cache_dir or default_cache_dir(run_dir)
+    hooks = TrainHooks.joined(hooks, hook_parts)
+    run, cache_dir = _new_run_place(specs, out, cache_dir)
     plan = plan_distillation(
-        specs, teacher_path, config, distill_config, RunDir(run_dir), cache_dir, hooks.load_since
+        specs, teacher_path, config, distill_config, run, cache_dir, hooks.load_since
     )
     return execute(plan, hooks)
+
+
+def _new_run_place(
+    specs: Sequence[str | Path], out: Path | None, cache_dir: Path | None
+) -> tuple[RunDir, Path]:
+    """A new run's directory (`out`, else runs/<corpus>-<time>) and its corpus cache."""
+    run_dir = out or default_run_dir(specs)
+    return RunDir(run_dir), cache_dir or default_cache_dir(run_dir)
 
 
 def write_samples(path: Path, text: str) -> None:

@@ -80,9 +80,10 @@ class TrainHooks:
     on_preview: Callable[[int, str], None] | None = None
     load_since: CpuSample | None = None
 
-    def with_fields(self, **fields: Any) -> TrainHooks:
-        """These hooks with some parts replaced (`should_stop=...`)."""
-        return dataclasses.replace(self, **fields) if fields else self
+    @classmethod
+    def joined(cls, hooks: TrainHooks | None, parts: dict[str, Any]) -> TrainHooks:
+        """`hooks` (none: the defaults) with the parts in `parts` replaced (`should_stop`...)."""
+        return dataclasses.replace(hooks or cls(), **parts)
 
 
 @dataclass
