@@ -416,9 +416,8 @@ LAYERS = [
     ["training.plan"],  # one plan, one executor: new runs, --init-from, distill and --resume
     ["training.distill", "training.autosize"],  # an objective; the probe runs the trainer's step
     ["training.trainer", "analysis.inspect_view"],  # the loop scores validation text
-    ["generation.interactive"],  # sample --interactive: a prompt loop around generate
-    ["generation.sampling", "analysis.scoring", "analysis.plot", "analysis.inspection",
-     "model.export"],
+    ["generation.interactive", "analysis.inspection"],  # inspection: scoring's windows
+    ["generation.sampling", "analysis.scoring", "analysis.plot", "model.export"],
     ["generation.beam"],
     ["model.checkpoint", "analysis.metrics"],
     ["model.network", "text.run_text", "model.quantize"],
@@ -512,17 +511,7 @@ def test_the_length_check_finds_a_long_function(tmp_path):
 
 
 def test_no_function_in_the_package_is_longer_than_100_lines():
-    found = long_functions(PACKAGE)
-    # inspect_symbols is being shortened with the one windowed forward (issue 19's scoring
-    # part); until that lands it is the one known exception, and nothing else may join it.
-    pending = [
-        f
-        for f in found
-        if f.startswith("charrnn/analysis/inspection.py:") and " inspect_symbols " in f
-    ]
-    assert [f for f in found if f not in pending] == []
-    if pending:
-        pytest.xfail(f"waiting for the scoring loop's rewrite: {pending[0]}")
+    assert long_functions(PACKAGE) == []
 
 
 RUN_FILE_NAMES = {"best.pt", "last.pt", "config.json", "metrics.jsonl", ".lock"}
