@@ -38,7 +38,7 @@ from charrnn.config import (
 )
 from charrnn.errors import UsageError, WriteError
 from charrnn.generation.sampling import generate
-from charrnn.model.checkpoint import Checkpoint, load_checkpoint, load_model
+from charrnn.model.checkpoint import Checkpoint, is_built_in, load_checkpoint, load_model
 from charrnn.model.export import export_command as export_command  # `charrnn export`, re-exported
 from charrnn.model.network import CharRNN
 from charrnn.run_dir import RunDir
@@ -289,11 +289,13 @@ def eval_command(
 def info_command(checkpoint_path: Path) -> dict[str, Any]:
     """What a checkpoint holds, as plain data."""
     model, checkpoint = load_model(checkpoint_path)
-    return describe_checkpoint(checkpoint, model)
+    return describe_checkpoint(checkpoint, model, is_built_in(checkpoint_path))
 
 
-def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any]:
-    """Config, vocabulary, size and progress of a checkpoint."""
+def describe_checkpoint(
+    checkpoint: Checkpoint, model: CharRNN, built_in: bool = False
+) -> dict[str, Any]:
+    """Config, vocabulary, size and progress of a checkpoint (`built_in`: one in the package)."""
     vocab = checkpoint.vocab
     preview_text = "".join(f"\\x{s:02x}" if vocab.is_bytes else chr(s) for s in vocab.symbols[:96])
     progress = checkpoint.progress
@@ -313,6 +315,7 @@ def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any
         "corpus": checkpoint.corpus,
         "export": checkpoint.export,
         "objective": checkpoint.objective,
+        "built_in": built_in,
     }
 
 

@@ -127,8 +127,9 @@ class RunDir:
         return run_lock(self.path)
 
 
-def resolve_checkpoint_path(path: Path) -> Path:
-    """A checkpoint file, or a run directory's best.pt (else last.pt)."""
+def checkpoint_in(path: Path) -> Path:
+    """A checkpoint file, or a run directory's best.pt (else last.pt); the user's error if
+    neither (`model.checkpoint.resolve_checkpoint_path` adds the built-in models' names)."""
     path = Path(path)
     if path.is_dir():
         found = RunDir(path).checkpoint()

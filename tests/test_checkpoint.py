@@ -16,10 +16,10 @@ from charrnn.model.checkpoint import (
     Checkpoint,
     load_checkpoint,
     load_model,
+    resolve_checkpoint_path,
     save_checkpoint,
 )
 from charrnn.model.network import CharRNN
-from charrnn.run_dir import resolve_checkpoint_path
 from charrnn.text.corpus import Vocab
 
 VOCAB = Vocab(tuple(ord(c) for c in "\n abc床🎉"))

@@ -36,9 +36,9 @@ from charrnn.cli import EXIT_SIGINT, EXIT_SIGTERM, _Interrupts
 from charrnn.commands import resume_command, train_command
 from charrnn.config import RunConfig
 from charrnn.errors import CheckpointError, TrainingError, UsageError
-from charrnn.model.checkpoint import Checkpoint, load_checkpoint
+from charrnn.model.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path
 from charrnn.model.network import CharRNN
-from charrnn.run_dir import resolve_checkpoint_path, run_lock
+from charrnn.run_dir import run_lock
 from charrnn.text.corpus import Vocab
 from charrnn.training.trainer import MAX_BAD_STEPS, Trainer, planned_steps
 

@@ -12,6 +12,7 @@ import struct
 import warnings
 import zipfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from charrnn.config import RunConfig, count_parameters
 from charrnn.errors import CheckpointError, WriteError
 from charrnn.model.network import CharRNN
 from charrnn.model.quantize import INT8, dequantize_state
-from charrnn.run_dir import resolve_checkpoint_path
+from charrnn.run_dir import checkpoint_in
 from charrnn.system.atomic import atomic_write
 from charrnn.text.corpus import Vocab
 
@@ -30,6 +31,10 @@ FORMAT_NAME = "charrnn-checkpoint"
 # written as 1, so an older charrnn reads every checkpoint it could use.
 FORMAT_VERSION = 2
 PLAIN_FORMAT_VERSION = 1
+# Models that ship inside the package (charrnn/model/starter/), by the name --checkpoint takes;
+# benchmarks/RESULTS.md has the command that made each one.
+BUILT_IN_MODELS = {"shakespeare": "shakespeare.pt"}
+STARTER_DIR = "starter"
 
 
 @dataclass
@@ -92,6 +97,27 @@ def atomic_save(payload: Any, path: Path) -> None:
 def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
     """Write `checkpoint` to `path` atomically."""
     atomic_save(checkpoint.to_payload(), path)
+
+
+def built_in_model(name: Path | str) -> Path | None:
+    """The packaged file of a built-in model's name (`shakespeare`), None for any other name."""
+    file_name = BUILT_IN_MODELS.get(str(name))
+    if file_name is None:
+        return None
+    return Path(str(resources.files("charrnn.model").joinpath(STARTER_DIR, file_name)))
+
+
+def is_built_in(path: Path | str) -> bool:
+    """Whether `path` names a built-in model (a real file or directory of that name wins)."""
+    return not Path(path).exists() and built_in_model(path) is not None
+
+
+def resolve_checkpoint_path(path: Path) -> Path:
+    """A checkpoint file, a run directory's best.pt (else last.pt), or a built-in model."""
+    path = Path(path)
+    if is_built_in(path):
+        return built_in_model(path)  # type: ignore[return-value]
+    return checkpoint_in(path)
 
 
 # What torch.load raises on files that are not checkpoints (text, garbage, cut-off pickles).

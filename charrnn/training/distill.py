@@ -18,9 +18,8 @@ import torch.nn.functional as F
 
 from charrnn.config import DistillConfig, validate_distill_config
 from charrnn.errors import CheckpointError
-from charrnn.model.checkpoint import Checkpoint, load_checkpoint
+from charrnn.model.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path
 from charrnn.model.network import CharRNN, State, detach_state, state_from_parts, state_parts
-from charrnn.run_dir import resolve_checkpoint_path
 from charrnn.system.digest import file_sha256
 from charrnn.training.trainer import Objective
 
