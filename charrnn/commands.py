@@ -81,7 +81,7 @@ from charrnn.training.distributed import (
 )
 
 if TYPE_CHECKING:
-    from charrnn.training.autosize import AutoChoice
+    from charrnn.training.autosize import AutoChoice, PrecisionChoice
     from charrnn.training.trainer import Objective, Progress, Reporter
 
 
@@ -144,6 +144,7 @@ class _Job:
     corpus_record: dict[str, Any] | None = None  # a resumed run's, kept in its checkpoints
     objective: Objective | None = None  # what training minimises; None: cross-entropy
     auto: AutoChoice | None = None  # what --auto chose, for config.json and the user
+    precision: PrecisionChoice | None = None  # what --precision auto chose on a CPU
 
 
 def _run(
@@ -164,7 +165,7 @@ def _run(
     train_ids, val_ids = split_train_val(job.ids, config.data.val_frac)
     outcome = TrainOutcome(
         job.run_dir, Progress(), config, job.corpus, job.model.num_parameters(), job.warnings,
-        writer=writer, notices=[job.auto.notice()] if job.auto else [],
+        writer=writer, notices=_notices(job),
     )  # fmt: skip
     corpus_info = job.corpus_record or _corpus_info(
         job.corpus, int(train_ids.shape[0]), int(val_ids.shape[0])
@@ -219,11 +220,19 @@ def _run(
             write_run_config(
                 job.run_dir, config, corpus_info, trainer.objective.record,
                 job.auto.to_dict() if job.auto else None,
+                job.precision.to_dict() if job.precision else None,
             )  # fmt: skip
         if on_start and writer:
             on_start(outcome)
         outcome.progress = trainer.run()
     return outcome
+
+
+def _notices(job: _Job) -> list[str]:
+    """What the start of the run tells the user: --auto's and --precision auto's choices."""
+    notices = [job.auto.notice()] if job.auto else []
+    said = job.precision.notice() if job.precision else None
+    return notices + ([said] if said else [])
 
 
 def _previewer(
@@ -248,12 +257,15 @@ def write_run_config(
     corpus_info: dict[str, Any],
     objective: dict[str, Any] | None = None,
     auto: dict[str, Any] | None = None,
+    precision: dict[str, Any] | None = None,
 ) -> None:
     """config.json: the run's settings and corpus (and a distillation's teacher, what --auto
-    chose and why), for people and tools."""
+    and --precision auto chose and why), for people and tools."""
     extra = {"objective": objective} if objective else {}
     if auto:
         extra["auto"] = auto
+    if precision:
+        extra["precision_probe"] = precision
     try:
         atomic_write_json(
             run_dir / "config.json", {**config.to_dict(), "corpus": corpus_info, **extra}
@@ -330,6 +342,9 @@ def train_command(
     config = _fit_batches(config, ids, warnings)
     placement = placement_from_env()
     check_batch_split(config.train.batch_size, placement)
+    precision = None
+    if not placement.distributed:  # ranks probing apart could choose apart: auto stays fp32
+        config, precision = _choose_precision(config, vocab, ids, run_dir, load_since)
     config = _fix_evaluation_chars(config, ids)
     if placement.is_writer:  # the other ranks of a torchrun job write nothing
         _make_run_dir(run_dir)
@@ -340,8 +355,9 @@ def train_command(
     else:
         model = CharRNN(config.model, vocab.size)
     job = _Job(
-        config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since, auto=auto
-    )
+        config, corpus, vocab, ids, model, run_dir, warnings, load_since=load_since, auto=auto,
+        precision=precision,
+    )  # fmt: skip
     return _run(job, reporter, should_stop, on_start, on_preview)
 
 
@@ -359,6 +375,24 @@ def _auto_size(
     train_ids = split_train_val(ids, config.data.val_frac)[0]
     with CpuThreads(config.train.threads, load_since) as threads:
         return auto_size(config, vocab, np.asarray(train_ids), kept, run_dir, threads)
+
+
+def _choose_precision(
+    config: RunConfig,
+    vocab: Vocab,
+    ids: np.ndarray,
+    run_dir: Path,
+    load_since: CpuSample | None,
+) -> tuple[RunConfig, PrecisionChoice | None]:
+    """`autosize.choose_run_precision` on the training split, with the run's threads; before
+    the run's seed is set, so the weights do not depend on the probe."""
+    if config.train.precision != "auto" or config.train.auto:
+        return config, None  # not loading the training loop for nothing
+    from charrnn.training.autosize import choose_run_precision
+
+    train_ids = np.asarray(split_train_val(ids, config.data.val_frac)[0])
+    with CpuThreads(config.train.threads, load_since) as threads:
+        return choose_run_precision(config, vocab, train_ids, run_dir, threads)
 
 
 def resume_command(
