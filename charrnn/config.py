@@ -29,7 +29,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 from charrnn.errors import UsageError
 
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn", "mingru")
 NONLINEARITIES = ("tanh", "relu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -143,7 +143,11 @@ class ModelConfig:
     `--init-from` keeps all of it from the checkpoint it starts from.
     """
 
-    cell: str = setting("lstm", "lstm, gru or rnn.", MODEL_PANEL)
+    cell: str = setting(
+        "lstm",
+        "lstm, gru, rnn or mingru (gates from the input only: one product per window).",
+        MODEL_PANEL,
+    )
     nonlinearity: str = setting("tanh", "For --cell rnn: tanh or relu.", MODEL_PANEL)
     layers: int = setting(1, "Stacked recurrent layers.", MODEL_PANEL)
     hidden: int = setting(256, "Units per recurrent layer.", MODEL_PANEL)
@@ -491,7 +495,7 @@ def resume_config(saved: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 
 MAX_PARAMETERS = 2_000_000_000  # beyond this a model cannot train on any single machine
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "mingru": 2}
 MAX_THREADS = 1024
 
 
@@ -523,6 +527,8 @@ def evaluation_chars(config: TrainConfig, n_val: int) -> int:
 def recurrent_parameters(model: ModelConfig) -> int:
     """Weights and biases of the recurrent layers (the embedding and output are extra)."""
     gates = GATES.get(model.cell, 1)
+    if model.cell == "mingru":  # no hidden-to-hidden weights, one bias per row
+        return gates * model.hidden * (model.embed + 1 + (model.hidden + 1) * (model.layers - 1))
     first = gates * model.hidden * (model.embed + model.hidden + 2)
     rest = gates * model.hidden * (2 * model.hidden + 2) * (model.layers - 1)
     return first + rest
