@@ -8,8 +8,10 @@ times cheaper. The tests check the two against each other.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -232,6 +234,7 @@ class Stepper:
         # minGRU: the update gate and the candidate, from the input.
         if self.cell == "mingru":
             self._zc = [part.view(batch, 2, -1).unbind(1) for part in self._from_input]
+        self._blas = _NumpyProducts(self) if _numpy_blas_fits(self.h) else None
 
     @staticmethod
     def _layer(model: CharRNN, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -276,7 +279,10 @@ class Stepper:
             for layer in range(self.layers):
                 self._mingru(layer, ids)
             return self._h[-1]
-        torch.baddbmm(self.hidden_bias, self.h, self.hidden_weight, out=self.gates)
+        if self._blas is not None:
+            self._blas.hidden_products()
+        else:
+            torch.baddbmm(self.hidden_bias, self.h, self.hidden_weight, out=self.gates)
         for layer in range(self.layers):
             if self.cell == "gru":
                 self._gru(layer, ids)
@@ -284,6 +290,8 @@ class Stepper:
             gates = self._gates[layer]
             if layer == 0:
                 gates.add_(self.input_table.index_select(0, ids))
+            elif self._blas is not None:
+                self._blas.add_input_product(layer, gates)
             else:
                 gates.addmm_(self._h[layer - 1], self.input_weights[layer - 1])
             if self.cell == "lstm":
@@ -307,6 +315,8 @@ class Stepper:
         from_input = self._from_input[layer]
         if layer == 0:
             torch.index_select(self.input_table, 0, ids, out=from_input)
+        elif self._blas is not None:
+            self._blas.input_product(layer, from_input)
         else:
             below, weight, bias = (
                 self._h[layer - 1],
@@ -330,3 +340,64 @@ class Stepper:
         h = self._h[layer]
         update.sigmoid_()
         h.addcmul_(update, candidate.sub_(h))
+
+
+@functools.cache
+def _single_threaded_numpy_blas() -> bool:
+    """Set numpy's BLAS to one thread (once per process); False when that cannot be done.
+
+    A product of one row by a few megabytes of weights is bound by memory, not arithmetic: a
+    second thread only adds a hand-over, and on a busy machine it made the product 5x slower.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return False
+    threadpool_limits(limits=1, user_api="blas")
+    return True
+
+
+def _numpy_blas_fits(h: Tensor) -> bool:
+    """One stream of fp32 on the CPU, with numpy's BLAS held to one thread."""
+    return h.shape[1] == 1 and h.device.type == "cpu" and _single_threaded_numpy_blas()
+
+
+class _NumpyProducts:
+    """A one-stream `Stepper`'s matrix products through numpy's BLAS, on its own buffers.
+
+    At one row, torch's CPU matrix product (MKL) measured 2.7-3.8x slower than numpy's
+    (OpenBLAS) on this AMD machine for 256-512 units (benchmarks/sample.py), and the products
+    are ~80% of a step. The views share memory with the stepper's tensors, so the torch
+    operations around them see every result.
+    """
+
+    def __init__(self, stepper: Stepper) -> None:
+        # One row as a vector: numpy then calls the matrix-vector kernel, not the matrix one.
+        self.h = [part.numpy()[0] for part in stepper._h]
+        self.gates = [part.numpy()[0] for part in stepper._gates]
+        self.recurrent = stepper.cell != "mingru"
+        if self.recurrent:
+            self.hidden_weight = [w.numpy() for w in stepper.hidden_weight.unbind(0)]
+            self.hidden_bias = [b.numpy()[0] for b in stepper.hidden_bias.unbind(0)]
+        self.input_weight = [w.numpy() for w in stepper.input_weights]
+        self.input_bias = [b.numpy()[0] for b in stepper.input_biases]
+        self.scratch = np.empty_like(self.gates[0])
+
+    def hidden_products(self) -> None:
+        """gates[l] = h[l] W_hh[l] + bias[l], every layer from the state before the step."""
+        for h, weight, bias, gates in zip(
+            self.h, self.hidden_weight, self.hidden_bias, self.gates, strict=True
+        ):
+            np.dot(h, weight, out=gates)
+            np.add(gates, bias, out=gates)
+
+    def add_input_product(self, layer: int, gates: Tensor) -> None:
+        """gates += h[layer - 1] W_ih[layer] (an LSTM's or RNN's layers above the first)."""
+        np.dot(self.h[layer - 1], self.input_weight[layer - 1], out=self.scratch)
+        np.add(self.gates[layer], self.scratch, out=self.gates[layer])
+
+    def input_product(self, layer: int, out: Tensor) -> None:
+        """out = h[layer - 1] W_ih[layer] + b_ih[layer] (a GRU's or minGRU's upper layers)."""
+        target = out.numpy()[0]
+        np.dot(self.h[layer - 1], self.input_weight[layer - 1], out=target)
+        np.add(target, self.input_bias[layer - 1], out=target)
