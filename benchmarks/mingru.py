@@ -142,10 +142,14 @@ def measure(bench: Bench) -> None:
 SEEDS = (1, 2, 3)
 QUALITY_COMMANDS = [
     f"charrnn train /work/shared/data/tinyshakespeare.txt --max-time {budget} --seed {seed} "
-    f"--cell {cell} {extra}--out runs/q-{cell}-{budget}-{seed} -q"
+    f"--cell {cell} {extra}--out runs/q-{name}-{budget}-{seed} -q"
     for budget in ("90s", "10m")
     for seed in SEEDS
-    for cell, extra in (("lstm", ""), ("mingru", ""), ("mingru", "--layers 2 --hidden 512 "))
+    for name, cell, extra in (
+        ("lstm", "lstm", ""),
+        ("mingru", "mingru", ""),
+        ("mingru-2x512", "mingru", "--layers 2 --hidden 512 "),
+    )
 ]
 
 

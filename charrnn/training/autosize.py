@@ -68,9 +68,9 @@ SHARE_PER_SHAPE = 1 / 10  # and at least this share of the probe's budget
 BF16_GAIN = 1.1  # bf16 autocast is chosen on a CPU only when this much faster than fp32
 BF16_CLEAR = 1.3  # a first look at the two precisions closer than this gets a second look
 WARMUP_STEPS, MIN_TIMED_STEPS = 2, 2
-# `--precision auto` without --auto: the run's own shape is probed for about a second, in runs
+# `--precision auto` without --auto: the run's own shape is probed for a second or two, in runs
 # long enough for a bf16 gain to pay that second back many times (at ~100k chars/s, ~20 s).
-RUN_PROBE_S = 1.0
+RUN_PROBE_S = 2.0
 MIN_PROBED_CHARS, MIN_PROBED_SECONDS = 2_000_000, 20.0
 
 
@@ -463,12 +463,16 @@ def choose_precision(
     for _look in range(2):  # a second look only when the first is not clear
         for precision in ("fp32", "bf16"):
             measured = speed(shape, precision)
-            if measured is None:
-                return "fp32", speeds
+            if measured is None:  # the probe's time ran out: judge by the looks taken
+                break
             speeds[precision] = max(measured, speeds.get(precision, 0.0))
+        if measured is None or len(speeds) < 2:
+            break
         ratio = speeds["bf16"] / speeds["fp32"]
         if not 1 / BF16_CLEAR < ratio < BF16_CLEAR:
             break
+    if len(speeds) < 2:
+        return "fp32", speeds
     return ("bf16" if speeds["bf16"] >= BF16_GAIN * speeds["fp32"] else "fp32"), speeds
 
 
