@@ -1,5 +1,5 @@
 # charrnn: `make demo` trains on a built-in corpus and samples; `make test` runs the tests.
-# Both create the virtualenv on first use. GPU users: make install TORCH_SPEC=torch (see README).
+# Both create the virtualenv on first use. GPU users: make install TORCH_SPEC=torch (see docs/install.md).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DEMO_TIME ?= 60s
 STDLIB := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench lint docs clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test-slow: install
 
 bench: install
 	$(PY) -m benchmarks.run
+
+# docs/cli.md is written from the commands' declarations; a test fails when it is out of date.
+docs: install
+	$(PY) -m charrnn.cli_reference > docs/cli.md.tmp && mv docs/cli.md.tmp docs/cli.md
 
 lint: install
 	$(VENV)/bin/ruff check charrnn tests benchmarks

@@ -33,11 +33,17 @@ from charrnn.config import (
     THREADS_HELP,
     TRAINING_SETTINGS,
     DataConfig,
+    Device,
     DistillConfig,
+    ExportDtype,
+    Quantize,
     SampleConfig,
     Setting,
+    UnitState,
     check_train_options,
     declared_settings,
+    format_duration,
+    parse_duration,
     preset_names,
     resolve_config,
     validate_sample_config,
@@ -101,12 +107,47 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 SAMPLING_DEVICE_HELP = (
-    "auto, cpu, cuda or mps. For sampling, auto is the CPU: one small step per character is "
-    "bound by latency, and a GPU pays launch costs on every step."
+    "Where to run: auto is the CPU, since one small step per character is bound by latency and "
+    "a GPU pays launch costs on every step."
 )
 
 
+def listed_choices(words: Iterable[str]) -> dict[str, Any]:
+    """`typer.Option` arguments that list `words` in `--help` and offer them to shell completion.
+
+    The value stays text and is checked where its setting is validated, so the command line, a
+    TOML file and the Python API refuse a wrong word with the same message (docs/errors.md).
+    """
+    choices = tuple(words)
+
+    def complete(incomplete: str) -> list[str]:
+        return [word for word in choices if word.startswith(incomplete)]
+
+    return {"metavar": "<" + "|".join(choices) + ">", "autocompletion": complete}
+
+
+# Options several commands share, declared once.
+CheckpointOption = Annotated[
+    Path,
+    typer.Option(help="A checkpoint file, or a run directory (its best.pt).", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP, **listed_choices(Device.values()))]
+SamplingDeviceOption = Annotated[
+    str, typer.Option(help=SAMPLING_DEVICE_HELP, **listed_choices(Device.values()))
+]
+ThreadsOption = Annotated[int, typer.Option(help=THREADS_HELP)]
+
 # The run options `train` and `distill` share.
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        help=f"Start from this preset in configs/ (default: {DEFAULT_PRESET}, the settings' own "
+        "defaults).",
+        rich_help_panel=RUN_PANEL,
+        **listed_choices(preset_names()),
+    ),
+]
 ConfigFileOption = Annotated[
     Path | None,
     typer.Option(
@@ -146,6 +187,7 @@ def setting_option(setting: Setting, *, unset: bool = False) -> inspect.Paramete
         help=setting.help,
         rich_help_panel=setting.panel,
         show_default=shown_default(setting) if unset else True,
+        **(listed_choices(setting.choices.values()) if setting.choices else {}),
     )
     return inspect.Parameter(
         setting.name,
@@ -161,6 +203,8 @@ def shown_default(setting: Setting) -> str | bool:
     setting's help says what it means."""
     if setting.default is None:
         return False
+    if setting.parse is parse_duration:
+        return format_duration(setting.default)
     if setting.type is bool and setting.flag and "/" in setting.flag:
         on, off = setting.flag.split("/")
         return (on if setting.default else off).lstrip("-")
@@ -302,14 +346,7 @@ def train(
             rich_help_panel=RUN_PANEL,
         ),
     ] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help=f"Start from a preset in configs/ ({', '.join(preset_names())}) "
-            f"(default: {DEFAULT_PRESET}, the settings' own defaults).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = None,
+    preset: PresetOption = None,
     config: ConfigFileOption = None,
     out: RunDirOption = None,
     cache_dir: CacheDirOption = None,
@@ -410,7 +447,7 @@ def prepare(
     cache_dir: Annotated[
         Path, typer.Option(help="Where the encoded corpus is cached.")
     ] = DEFAULT_CACHE_DIR,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_output: JsonOption = False,
     **data_settings: Any,
 ) -> None:
     """Read, build the vocabulary, encode and cache CORPUS: exactly what `train` does first."""
@@ -439,12 +476,7 @@ def prepare(
 @user_errors
 @with_settings(declared_settings(SampleConfig), after="prime_file")
 def sample(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
+    checkpoint: CheckpointOption,
     prime: Annotated[
         str,
         typer.Option(
@@ -460,8 +492,8 @@ def sample(
     output: Annotated[
         Path | None, typer.Option(help="Write the samples to this file (default: stdout).")
     ] = None,
-    device: Annotated[str, typer.Option(help=SAMPLING_DEVICE_HELP)] = DEFAULT_DEVICE,
-    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    device: SamplingDeviceOption = DEFAULT_DEVICE,
+    threads: ThreadsOption = 0,
     interactive: Annotated[
         bool,
         typer.Option(
@@ -577,12 +609,7 @@ def _interactive(
 @app.command("eval")
 @user_errors
 def evaluate(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
+    checkpoint: CheckpointOption,
     files: Annotated[
         list[Path] | None,
         typer.Argument(help="Files to score (default: the validation split).", show_default=False),
@@ -593,9 +620,9 @@ def evaluate(
     streams: Annotated[
         int | None, typer.Option(help="Parallel stateful streams (default: as in training).")
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = DEFAULT_DEVICE,
-    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    json_output: JsonOption = False,
+    device: DeviceOption = DEFAULT_DEVICE,
+    threads: ThreadsOption = 0,
     by_char: Annotated[
         bool,
         typer.Option("--by-char", help="Also the per-character table and most confused pairs."),
@@ -665,13 +692,8 @@ def evaluate(
 @app.command()
 @user_errors
 def info(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    checkpoint: CheckpointOption,
+    json_output: JsonOption = False,
 ) -> None:
     """Show what a checkpoint holds: configuration, vocabulary, size and progress."""
     from charrnn import commands
@@ -739,9 +761,7 @@ def compare(
     runs: Annotated[
         list[Path], typer.Argument(help="Run directories to compare.", show_default=False)
     ],
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print a JSON list, one object per run.")
-    ] = False,
+    json_output: JsonOption = False,
 ) -> None:
     """Compare runs in one table: model, parameters, steps, characters, best loss, time, speed.
 
@@ -760,12 +780,7 @@ def compare(
 @app.command("inspect")
 @user_errors
 def inspect_model(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
+    checkpoint: CheckpointOption,
     text: Annotated[
         str, typer.Argument(help="The text to look at: a file, or - for stdin.", show_default=False)
     ],
@@ -779,8 +794,9 @@ def inspect_model(
     state: Annotated[
         str | None,
         typer.Option(
-            help="Which value of the unit: c (LSTM cell state) or h "
-            "(default: c for an LSTM, else h)."
+            help="Which value of the unit: c, an LSTM's cell state, or h, the output "
+            "(default: c for an LSTM, else h).",
+            **listed_choices(UnitState.values()),
         ),
     ] = None,
     find: Annotated[
@@ -805,15 +821,15 @@ def inspect_model(
             help="Write a self-contained HTML page with a unit picker to this file (default: none)."
         ),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_output: JsonOption = False,
     no_color: Annotated[
         bool, typer.Option("--no-color", help="Plain text, no colours (also when not a TTY).")
     ] = False,
     encoding: Annotated[
         str | None, typer.Option(help="Encoding of TEXT (default: the training corpus').")
     ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = DEFAULT_DEVICE,
-    threads: Annotated[int, typer.Option(help=THREADS_HELP)] = 0,
+    device: DeviceOption = DEFAULT_DEVICE,
+    threads: ThreadsOption = 0,
 ) -> None:
     """Look inside a model: how surprised it is at each character, what its units and gates do.
 
@@ -858,23 +874,21 @@ def _teacher_of(objective: dict[str, Any]) -> str:
 @app.command("export")
 @user_errors
 def export(
-    checkpoint: Annotated[
-        Path,
-        typer.Option(
-            help="A checkpoint file, or a run directory (its best.pt).", show_default=False
-        ),
-    ],
+    checkpoint: CheckpointOption,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="The file to write.", show_default=False)
     ],
     dtype: Annotated[
-        str, typer.Option(help="float32, float16 or bfloat16: the weights' storage type.")
-    ] = "float32",
+        str, typer.Option(help="The weights' storage type.", **listed_choices(ExportDtype.values()))
+    ] = ExportDtype.FLOAT32.value,
     quantize: Annotated[
         str,
-        typer.Option(help="int8: weight matrices as int8 with one scale per row; none: off."),
-    ] = "none",
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        typer.Option(
+            help="int8: weight matrices as int8 with one scale per row; none: off.",
+            **listed_choices(Quantize.values()),
+        ),
+    ] = Quantize.NONE.value,
+    json_output: JsonOption = False,
 ) -> None:
     """Write an inference-only copy of a checkpoint (no optimizer state), smaller if asked.
 
@@ -917,14 +931,7 @@ def distill(
             rich_help_panel="Distillation",
         ),
     ],
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help=f"Start the student from a preset in configs/ ({', '.join(preset_names())}) "
-            f"(default: {DEFAULT_PRESET}).",
-            rich_help_panel=RUN_PANEL,
-        ),
-    ] = None,
+    preset: PresetOption = None,
     config: ConfigFileOption = None,
     out: RunDirOption = None,
     cache_dir: CacheDirOption = None,

@@ -25,8 +25,8 @@ from charrnn.analysis.scoring import (
     EvalResult,
     dynamic_score_ids,
     encode_files,
-    evaluate_files,
-    score_ids,
+    require_scored,
+    score_texts,
     validation_ids,
 )
 from charrnn.config import (
@@ -579,25 +579,23 @@ def eval_command(
         streams = streams or checkpoint.config.train.eval_streams
         if streams < 1:
             raise UsageError(f"streams must be >= 1, got {streams}")
-        tally = MetricsTally(checkpoint.vocab.size)
         if files:
-            result = evaluate_files(
-                model, checkpoint, list(files), encoding, streams, device, cpu_threads, tally
-            )
-            texts = [ids for ids, _ in encode_files(checkpoint, list(files), encoding)]
+            texts = encode_files(checkpoint, list(files), encoding)
         else:
             cache_dir = default_cache_dir(_run_dir_of(checkpoint_path))
-            texts = [validation_ids(checkpoint, cache_dir)]
-            unknown_id = checkpoint.vocab.unknown_id
-            result = score_ids(model, texts[0], streams, device, cpu_threads, tally, unknown_id)
+            texts = [(validation_ids(checkpoint, cache_dir), 0)]
+        tally, unknown_id = MetricsTally(checkpoint.vocab.size), checkpoint.vocab.unknown_id
+        result = score_texts(model, texts, streams, device, cpu_threads, tally, unknown_id)
+        if files:
+            require_scored(result)
         result = dataclasses.replace(result, metrics=tally.result(checkpoint.vocab))
         if not dynamic:
             return result
         window = checkpoint.config.train.seq_len
         adapted = EvalResult(0.0, 0)
-        for ids in texts:
+        for ids, _ in texts:
             adapted = adapted + dynamic_score_ids(
-                model, ids, window, dynamic_lr, device, cpu_threads, checkpoint.vocab.unknown_id
+                model, ids, window, dynamic_lr, device, cpu_threads, unknown_id
             )
         return dataclasses.replace(result, dynamic=adapted)
 

@@ -11,6 +11,7 @@ below *are* the ``small`` preset: the recipe tuned for the best validation loss 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
 import re
@@ -29,14 +30,93 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 from charrnn.errors import UsageError
 
-CELLS = ("lstm", "gru", "rnn", "mingru")
-NONLINEARITIES = ("tanh", "relu")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-NORMAL_FORMS = ("none", "nfc", "nfkc")
+
+class Choice(str, enum.Enum):
+    """The words an option takes. A member added here is a choice of the setting everywhere:
+    `--help` lists it, shell completion offers it, validation accepts it. Values are kept as plain
+    text in configurations, config.json and checkpoints (which load with weights_only=True)."""
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """The words, in declaration order."""
+        return tuple(member.value for member in cls)
+
+
+class Cell(Choice):
+    """`--cell`: the recurrent layer."""
+
+    LSTM = "lstm"
+    GRU = "gru"
+    RNN = "rnn"
+    MINGRU = "mingru"  # gates from the input only: one product per window (model/network.py)
+
+
+class Nonlinearity(Choice):
+    """`--nonlinearity` of `--cell rnn`."""
+
+    TANH = "tanh"
+    RELU = "relu"
+
+
+class Device(Choice):
+    """`--device`: auto picks CUDA, then MPS, then the CPU (sampling: the CPU)."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+    MPS = "mps"
+
+
+class Precision(Choice):
+    """`--precision` of training."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class NormalForm(Choice):
+    """`--normalize`: the Unicode normal form of the text."""
+
+    NONE = "none"
+    NFC = "nfc"
+    NFKC = "nfkc"
+
+
+class UnknownPolicy(Choice):
+    """`sample --unknown`: what becomes of prime characters the model never saw."""
+
+    ERROR = "error"
+    SKIP = "skip"
+
+
+class UnitState(Choice):
+    """`inspect --state`: which value of a unit colours the text."""
+
+    C = "c"  # an LSTM's cell state
+    H = "h"  # the output
+
+
+class ExportDtype(Choice):
+    """`export --dtype`: the storage type of the weights (model/quantize.py maps it to torch)."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class Quantize(Choice):
+    """`export --quantize`: none, or int8 weight matrices with one scale per row."""
+
+    NONE = "none"
+    INT8 = "int8"
+
+
 DYNAMIC_LR = 0.1  # SGD step of `eval --dynamic`: the best of a grid on tiny Shakespeare
 DEFAULT_PRESET = "small"
-DEFAULT_DEVICE = "auto"  # every command: CUDA, then MPS, then the CPU (sampling: the CPU)
+# Every command's device: CUDA, then MPS, then the CPU (sampling: the CPU).
+DEFAULT_DEVICE = Device.AUTO.value
 
 # Runs go to runs/<corpus>-<time> unless --out says otherwise; encoded corpora are cached beside
 # the runs that use them, so a default run's cache is runs/.cache (where `prepare` writes too).
@@ -51,7 +131,7 @@ OPTIM_PANEL = "Optimisation"
 LENGTH_PANEL = "Run length and evaluation"
 RUN_PANEL = "Run"
 
-DEVICE_HELP = "auto, cpu, cuda or mps."
+DEVICE_HELP = "Where to run: auto is CUDA, then MPS, then the CPU."
 THREADS_HELP = (
     "CPU threads for torch; 0 = auto (the cores other programs leave free, re-checked "
     "every second). N fixes the count."
@@ -67,6 +147,14 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * scale
 
 
+def format_duration(seconds: float) -> str:
+    """`seconds` as `parse_duration` reads it, in the largest whole unit: 300 is '5m'."""
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= scale and seconds % scale == 0:
+            return f"{seconds / scale:g}{unit}"
+    return f"{seconds:g}s"
+
+
 # ----------------------------------------------------------------------------- declaring settings
 
 
@@ -78,14 +166,18 @@ def setting(
     resumable: bool = False,
     flag: str | None = None,
     parse: Callable[[str], Any] | None = None,
+    choices: type[Choice] | None = None,
 ) -> Any:
     """A dataclass field declaring one setting.
 
     `resumable`: it may change on `--resume` (it cannot make the run differ from one never
     stopped). `flag`: the option's spelling when not ``--key-name`` (``"--bytes/--chars"``).
     `parse`: how text sets it where its type is not text (durations); the command line passes text.
+    `choices`: the words it takes (its value stays text; `validate` checks it).
     """
-    info = {"help": help, "panel": panel, "resumable": resumable, "flag": flag, "parse": parse}
+    info = dict(
+        help=help, panel=panel, resumable=resumable, flag=flag, parse=parse, choices=choices
+    )
     return field(default=default, metadata={"setting": info})
 
 
@@ -102,6 +194,7 @@ class Setting:
     resumable: bool
     flag: str | None
     parse: Callable[[str], Any] | None
+    choices: type[Choice] | None
 
     @property
     def option(self) -> str:
@@ -143,12 +236,13 @@ class ModelConfig:
     `--init-from` keeps all of it from the checkpoint it starts from.
     """
 
-    cell: str = setting(
-        "lstm",
-        "lstm, gru, rnn or mingru (gates from the input only: one product per window).",
+    cell: str = setting(Cell.LSTM.value, "The recurrent cell.", MODEL_PANEL, choices=Cell)
+    nonlinearity: str = setting(
+        Nonlinearity.TANH.value,
+        "For --cell rnn: its activation.",
         MODEL_PANEL,
+        choices=Nonlinearity,
     )
-    nonlinearity: str = setting("tanh", "For --cell rnn: tanh or relu.", MODEL_PANEL)
     layers: int = setting(1, "Stacked recurrent layers.", MODEL_PANEL)
     hidden: int = setting(256, "Units per recurrent layer.", MODEL_PANEL)
     embed: int = setting(64, "Character embedding size.", MODEL_PANEL)
@@ -174,7 +268,12 @@ class DataConfig:
     ascii: bool = setting(
         False, "Fold accents to ASCII (é -> e); drop characters with no ASCII form.", DATA_PANEL
     )
-    normalize: str = setting("none", "Unicode normal form: nfc, nfkc or none.", DATA_PANEL)
+    normalize: str = setting(
+        NormalForm.NONE.value,
+        "Unicode normal form (none: as written).",
+        DATA_PANEL,
+        choices=NormalForm,
+    )
     strip_control: bool = setting(
         False, "Remove ANSI escapes and control characters but newline and tab.", DATA_PANEL
     )
@@ -238,21 +337,22 @@ class TrainConfig:
         resumable=True,
     )
     seed: int = setting(1337, "Random seed (same seed, same machine: same run).", RUN_PANEL)
-    device: str = setting(DEFAULT_DEVICE, DEVICE_HELP, RUN_PANEL, resumable=True)
+    device: str = setting(DEFAULT_DEVICE, DEVICE_HELP, RUN_PANEL, resumable=True, choices=Device)
     threads: int = setting(0, THREADS_HELP, RUN_PANEL, resumable=True)
     precision: str = setting(
-        "auto",
-        "auto (bf16 on CUDA; on a CPU bf16 where a short probe of the run's shape trains "
-        "1.1x faster in it, else fp32; a resume keeps the choice), fp32, bf16 or fp16.",
+        Precision.AUTO.value,
+        "auto: bf16 on CUDA; on a CPU bf16 where a short probe of the run's shape trains 1.1x "
+        "faster in it, else fp32 (a resume keeps the choice).",
         RUN_PANEL,
         resumable=True,
+        choices=Precision,
     )
     compile: bool = setting(
         False, "torch.compile the model.", RUN_PANEL, resumable=True, flag="--compile/--no-compile"
     )
     collective_timeout: float = setting(  # seconds; bounds the wait for a rank that died or hung
         300.0,
-        "Under torchrun: how long a rank waits for the others (default 5m) before the job stops.",
+        "Under torchrun: how long a rank waits for the others before the job stops.",
         RUN_PANEL,
         resumable=True,
         parse=parse_duration,
@@ -542,10 +642,12 @@ def _check(ok: bool, message: str) -> None:
 def validate(config: RunConfig) -> None:
     """Raise `UsageError` for the first value out of range."""
     m, d, t = config.model, config.data, config.train
-    _check(m.cell in CELLS, f"unknown cell '{m.cell}'; choose from {', '.join(CELLS)}")
     _check(
-        m.nonlinearity in NONLINEARITIES,
-        f"unknown nonlinearity '{m.nonlinearity}'; choose tanh or relu",
+        m.cell in Cell.values(), f"unknown cell '{m.cell}'; choose from {', '.join(Cell.values())}"
+    )
+    _check(
+        m.nonlinearity in Nonlinearity.values(),
+        f"unknown nonlinearity '{m.nonlinearity}'; choose {' or '.join(Nonlinearity.values())}",
     )
     _check(1 <= m.layers <= 64, f"layers must be between 1 and 64, got {m.layers}")
     _check(1 <= m.hidden <= 16384, f"hidden must be between 1 and 16384, got {m.hidden}")
@@ -560,8 +662,8 @@ def validate(config: RunConfig) -> None:
     _check(bool(d.encoding), "encoding cannot be empty")
     _check(0.0 < d.val_frac < 1.0, f"val_frac must be in (0, 1), got {d.val_frac}")
     _check(
-        d.normalize in NORMAL_FORMS,
-        f"unknown normal form '{d.normalize}'; choose from {', '.join(NORMAL_FORMS)}",
+        d.normalize in NormalForm.values(),
+        f"unknown normal form '{d.normalize}'; choose from {', '.join(NormalForm.values())}",
     )
     _check(
         0 <= d.min_char_count <= 2**40,
@@ -604,21 +706,23 @@ def validate(config: RunConfig) -> None:
     )
     # The range torch.manual_seed accepts.
     _check(-(2**63) <= t.seed < 2**64, f"seed must be between -2**63 and 2**64 - 1, got {t.seed}")
-    _check(t.device in DEVICES, f"unknown device '{t.device}'; choose from {', '.join(DEVICES)}")
+    _check(
+        t.device in Device.values(),
+        f"unknown device '{t.device}'; choose from {', '.join(Device.values())}",
+    )
     validate_threads(t.threads)
     _check(
         math.isfinite(t.collective_timeout) and t.collective_timeout >= 1,
         f"collective_timeout must be at least 1 second, got {t.collective_timeout}",
     )
     _check(
-        t.precision in PRECISIONS,
-        f"unknown precision '{t.precision}'; choose from {', '.join(PRECISIONS)}",
+        t.precision in Precision.values(),
+        f"unknown precision '{t.precision}'; choose from {', '.join(Precision.values())}",
     )
 
 
 # ----------------------------------------------------------------------------- sampling
 
-UNKNOWN_POLICIES = ("error", "skip")
 DEFAULT_TEMPERATURE = 0.8
 MAX_BEAM = 4096
 
@@ -642,7 +746,11 @@ class SampleConfig:
     stop: str | None = setting(  # the text itself is not included
         None, r"End a sample where this text appears (\n, \t understood; default: never)."
     )
-    unknown: str = setting("error", "Prime characters the model never saw: error or skip.")
+    unknown: str = setting(
+        UnknownPolicy.ERROR.value,
+        "Prime characters the model never saw: an error, or skipped.",
+        choices=UnknownPolicy,
+    )
     beam: int = setting(  # 0: sample
         0,
         "Beam search with N beams: the most likely text (by mean log-probability per "
@@ -664,8 +772,10 @@ def validate_sample_config(config: SampleConfig) -> None:
         raise UsageError(f"num-samples must be between 1 and 4096, got {config.num_samples}")
     if config.stop == "":
         raise UsageError("stop text cannot be empty")
-    if config.unknown not in UNKNOWN_POLICIES:
-        raise UsageError(f"unknown policy '{config.unknown}'; choose error or skip")
+    if config.unknown not in UnknownPolicy.values():
+        raise UsageError(
+            f"unknown policy '{config.unknown}'; choose {' or '.join(UnknownPolicy.values())}"
+        )
     if config.seed is not None and not -(2**63) <= config.seed < 2**64:
         raise UsageError(f"seed must be between -2**63 and 2**64 - 1, got {config.seed}")
     if not 0 <= config.beam <= MAX_BEAM:

@@ -28,8 +28,11 @@ from charrnn import commands
 from charrnn.cli import app
 from charrnn.config import (
     DEFAULT_CACHE_DIR,
+    Cell,
     DataConfig,
+    ExportDtype,
     ModelConfig,
+    Quantize,
     RunConfig,
     SampleConfig,
     TrainConfig,
@@ -407,14 +410,13 @@ PACKAGE = Path(commands.__file__).parent
 # dotted below the package ("text.corpus"); a subpackage's own `__init__` is "text".
 LAYERS = [
     ["__init__"],  # the package's face: re-exports the API of `api`, imported on first use
-    ["__main__"],
+    ["__main__", "cli_reference"],  # cli_reference writes docs/cli.md from the app
     ["cli", "api"],  # two front ends over the same commands
     ["commands"],
     ["training.distill", "training.autosize"],  # an objective; the probe runs the trainer's step
     ["training.trainer", "analysis.inspect_view"],  # the loop scores validation text
-    ["generation.interactive"],  # sample --interactive: a prompt loop around generate
-    ["generation.sampling", "analysis.scoring", "analysis.plot", "analysis.inspection",
-     "model.export"],
+    ["generation.interactive", "analysis.inspection"],  # inspection: scoring's windows
+    ["generation.sampling", "analysis.scoring", "analysis.plot", "model.export"],
     ["generation.beam"],
     ["model.checkpoint", "analysis.metrics"],
     ["model.network", "text.run_text", "model.quantize"],
@@ -549,3 +551,67 @@ def test_shell_completion_completes_commands_and_options(tmp_path):
         for line, cword in words.items()
     ]  # fmt: skip
     assert replies == [["train"], ["--max-time"]]
+
+
+# ----------------------------------------------------------------------------- docs/cli.md
+
+CLI_REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+
+
+def test_docs_cli_md_is_written_from_the_commands():
+    from charrnn.cli_reference import render
+
+    assert CLI_REFERENCE.read_text("utf-8") == render(), (
+        "docs/cli.md is out of date: run `make docs` (python -m charrnn.cli_reference)"
+    )
+
+
+def reference_sections() -> dict[str, str]:
+    """docs/cli.md's part for each command ('' for `charrnn` itself), by command name."""
+    parts = re.split(r"^## charrnn\b ?", CLI_REFERENCE.read_text("utf-8"), flags=re.MULTILINE)
+    return {part.split("\n", 1)[0].strip(): part for part in parts[1:]}
+
+
+def test_docs_cli_md_lists_what_every_help_lists():
+    sections = reference_sections()
+    group = typer.main.get_command(app)
+    assert set(sections) == {"", *group.commands}
+    runner = CliRunner()
+    for name, section in sections.items():
+        shown = runner.invoke(app, [*name.split(), "--help"], terminal_width=100)
+        assert shown.exit_code == 0, name
+        help_text = " ".join(shown.stdout.split())
+        rows = re.findall(r"^\| `(.+?)` \|", section, flags=re.MULTILINE)
+        names = [row.replace("\\|", "|") for row in rows if not row.startswith("[")]
+        for names_shown in names:  # each option as --help spells it, with its metavar
+            assert names_shown in help_text, (name, names_shown)
+        if name:  # and no option of --help is missing from the page
+            documented = {re.match(r"(?:-\w, )?(\S+)", n).group(1) for n in names}
+            assert set(listed_options(shown.stdout)) <= documented, name
+
+
+def test_help_and_shell_completion_list_the_words_a_choice_takes(tmp_path):
+    script = Path(sys.executable).parent / "charrnn"  # completion goes by the program's name
+    env = {**CHILD_ENV, "_CHARRNN_COMPLETE": "complete_bash", "COMP_CWORD": "3"}
+    lines = ["charrnn train --cell ", "charrnn export --quantize i", "charrnn sample --unknown "]
+    replies = [
+        subprocess.run(
+            [script], cwd=tmp_path, env={**env, "COMP_WORDS": line},
+            capture_output=True, text=True, timeout=60,
+        ).stdout.split()
+        for line in lines
+    ]  # fmt: skip
+    assert replies == [list(Cell.values()), ["int8"], ["error", "skip"]]
+    train_help = invoke("train", "--help", cwd=tmp_path).stdout
+    assert (
+        "--cell <lstm|gru|rnn|mingru>" in train_help
+        and "--precision <auto|fp32|bf16|fp16>" in train_help
+    )
+
+
+def test_the_words_export_lists_are_the_ones_it_accepts():
+    from charrnn.model.export import QUANTIZE_CHOICES
+    from charrnn.model.quantize import DTYPES
+
+    assert ExportDtype.values() == tuple(DTYPES)
+    assert Quantize.values() == QUANTIZE_CHOICES

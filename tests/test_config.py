@@ -29,6 +29,7 @@ from charrnn.config import (
     check_init_from_flags,
     check_resume_flags,
     declared_settings,
+    format_duration,
     load_preset,
     parse_duration,
     preset_names,
@@ -463,3 +464,11 @@ def test_distill_settings_are_range_checked(values, message):
     validate_distill_config(DistillConfig(0.5, 1.0))
     with pytest.raises(UsageError, match=re.escape(message)):
         validate_distill_config(DistillConfig(*values))
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(300.0, "5m"), (90.0, "90s"), (7200.0, "2h"), (86400.0, "1d"), (1.5, "1.5s")],
+)
+def test_a_duration_is_shown_as_it_is_typed(seconds, text):
+    assert format_duration(seconds) == text and parse_duration(text) == seconds

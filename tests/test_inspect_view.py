@@ -13,7 +13,7 @@ import torch
 from test_cli import invoke
 from test_inspection import TEXT, random_model, text_vocab, write_checkpoint
 
-from charrnn.analysis.inspect_view import coloured_text, html_report
+from charrnn.analysis.inspect_view import coloured_text, html_report, surprisal_rgb
 from charrnn.analysis.inspection import UnitRef, inspect_symbols
 from charrnn.text.corpus import symbols_of
 
@@ -156,3 +156,32 @@ def test_html_escapes_the_text():
     inspection = inspect_symbols(model, vocab, symbols_of(text, False), show=0, find=True)
     html = html_report(inspection, "<b>name</b>", None)
     assert "<script>alert" not in html and "<b>name</b>" not in html
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium or Chrome binary installed")
+def test_the_page_paints_each_character_in_the_terminals_colour(tmp_path):
+    """The colour ramp is computed once: the page shows what `surprisal_rgb` gives the terminal."""
+    vocab = text_vocab(TEXT)
+    inspection = inspect_symbols(
+        random_model("lstm", 2, vocab.size), vocab, symbols_of(TEXT, False), show=0, find=False
+    )
+    probe = """<script>
+    const out = document.createElement("pre"); out.id = "probe";
+    out.textContent = JSON.stringify(Array.from(document.querySelectorAll("#text span")).map(
+      s => getComputedStyle(s).backgroundColor));
+    document.body.appendChild(out);
+    </script></body>"""
+    page = tmp_path / "page.html"
+    page.write_text(html_report(inspection, "text", None).replace("</body>", probe, 1), "utf-8")
+    result = subprocess.run(
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    match = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S)
+    assert match, result.stderr[-2000:]
+    shown = json.loads(match.group(1).replace("&quot;", '"'))
+    assert len(shown) == len(TEXT)
+    assert shown[0] == "rgba(0, 0, 0, 0)"  # the first character has no prediction
+    expected = [surprisal_rgb(float(bits)) for bits in inspection.bits[1:]]
+    assert [rgb(colour) for colour in shown[1:]] == expected

@@ -1,5 +1,6 @@
 """How an `Inspection` is shown: coloured text and tables for the terminal (rich), one plain JSON
-object for machines, and one self-contained HTML page (inline CSS and script, no network)."""
+object for machines, and one self-contained HTML page (inline CSS and script, no network) from
+the template templates/inspect.html. The colours are computed here, once, for both."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import html
 import json
 import math
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -20,13 +22,14 @@ from charrnn.analysis.inspection import (
     Inspection,
     Tracker,
     UnitRef,
-    symbol_text,
 )
+from charrnn.text.corpus import symbol_glyph
 
 MAX_BITS = 8.0  # the surprisal colour scale saturates here
 EXCERPT_CHARS = 160  # the text shown under each --find tracker in the terminal
 BLOCKS = " ▁▂▃▄▅▆▇█"
 PLAIN_WIDTH = 76  # characters per line of the plain view (a bar line goes under each)
+UNIT_STEPS = 127  # a unit's values reach the page as int8 steps of its largest |value|
 
 
 # ----------------------------------------------------------------------------- colours
@@ -51,9 +54,14 @@ def _hex(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def _shown_char(symbol: int, is_bytes: bool) -> str:
-    text = symbol_text(symbol, is_bytes)
-    return text if text == "\n" or text.isprintable() else "\u00b7"
+def surprisal_stops() -> list[str]:
+    """The surprisal scale's legend: 9 colours from 0 to MAX_BITS (the terminal and the page)."""
+    return [_hex(surprisal_rgb(k * MAX_BITS / 8)) for k in range(9)]
+
+
+def unit_stops() -> list[str]:
+    """A unit's scale's legend: 9 colours from -1 to +1 of its full strength."""
+    return [_hex(unit_rgb(k / 4, 1.0)) for k in range(-4, 5)]
 
 
 # ----------------------------------------------------------------------------- terminal
@@ -73,7 +81,7 @@ def coloured_text(
     )
     values = inspection.unit_values(unit)[:count] if unit is not None else None
     scale = _unit_scale(values) if values is not None else 0.0
-    chars = [_shown_char(int(s), inspection.is_bytes) for s in inspection.symbols[:count]]
+    chars = [symbol_glyph(int(s), inspection.is_bytes, True) for s in inspection.symbols[:count]]
     if plain:
         return _text_with_bars(inspection, chars, values)
     text = Text()
@@ -128,11 +136,11 @@ def legend(unit: UnitRef | None, inspection: Inspection, plain: bool = False) ->
     text = Text()
     if unit is None:
         text.append("surprisal: 0 bits ")
-        for k in range(9):
+        for k, colour in enumerate(surprisal_stops()):
             if plain:
                 text.append(BLOCKS[max(1, k)])
             else:
-                text.append("  ", style=f"on {_hex(surprisal_rgb(k * MAX_BITS / 8))}")
+                text.append("  ", style=f"on {colour}")
         text.append(f" {MAX_BITS:g}+ bits (what the model expected least)")
         return text
     values = inspection.unit_values(unit)
@@ -144,8 +152,8 @@ def legend(unit: UnitRef | None, inspection: Inspection, plain: bool = False) ->
         text.append(f"{low:.2f} {BLOCKS[1:]} {high:+.2f}")
         return text
     text.append(f"{-scale:.2f} ")
-    for k in range(-4, 5):
-        text.append("  ", style=f"on {_hex(unit_rgb(k / 4, 1.0))}")
+    for colour in unit_stops():
+        text.append("  ", style=f"on {colour}")
     text.append(f" {scale:+.2f}")
     return text
 
@@ -285,13 +293,13 @@ def json_report(inspection: Inspection, unit: UnitRef | None) -> dict[str, Any]:
         known = bool(inspection.known[k])
         bits = float(inspection.bits[k])
         entry: dict[str, Any] = {
-            "char": symbol_text(int(inspection.symbols[k]), inspection.is_bytes),
+            "char": symbol_glyph(int(inspection.symbols[k]), inspection.is_bytes),
             "known": known,
             "bits": _num(bits),
             "top5": []
             if math.isnan(bits)
             else [
-                [symbol_text(vocab.symbols[int(i)], vocab.is_bytes), _num(float(p))]
+                [vocab.glyph(int(i)), _num(float(p))]
                 for i, p in zip(inspection.top_ids[k], inspection.top_probs[k], strict=False)
             ],
         }
@@ -337,7 +345,7 @@ def _quantised_units(inspection: Inspection) -> tuple[dict[str, str], dict[str, 
         flat = np.nan_to_num(values.reshape(values.shape[0], -1), nan=0.0)
         scale = np.abs(flat).max(0)
         scale[scale == 0] = 1.0
-        quantised = np.round(flat / scale * 127).astype(np.int8)
+        quantised = np.round(flat / scale * UNIT_STEPS).astype(np.int8)
         data[state] = base64.b64encode(quantised.tobytes()).decode("ascii")
         scales[state] = scale.astype(float).round(6).tolist()
     return data, scales
@@ -348,13 +356,15 @@ def html_report(inspection: Inspection, source: str, unit: UnitRef | None) -> st
     top-5 on hover, the --find table, spans and gates."""
     vocab = inspection.vocab
     units_data, units_scale = _quantised_units(inspection)
+    bits = inspection.bits.astype(float).tolist()
+    steps = range(-UNIT_STEPS, UNIT_STEPS + 1)  # the page's unit colours, one per int8 step
     payload = {
-        "chars": [_shown_char(int(s), inspection.is_bytes) for s in inspection.symbols],
+        "chars": [symbol_glyph(int(s), inspection.is_bytes, True) for s in inspection.symbols],
         "known": inspection.known.astype(int).tolist(),
         "bits": [_num(float(b), 3) for b in inspection.bits],
         "top": [
             [
-                [symbol_text(vocab.symbols[int(i)], vocab.is_bytes), round(float(p), 4)]
+                [vocab.glyph(int(i)), round(float(p), 4)]
                 for i, p in zip(ids, probs, strict=False)
                 if p > 0
             ]
@@ -366,6 +376,11 @@ def html_report(inspection: Inspection, source: str, unit: UnitRef | None) -> st
         "units": units_data,
         "scales": units_scale,
         "maxBits": MAX_BITS,
+        "colours": [None if math.isnan(b) else _hex(surprisal_rgb(b)) for b in bits],
+        "surprisalStops": surprisal_stops(),
+        "unitSteps": UNIT_STEPS,
+        "unitRamp": [_hex(unit_rgb(q / UNIT_STEPS, 1.0)) for q in steps],
+        "unitStops": unit_stops(),
         "initial": None if unit is None else vars(unit),
         "find": [_tracker_dict(t) for t in inspection.trackers],
     }
@@ -375,8 +390,10 @@ def html_report(inspection: Inspection, source: str, unit: UnitRef | None) -> st
         f"{inspection.unknown_chars:,} outside the vocabulary; showing the first "
         f"{inspection.symbols.shape[0]:,} of {inspection.total_symbols:,}"
     )
+    page = resources.files("charrnn.analysis").joinpath("templates/inspect.html")
     return (
-        _PAGE.replace("%TITLE%", html.escape(f"charrnn inspect: {source}"))
+        page.read_text("utf-8")
+        .replace("%TITLE%", html.escape(f"charrnn inspect: {source}"))
         .replace("%SUMMARY%", html.escape(summary))
         .replace("%FIND%", _find_html(inspection))
         .replace("%SPANS%", _spans_html(inspection))
@@ -447,157 +464,3 @@ def _scatter_svg(row: dict[str, Any]) -> str:
         f'<line x1="5" y1="5" x2="{size - 5}" y2="{size - 5}" class="diag"/>'
         f'<rect x="5" y="5" width="{size - 10}" height="{size - 10}" class="frame"/>{dots}</svg>'
     )
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>%TITLE%</title>
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
-#text { font: 14px/1.6 ui-monospace, monospace; white-space: pre-wrap; border: 1px solid #ccc;
-  padding: .8em; max-width: 100em; }
-#text span { cursor: default; }
-#text span.unknown { color: #999; text-decoration: line-through; }
-#tip { position: fixed; display: none; background: #fffff0; border: 1px solid #888;
-  padding: .4em .6em;
-  font: 13px ui-monospace, monospace; pointer-events: none; box-shadow: 2px 2px 6px #0003; }
-table { border-collapse: collapse; margin: .6em 0 1.2em; }
-td, th { border-bottom: 1px solid #ddd; padding: .2em .7em; text-align: left;
-  vertical-align: middle; }
-#controls { margin: .8em 0; } #controls select, #controls input { margin-right: .6em; }
-#legend span { display: inline-block; width: 1.6em; height: 1em; vertical-align: middle; }
-.hist { display: flex; align-items: flex-end; height: 60px; gap: 1px; }
-.bar { width: 6px; background: #4a7; display: inline-block; }
-svg circle { fill: #c33; fill-opacity: .6; } svg .frame { fill: none; stroke: #999; }
-svg .diag { stroke: #ccc; }
-</style></head>
-<body>
-<h1>%TITLE%</h1>
-<p id="summary">%SUMMARY%</p>
-<div id="controls">
-<label>Colour by <select id="mode"><option value="surprisal">surprisal (bits)</option>
-<option value="unit">a unit</option></select></label>
-<label>state <select id="state"></select></label>
-<label>layer:unit <select id="unit"></select></label>
-<span id="legend"></span>
-</div>
-<div id="text"></div>
-<div id="tip"></div>
-<h2>Units that track features of the text</h2>
-%FIND%
-<h2>Most surprising spans</h2>
-%SPANS%
-<h2>Gates</h2>
-%GATES%
-<script type="application/json" id="data">%DATA%</script>
-<script>
-"use strict";
-const D = JSON.parse(document.getElementById("data").textContent);
-const textBox = document.getElementById("text"), tip = document.getElementById("tip");
-const modeBox = document.getElementById("mode"), stateBox = document.getElementById("state");
-const unitBox = document.getElementById("unit"), legendBox = document.getElementById("legend");
-const units = {};
-for (const s of D.states) {
-  const raw = atob(D.units[s]), bytes = new Int8Array(raw.length);
-  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i) << 24 >> 24;
-  units[s] = bytes;
-  const o = document.createElement("option");
-  o.value = s; o.textContent = s; stateBox.appendChild(o);
-}
-for (let l = 0; l < D.layers; l++) for (let u = 0; u < D.hidden; u++) {
-  const o = document.createElement("option"); o.value = l + ":" + u; o.textContent = l + ":" + u;
-  unitBox.appendChild(o);
-}
-const spans = [];
-const frag = document.createDocumentFragment();
-D.chars.forEach((ch, k) => {
-  const span = document.createElement("span");
-  span.textContent = ch === "\\n" ? "\\u21b5\\n" : ch;
-  span.dataset.k = k;
-  if (!D.known[k]) span.className = "unknown";
-  spans.push(span); frag.appendChild(span);
-});
-textBox.appendChild(frag);
-function surprisalColour(bits) {
-  const t = Math.min(Math.max(bits / D.maxBits, 0), 1);
-  if (t < 0.5) return "rgb(255,255," + Math.round(255 * (1 - 2 * t)) + ")";
-  return "rgb(255," + Math.round(255 * (1 - (t - 0.5) * 1.7)) + ",0)";
-}
-function unitColour(t) {
-  const fade = Math.round(255 * (1 - Math.abs(t)));
-  return t >= 0 ? "rgb(255," + fade + "," + fade + ")" : "rgb(" + fade + "," + fade + ",255)";
-}
-function selected() {
-  const [l, u] = unitBox.value.split(":").map(Number);
-  return { layer: l, unit: u, state: stateBox.value };
-}
-function unitValue(sel, k) {
-  const width = D.layers * D.hidden, j = sel.layer * D.hidden + sel.unit;
-  return units[sel.state][k * width + j] / 127;
-}
-function legend(cells, left, right) {
-  legendBox.textContent = "";
-  legendBox.appendChild(document.createTextNode(left + " "));
-  for (const c of cells) {
-    const s = document.createElement("span");
-    s.style.background = c; legendBox.appendChild(s);
-  }
-  legendBox.appendChild(document.createTextNode(" " + right));
-}
-function paint() {
-  const byUnit = modeBox.value === "unit", sel = selected();
-  for (let k = 0; k < spans.length; k++) {
-    let colour = "";
-    if (D.known[k]) {
-      if (byUnit) colour = unitColour(unitValue(sel, k));
-      else if (D.bits[k] !== null) colour = surprisalColour(D.bits[k]);
-    }
-    spans[k].style.background = colour;
-  }
-  if (byUnit) {
-    const scale = D.scales[sel.state][sel.layer * D.hidden + sel.unit];
-    const name = " (unit " + unitBox.value + " " + sel.state + ")";
-    legend([-1, -.5, 0, .5, 1].map(unitColour), (-scale).toFixed(2), "+" + scale.toFixed(2) + name);
-  } else {
-    const cells = [0, 2, 4, 6, 8].map(b => surprisalColour(b * D.maxBits / 8));
-    legend(cells, "0 bits", D.maxBits + "+ bits");
-  }
-}
-function pick(layer, unit, state) {
-  modeBox.value = "unit"; stateBox.value = state; unitBox.value = layer + ":" + unit; paint();
-}
-modeBox.addEventListener("change", paint);
-stateBox.addEventListener("change", () => { modeBox.value = "unit"; paint(); });
-unitBox.addEventListener("change", () => { modeBox.value = "unit"; paint(); });
-document.querySelectorAll("a.pick").forEach(a => a.addEventListener("click", e => {
-  e.preventDefault(); pick(+a.dataset.layer, +a.dataset.unit, a.dataset.state);
-  textBox.scrollIntoView();
-}));
-textBox.addEventListener("mousemove", e => {
-  const k = e.target.dataset ? e.target.dataset.k : undefined;
-  if (k === undefined) { tip.style.display = "none"; return; }
-  const ch = JSON.stringify(D.chars[k]);
-  let lines = [D.known[k] ? ch : ch + " (not in the vocabulary; skipped)"];
-  if (D.bits[k] !== null) lines.push(D.bits[k].toFixed(2) + " bits; expected:");
-  for (const [c, p] of D.top[k] || []) {
-    lines.push("  " + JSON.stringify(c) + " " + (100 * p).toFixed(1) + "%");
-  }
-  if (modeBox.value === "unit" && D.known[k]) {
-    const sel = selected();
-    const v = unitValue(sel, k) * D.scales[sel.state][sel.layer * D.hidden + sel.unit];
-    lines.push("unit " + unitBox.value + " " + sel.state + ": " + v.toFixed(3));
-  }
-  tip.textContent = lines.join("\\n"); tip.style.whiteSpace = "pre";
-  tip.style.left = (e.clientX + 14) + "px"; tip.style.top = (e.clientY + 14) + "px";
-  tip.style.display = "block";
-});
-textBox.addEventListener("mouseleave", () => { tip.style.display = "none"; });
-if (D.initial) pick(D.initial.layer, D.initial.unit, D.initial.state);
-else if (D.find.length) {  // the picker starts at the best tracker; the colours at surprisal
-  stateBox.value = D.find[0].state; unitBox.value = D.find[0].layer + ":" + D.find[0].unit;
-  paint();
-}
-else paint();
-</script>
-</body></html>
-"""

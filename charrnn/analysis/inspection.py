@@ -1,12 +1,12 @@
 """Looking inside a model: per-character surprisal, unit values, gate statistics, and the units
 that best track simple features of the text (Karpathy, Johnson & Fei-Fei 2015).
 
-The text streams through the network window by window with the state carried, as `eval` scores
-it, so a long file needs memory for one window of activations, not for the whole text. Each layer
-runs as its own single-layer fused module with the model's weights, which yields every layer's
-outputs h; the gates and the LSTM cell state c are then computed from those outputs and the same
-weights, vectorised over the window (c by a parallel scan), and checked against the fused
-layers' final state in the tests.
+The text streams through the network window by window with the state carried, through the same
+`scoring.forward_windows` that `eval` scores with, so a long file needs memory for one window of
+activations, not for the whole text. Each layer runs as its own single-layer fused module with the
+model's weights, which yields every layer's outputs h; the gates and the LSTM cell state c are
+then computed from those outputs and the same weights, vectorised over the window (c by a
+parallel scan), and checked against the fused layers' final state in the tests.
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charrnn.config import DataConfig
+from charrnn.analysis.metrics import TOP_K
+from charrnn.analysis.scoring import EVAL_WINDOW as WINDOW
+from charrnn.analysis.scoring import Window, evaluating, forward_windows
+from charrnn.config import DataConfig, ModelConfig
 from charrnn.errors import CorpusError, UsageError
-from charrnn.model.network import CharRNN, State
+from charrnn.model.network import CharRNN, State, cat_states, map_state, state_parts
 from charrnn.system.device import CpuThreads
-from charrnn.text.corpus import Vocab, corpus_symbol_chunks, symbols_of
+from charrnn.text.corpus import IGNORE_INDEX, Vocab, corpus_symbol_chunks, symbols_of
 from charrnn.text.preprocess import preprocess_text
 
-WINDOW = 512  # characters per forward call; bounds memory, not the result
-TOP_K = 5  # predictions kept per shown position
 SATURATION = 0.1  # a gate below this is "closed", above 1 - this "open" (the paper's threshold)
 HISTOGRAM_BINS = 20
 SPAN_CHARS = 12  # width of the "most surprising spans"
@@ -106,13 +106,6 @@ def _stdin_symbols(vocab: Vocab, config: DataConfig) -> np.ndarray:
         raise CorpusError(f"stdin: not valid {config.encoding} ({exc})") from None
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     return symbols_of(preprocess_text(text, config), False)
-
-
-def symbol_text(symbol: int, is_bytes: bool) -> str:
-    """How one symbol is shown: the character, or for a byte above ASCII a middle dot."""
-    if is_bytes and symbol >= 0x80:
-        return "\u00b7"
-    return chr(symbol)
 
 
 # ----------------------------------------------------------------------------- text features
@@ -242,42 +235,43 @@ class Tracer:
     def run(self, ids: Tensor) -> WindowTrace:
         """Feed ids (T,) continuing from the previous window's state."""
         with torch.inference_mode():
-            x = self.model.embed(ids.unsqueeze(0))  # (1, T, E)
-            previous = (
-                self.state if self.state is not None else self.model.initial_state(1, ids.device)
-            )
-            values: dict[str, list[Tensor]] = {name: [] for name in self.state_names}
-            gates: dict[str, list[Tensor]] = {name: [] for name in GATE_NAMES.get(self.cell, ())}
-            carried_h, carried_c = [], []
-            for k, layer in enumerate(self.layers):
-                h0 = (previous[0] if isinstance(previous, tuple) else previous)[k : k + 1]
-                c0 = previous[1][k : k + 1] if isinstance(previous, tuple) else None
-                out, last = layer(x, (h0, c0) if c0 is not None else h0)
-                h = out[0]  # (T, H)
-                h_before = torch.cat([h0[0], h[:-1]])
-                if self.cell == "lstm":
-                    c, layer_gates = _lstm_cells(layer, x[0], h_before, c0[0])
-                    values["c"].append(c)
-                    carried_c.append(last[1])
-                elif self.cell == "gru":
-                    layer_gates = _gru_gates(layer, x[0], h_before)
-                elif self.cell == "mingru":
-                    layer_gates = _mingru_gates(layer, x[0])
-                else:
-                    layer_gates = {}
-                for name, value in layer_gates.items():
-                    gates[name].append(value)
-                values["h"].append(h)
-                carried_h.append(last[0] if isinstance(last, tuple) else last)
-                x = out
-            logits = self.model.head(x[0]).float()
-            h_all = torch.cat(carried_h)
-            self.state = (h_all, torch.cat(carried_c)) if self.cell == "lstm" else h_all
-            return WindowTrace(
-                logits,
-                {name: torch.stack(v, dim=1).float() for name, v in values.items()},
-                {name: torch.stack(v, dim=1).float() for name, v in gates.items()},
-            )
+            trace, self.state = self.forward(ids.unsqueeze(0), self.state)
+        return trace
+
+    def forward(self, ids: Tensor, state: State | None) -> tuple[WindowTrace, State]:
+        """The trace of ids (1, T) read from `state` (None: zeros), and the state after them;
+        the signature of `CharRNN.forward`, for `forward_windows`."""
+        x = self.model.embed(ids)  # (1, T, E)
+        previous = state if state is not None else self.model.initial_state(1, ids.device)
+        values: dict[str, list[Tensor]] = {name: [] for name in self.state_names}
+        gates: dict[str, list[Tensor]] = {name: [] for name in GATE_NAMES.get(self.cell, ())}
+        carried: list[State] = []
+        for k, layer in enumerate(self.layers):
+            start = map_state(lambda part, k=k: part[k : k + 1], previous)
+            h0, *c0 = state_parts(start)  # an LSTM's c0 too
+            out, last = layer(x, start)
+            h = out[0]  # (T, H)
+            h_before = torch.cat([h0[0], h[:-1]])
+            if c0:
+                c, layer_gates = _lstm_cells(layer, x[0], h_before, c0[0][0])
+                values["c"].append(c)
+            elif self.cell == "gru":
+                layer_gates = _gru_gates(layer, x[0], h_before)
+            elif self.cell == "mingru":
+                layer_gates = _mingru_gates(layer, x[0])
+            else:
+                layer_gates = {}
+            for name, value in layer_gates.items():
+                gates[name].append(value)
+            values["h"].append(h)
+            carried.append(last)
+            x = out
+        trace = WindowTrace(
+            self.model.head(x[0]).float(),
+            {name: torch.stack(v, dim=1).float() for name, v in values.items()},
+            {name: torch.stack(v, dim=1).float() for name, v in gates.items()},
+        )
+        return trace, cat_states(carried, dim=0)
 
 
 def _single_layer(model: CharRNN, k: int) -> nn.Module:
@@ -525,7 +519,7 @@ class _KnownStream:
     `offset`), and the first `show` symbols of all (0: all) with whether each is known."""
 
     def __init__(self, chunks: Iterable[np.ndarray], vocab: Vocab, show: int) -> None:
-        self.table = vocab.lookup_table()
+        self.vocab = vocab
         self.chunks = iter(chunks)
         self.show = show
         self.pending = np.zeros(0, dtype=np.int64)
@@ -541,18 +535,32 @@ class _KnownStream:
             if chunk is None:
                 self.exhausted = True
                 return
-            plus_one = self.table[np.asarray(chunk, dtype=np.int64)]
-            known = plus_one > 0
+            ids, known = self.vocab.known_ids(np.asarray(chunk, dtype=np.int64))
             room = chunk.shape[0] if self.show == 0 else max(0, self.show - self.seen)
             if room:
                 self.shown_symbols.append(np.asarray(chunk[:room], dtype=np.int64))
                 self.shown_known.append(known[:room])
             self.seen += chunk.shape[0]
             self.unknown += int((~known).sum())
-            self.pending = np.concatenate([self.pending, plus_one[known].astype(np.int64) - 1])
+            self.pending = np.concatenate([self.pending, ids])
 
     def advance(self, count: int) -> None:
         self.pending, self.offset = self.pending[count:], self.offset + count
+
+    def windows(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Known ids (1, <= WINDOW) and their next-symbol targets (IGNORE_INDEX past the text's
+        end), window by window; the stream stands at a window's start while it is out, with
+        the symbols after it read (the features look ahead)."""
+        while True:
+            self.fill(WINDOW + MAX_NAME_LINE + 2)
+            count = min(WINDOW, self.pending.shape[0])
+            if count == 0 or (self.offset == 0 and self.pending.shape[0] < 2):
+                return
+            targets = np.full((1, count), IGNORE_INDEX, dtype=np.int64)
+            following = self.pending[1 : count + 1]
+            targets[0, : following.shape[0]] = following
+            yield self.pending[None, :count], targets
+            self.advance(count)
 
     def shown_limit(self) -> int:
         """Known positions below this are shown (every one read so far, until `show` symbols
@@ -606,7 +614,7 @@ class _SpanFinder:
         return [
             {
                 "start": start,
-                "text": "".join(symbol_text(vocab.symbols[i], vocab.is_bytes) for i in ids),
+                "text": "".join(vocab.glyph(i) for i in ids),
                 "bits": total,
                 "bits_per_char": total / bits.shape[0],
                 "worst": int(bits.argmax()),
@@ -631,110 +639,114 @@ def inspect_symbols(
     `find`) and gate statistics for the whole text, in memory for one window."""
     stream = _KnownStream([chunks] if isinstance(chunks, np.ndarray) else chunks, vocab, show)
     tracer = Tracer(model)
-    config = model.config
-    shape = (config.layers, config.hidden)
-    code_points = np.asarray(vocab.symbols, dtype=np.int64)
-    feature_stream = FeatureStream() if find else None
-    correlations = {
-        name: Correlations(config.layers * config.hidden, len(FEATURES))
-        for name in tracer.state_names
-    }
-    gate_stats = {name: GateStats.empty(name, *shape) for name in GATE_NAMES.get(config.cell, ())}
-    spans = _SpanFinder()
-    shown_bits: list[np.ndarray] = [np.full(1, np.nan, dtype=np.float32)]  # from position 0
-    shown_top: list[tuple[np.ndarray, np.ndarray]] = []  # from position 1
-    shown_values: dict[str, list[np.ndarray]] = {name: [] for name in tracer.state_names}
-    loss_sum = 0.0
-    model.eval()
-    while True:
-        stream.fill(WINDOW + MAX_NAME_LINE + 2)
-        count = min(WINDOW, stream.pending.shape[0])
-        if count == 0 or (stream.offset == 0 and stream.pending.shape[0] < 2):
-            break
-        if threads is not None:
-            threads.tick()
-        start, window = stream.offset, stream.pending[:count]
-        targets = stream.pending[1 : count + 1]
-        trace = tracer.run(torch.from_numpy(window).to(device))
-        limit = stream.shown_limit()
-        with torch.inference_mode():
-            scored = trace.logits[: targets.shape[0]]
-            losses = F.cross_entropy(
-                scored, torch.from_numpy(targets).to(scored.device), reduction="none"
-            ).double()
-            loss_sum += float(losses.sum())
-            bits = (losses / math.log(2)).float().cpu().numpy()
-            spans.add(bits, targets)
-            keep = max(0, min(start + targets.shape[0], limit - 1) - start)  # shown predictions
-            if keep:
-                shown_bits.append(bits[:keep])
-                probs, top = trace.logits[:keep].softmax(-1).topk(min(TOP_K, vocab.size), dim=-1)
-                shown_top.append((top.cpu().numpy(), probs.cpu().numpy()))
-        host = {name: v.cpu().numpy() for name, v in trace.values.items()}
-        shown_here = max(0, min(start + count, limit) - start)
-        features = None
-        if feature_stream is not None:
-            ahead = code_points[stream.pending[count : count + MAX_NAME_LINE + 1]]
-            features = feature_stream.features(code_points[window], ahead)
-        for name, value in host.items():
-            if shown_here:
-                shown_values[name].append(value[:shown_here])
-            if features is not None:
-                correlations[name].add(value.reshape(value.shape[0], -1), features)
-        for name, gate in trace.gates.items():
-            gate_stats[name].add(gate.cpu().numpy())
-        stream.advance(count)
-    total_known = stream.offset + stream.pending.shape[0]
-    if total_known < 2:
+    collector = _Collector(model.config, vocab, tracer.state_names, find)
+    with evaluating(model), torch.inference_mode():
+        for window in forward_windows(tracer.forward, stream.windows(), device, threads):
+            collector.add(window, stream)
+    if stream.offset + stream.pending.shape[0] < 2:
         raise CorpusError(
             "nothing to score: the text has fewer than two characters the model knows"
         )
-    symbols = np.concatenate(stream.shown_symbols) if stream.shown_symbols else np.zeros(0)
-    shown_mask = np.concatenate(stream.shown_known) if stream.shown_known else np.zeros(0, bool)
-    shown_known = int(shown_mask.sum())
-    top_ids = np.zeros((shown_known, TOP_K), dtype=np.int64)
-    top_probs = np.zeros((shown_known, TOP_K), dtype=np.float32)
-    if shown_top:
-        ids_part = np.concatenate([t for t, _ in shown_top])
-        top_ids[1 : 1 + ids_part.shape[0], : ids_part.shape[1]] = ids_part
-        top_probs[1 : 1 + ids_part.shape[0], : ids_part.shape[1]] = np.concatenate(
-            [p for _, p in shown_top]
+    return collector.result(stream, trackers_per_feature)
+
+
+class _Collector:
+    """What `inspect` keeps of the windows: the shown positions' bits, top predictions and unit
+    values, and over the whole text the loss, spans, gate statistics and feature correlations."""
+
+    def __init__(
+        self, config: ModelConfig, vocab: Vocab, state_names: tuple[str, ...], find: bool
+    ) -> None:
+        self.config, self.vocab, self.state_names = config, vocab, state_names
+        self.shape = (config.layers, config.hidden)
+        self.code_points = np.asarray(vocab.symbols, dtype=np.int64)
+        self.features = FeatureStream() if find else None
+        units = config.layers * config.hidden
+        self.correlations = {name: Correlations(units, len(FEATURES)) for name in state_names}
+        gate_names = GATE_NAMES.get(config.cell, ())
+        self.gates = {name: GateStats.empty(name, *self.shape) for name in gate_names}
+        self.spans = _SpanFinder()
+        self.bits: list[np.ndarray] = [np.full(1, np.nan, dtype=np.float32)]  # from position 0
+        self.top: list[tuple[np.ndarray, np.ndarray]] = []  # from position 1
+        self.values: dict[str, list[np.ndarray]] = {name: [] for name in state_names}
+        self.loss_sum = 0.0
+
+    def add(self, window: Window, stream: _KnownStream) -> None:
+        """One window, while `stream` stands at its start."""
+        trace: WindowTrace = window.output
+        start, count = stream.offset, window.inputs.shape[1]
+        targets = window.host_targets[0][window.host_targets[0] != IGNORE_INDEX]
+        losses = window.losses("none")[: targets.shape[0]].double()
+        self.loss_sum += float(losses.sum())
+        bits = (losses / math.log(2)).float().cpu().numpy()
+        self.spans.add(bits, targets)
+        limit = stream.shown_limit()
+        keep = max(0, min(start + targets.shape[0], limit - 1) - start)  # shown predictions
+        if keep:
+            self.bits.append(bits[:keep])
+            top_k = min(TOP_K, self.vocab.size)
+            probs, top = window.logits[:keep].softmax(-1).topk(top_k, dim=-1)
+            self.top.append((top.cpu().numpy(), probs.cpu().numpy()))
+        shown_here = max(0, min(start + count, limit) - start)
+        features = None
+        if self.features is not None:
+            ahead = self.code_points[stream.pending[count : count + MAX_NAME_LINE + 1]]
+            features = self.features.features(self.code_points[stream.pending[:count]], ahead)
+        for name, tensor in trace.values.items():
+            value = tensor.cpu().numpy()
+            if shown_here:
+                self.values[name].append(value[:shown_here])
+            if features is not None:
+                self.correlations[name].add(value.reshape(value.shape[0], -1), features)
+        for name, gate in trace.gates.items():
+            self.gates[name].add(gate.cpu().numpy())
+
+    def result(self, stream: _KnownStream, trackers_per_feature: int) -> Inspection:
+        """The inspection of the whole text `stream` has read."""
+        mask = np.concatenate(stream.shown_known) if stream.shown_known else np.zeros(0, bool)
+        symbols = np.concatenate(stream.shown_symbols) if stream.shown_symbols else np.zeros(0)
+        shown = int(mask.sum())
+        top_ids = np.zeros((shown, TOP_K), dtype=np.int64)
+        top_probs = np.zeros((shown, TOP_K), dtype=np.float32)
+        if self.top:
+            ids = np.concatenate([t for t, _ in self.top])
+            top_ids[1 : 1 + ids.shape[0], : ids.shape[1]] = ids
+            top_probs[1 : 1 + ids.shape[0], : ids.shape[1]] = np.concatenate(
+                [p for _, p in self.top]
+            )
+        empty = np.zeros((0, *self.shape), dtype=np.float32)
+        values = {
+            name: _spread(np.concatenate(parts)[:shown] if parts else empty, mask)
+            for name, parts in self.values.items()
+        }
+        config = self.config
+        inspection = Inspection(
+            is_bytes=self.vocab.is_bytes,
+            cell=config.cell,
+            layers=config.layers,
+            hidden=config.hidden,
+            state_names=self.state_names,
+            symbols=symbols.astype(np.int64),
+            known=mask,
+            bits=_spread(np.concatenate(self.bits)[:shown], mask),
+            top_ids=_spread(top_ids, mask, fill=0),
+            top_probs=_spread(top_probs, mask, fill=0.0),
+            values=values,
+            vocab=self.vocab,
+            loss_sum=self.loss_sum,
+            chars=stream.offset + stream.pending.shape[0] - 1,
+            unknown_chars=stream.unknown,
+            total_symbols=stream.seen,
+            spans=self.spans.result(self.vocab),
+            gates=[row for stats in self.gates.values() for row in stats.summary()],
         )
-    values = {
-        name: np.concatenate(parts)[:shown_known]
-        if parts
-        else np.zeros((0, *shape), dtype=np.float32)
-        for name, parts in shown_values.items()
-    }
-    inspection = Inspection(
-        is_bytes=vocab.is_bytes,
-        cell=config.cell,
-        layers=config.layers,
-        hidden=config.hidden,
-        state_names=tracer.state_names,
-        symbols=symbols.astype(np.int64),
-        known=shown_mask,
-        bits=_spread(np.concatenate(shown_bits)[:shown_known], shown_mask),
-        top_ids=_spread(top_ids, shown_mask, fill=0),
-        top_probs=_spread(top_probs, shown_mask, fill=0.0),
-        values={name: _spread(v, shown_mask) for name, v in values.items()},
-        vocab=vocab,
-        loss_sum=loss_sum,
-        chars=total_known - 1,
-        unknown_chars=stream.unknown,
-        total_symbols=stream.seen,
-        spans=spans.result(vocab),
-        gates=[row for stats in gate_stats.values() for row in stats.summary()],
-    )
-    if feature_stream is not None:
-        any_state = next(iter(correlations.values()))
-        inspection.feature_present = dict(
-            zip(FEATURES, any_state.feature_varies().tolist(), strict=True)
-        )
-        inspection.trackers = best_trackers(
-            {name: c.result() for name, c in correlations.items()}, shape, trackers_per_feature
-        )
-    return inspection
+        if self.features is not None:
+            any_state = next(iter(self.correlations.values()))
+            present = any_state.feature_varies().tolist()
+            inspection.feature_present = dict(zip(FEATURES, present, strict=True))
+            correlations = {name: c.result() for name, c in self.correlations.items()}
+            inspection.trackers = best_trackers(correlations, self.shape, trackers_per_feature)
+        return inspection
 
 
 def _spread(known_rows: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch
 
 from charrnn.text.corpus import IGNORE_INDEX, Vocab
 
-TOP_K = 5
+TOP_K = 5  # a prediction counts as top-k; inspect also shows this many per position
 CONFUSIONS_SHOWN = 10
 _PAIR_BUFFER = 1 << 20  # error pairs buffered before they are folded into the counter
 
@@ -68,14 +68,6 @@ class CharMetrics:
             summary["per_char"] = [vars(score) for score in self.per_char]
             summary["confusions"] = [vars(pair) for pair in self.confusions]
         return summary
-
-
-def symbol_label(vocab: Vocab, index: int) -> str:
-    """How a symbol id is shown: the character, a byte as 0x.., the unknown symbol as <unk>."""
-    symbol = vocab.symbols[index]
-    if vocab.unknown is not None and symbol == vocab.unknown:
-        return "<unk>"
-    return f"0x{symbol:02x}" if vocab.is_bytes else chr(symbol)
 
 
 class MetricsTally:
@@ -139,15 +131,15 @@ class MetricsTally:
         order = np.lexsort((occurring, -occurrences))
         per_char = tuple(
             CharScore(
-                symbol_label(vocab, int(occurring[i])), int(occurrences[i]),
+                vocab.label(int(occurring[i])), int(occurrences[i]),
                 int(predictions[i]), float(precision[i]), float(recall[i]), float(f1[i]),
             )
             for i in order
         )  # fmt: skip
         confusions = tuple(
             Confusion(
-                symbol_label(vocab, key // self.vocab_size),
-                symbol_label(vocab, key % self.vocab_size),
+                vocab.label(key // self.vocab_size),
+                vocab.label(key % self.vocab_size),
                 count,
                 count / int(self.occurrences[key // self.vocab_size]),
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from charrnn.analysis.metrics import CharMetrics, MetricsTally
 from charrnn.config import DYNAMIC_LR
 from charrnn.errors import CorpusError, UsageError
 from charrnn.model.checkpoint import Checkpoint
-from charrnn.model.network import CharRNN, detach_state
+from charrnn.model.network import CharRNN, State, detach_state
 from charrnn.system.device import CpuThreads
 from charrnn.text.corpus import (
     IGNORE_INDEX,
@@ -90,6 +93,61 @@ def _unknown_targets(targets: np.ndarray, unknown_id: int | None) -> int:
     return 0 if unknown_id is None else int((targets == unknown_id).sum())
 
 
+@dataclass(frozen=True)
+class Window:
+    """One window through the model: ids and next-symbol targets (S, T) on the device (the
+    targets also as read, on the host), the logits (S, T, V) and all the forward function
+    returned (the logits themselves, or a record with `.logits`, as inspect's trace)."""
+
+    inputs: Tensor
+    targets: Tensor
+    logits: Tensor
+    host_targets: np.ndarray
+    output: Any
+
+    def losses(self, reduction: str = "sum") -> Tensor:
+        """Cross-entropy of the logits against the targets (IGNORE_INDEX targets left out)."""
+        logits = self.logits
+        return F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            self.targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction=reduction,
+        )
+
+
+def forward_windows(
+    forward: Callable[[Tensor, State | None], tuple[Any, State]],
+    windows: Iterable[tuple[np.ndarray, np.ndarray]],
+    device: torch.device | str = "cpu",
+    threads: CpuThreads | None = None,
+) -> Iterator[Window]:
+    """Each window (inputs, targets) through `forward` with the state carried from the window
+    before: the one windowed pass under eval, dynamic eval, `Model.score` and inspect. The
+    state is detached after the consumer's turn, so it may backpropagate through its window;
+    grad mode is the consumer's (`threads`, when given, re-judges the CPU thread count)."""
+    state = None
+    for inputs, targets in windows:
+        if threads is not None:
+            threads.tick()
+        x = torch.from_numpy(inputs).to(device)
+        y = torch.from_numpy(targets).to(device)
+        output, state = forward(x, state)
+        yield Window(x, y, getattr(output, "logits", output), targets, output)
+        state = detach_state(state)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout) for the block; its train/eval mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def score_ids(
     model: CharRNN,
     ids: np.ndarray,
@@ -104,28 +162,16 @@ def score_ids(
     (`threads`, when given, re-judges the CPU thread count as the windows go; `tally`, when
     given, counts the accuracy metrics; targets equal to `unknown_id` are counted apart;
     `part`, see `eval_windows`, scores one share of the streams)."""
-    was_training = model.training
-    model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    scored, unknown, state = 0, 0, None
-    with torch.inference_mode():
-        for inputs, targets in eval_windows(ids, streams, EVAL_WINDOW, part):
-            if threads is not None:
-                threads.tick()
-            x = torch.from_numpy(inputs).to(device)
-            y = torch.from_numpy(targets).to(device)
-            logits, state = model(x, state)
-            total += F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),
-                y.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            ).double()
+    scored, unknown = 0, 0
+    windows = eval_windows(ids, streams, EVAL_WINDOW, part)
+    with evaluating(model), torch.inference_mode():
+        for window in forward_windows(model, windows, device, threads):
+            total += window.losses().double()
             if tally is not None:
-                tally.update(logits, y)
-            scored += int((targets != IGNORE_INDEX).sum())
-            unknown += _unknown_targets(targets, unknown_id)
-    model.train(was_training)
+                tally.update(window.logits, window.targets)
+            scored += int((window.host_targets != IGNORE_INDEX).sum())
+            unknown += _unknown_targets(window.host_targets, unknown_id)
     return EvalResult(float(total), scored, unknown_symbol_chars=unknown)
 
 
@@ -145,26 +191,19 @@ def dynamic_score_ids(
     for parameter in adapting.parameters():
         parameter.requires_grad_(True)
     optimizer = torch.optim.SGD(adapting.parameters(), lr=lr)
-    total, scored, unknown, state = 0.0, 0, 0, None
+    total, scored, unknown = 0.0, 0, 0
     # cuDNN computes RNN gradients only in training mode; its own kernels are not needed here.
     with torch.backends.cudnn.flags(enabled=False):
-        for inputs, targets in eval_windows(ids, 1, window):
-            if threads is not None:
-                threads.tick()
-            x = torch.from_numpy(inputs).to(device)
-            y = torch.from_numpy(targets).to(device)
-            logits, state = adapting(x, state)
-            loss_sum = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
-            )
-            count = y.numel()
+        windows = eval_windows(ids, 1, window)
+        for scored_window in forward_windows(adapting, windows, device, threads):
+            loss_sum = scored_window.losses()
+            count = scored_window.targets.numel()
             optimizer.zero_grad(set_to_none=True)
             (loss_sum / count).backward()
             optimizer.step()
-            state = detach_state(state)
             total += float(loss_sum.detach())
             scored += count
-            unknown += _unknown_targets(targets, unknown_id)
+            unknown += _unknown_targets(scored_window.host_targets, unknown_id)
     return EvalResult(total, scored, unknown_symbol_chars=unknown)
 
 
@@ -211,16 +250,36 @@ def evaluate_files(
 ) -> EvalResult:
     """Score each file as its own text and sum; symbols the vocabulary lacks are counted and
     left out (with an unknown symbol there are none: they are scored as it)."""
-    total = EvalResult(0.0, 0)
+    texts = encode_files(checkpoint, files, encoding)
     unknown_id = checkpoint.vocab.unknown_id
-    for ids, missing in encode_files(checkpoint, files, encoding):
+    return require_scored(score_texts(model, texts, streams, device, threads, tally, unknown_id))
+
+
+def score_texts(
+    model: CharRNN,
+    texts: list[tuple[np.ndarray, int]],
+    streams: int,
+    device: torch.device | str = "cpu",
+    threads: CpuThreads | None = None,
+    tally: MetricsTally | None = None,
+    unknown_id: int | None = None,
+) -> EvalResult:
+    """Each text (its ids, and how many symbols it lacked) scored on its own (`score_ids`),
+    summed."""
+    total = EvalResult(0.0, 0)
+    for ids, missing in texts:
         result = score_ids(model, ids, streams, device, threads, tally, unknown_id)
         total = total + replace(result, unknown_chars=missing)
-    if total.chars == 0:
+    return total
+
+
+def require_scored(result: EvalResult) -> EvalResult:
+    """`result`, unless it scored nothing: a text the user gave must hold something to score."""
+    if result.chars == 0:
         raise CorpusError(
             "nothing to score: the text has fewer than two characters the model knows"
         )
-    return total
+    return result
 
 
 @dataclass(frozen=True)
@@ -255,21 +314,9 @@ def score_text(
     ids, _ = vocab.encode_known(text)
     unknown = int(symbols_of(text, vocab.is_bytes).shape[0] - ids.shape[0])
     device = model.head.weight.device
-    was_training = model.training
-    model.eval()
     losses: list[float] = []
-    state = None
-    with torch.inference_mode():
-        for inputs, targets in eval_windows(ids, 1, EVAL_WINDOW):
-            if threads is not None:
-                threads.tick()
-            logits, state = model(torch.from_numpy(inputs).to(device), state)
-            step_losses = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),
-                torch.from_numpy(targets).to(device).reshape(-1),
-                reduction="none",
-            )
-            losses += step_losses.double().tolist()
-    model.train(was_training)
+    with evaluating(model), torch.inference_mode():
+        for window in forward_windows(model, eval_windows(ids, 1, EVAL_WINDOW), device, threads):
+            losses += window.losses("none").double().tolist()
     symbols = [vocab.decode([int(i)]) for i in ids[1:]]
     return TextScore(list(zip(symbols, losses, strict=True)), unknown)

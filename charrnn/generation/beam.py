@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from charrnn.config import SampleConfig, validate_sample_config
-from charrnn.model.network import CharRNN, State, Stepper
+from charrnn.model.network import CharRNN, State, Stepper, repeat_rows
 from charrnn.text.corpus import Vocab
 
 
@@ -67,7 +67,7 @@ def beam_search(
             _, state = model(prime_ids.view(1, -1), state)
         elif state is None:
             state = model.initial_state(1)
-        stepper = Stepper(model, repeat_state(state, width))
+        stepper = Stepper(model, repeat_rows(state, width))
         live: list[tuple[tuple[int, ...], float]] = [((), 0.0)]  # row i of the stepper
         done: list[Beam] = []
         for _ in range(config.length):
@@ -103,36 +103,8 @@ def beam_search(
     return done[: config.num_samples]
 
 
-def repeat_state(state: State, count: int) -> State:
-    """A batch-1 state as `count` identical rows (a new tensor: the layers want it contiguous)."""
-    if isinstance(state, tuple):
-        return (state[0].repeat(1, count, 1), state[1].repeat(1, count, 1))
-    return state.repeat(1, count, 1)
-
-
 def _select_rows(stepper: Stepper, rows: torch.Tensor) -> None:
     """Reorder the stepper's state rows in place (its views into the buffers stay valid)."""
     stepper.h.copy_(stepper.h.index_select(1, rows))
     if stepper.c is not None:
         stepper.c.copy_(stepper.c.index_select(1, rows))
-
-
-def sequence_log_prob(
-    model: CharRNN, prime_ids: torch.Tensor, ids: list[int], state: State | None = None
-) -> float:
-    """Sum of the log-probabilities of `ids` after `prime_ids`: the score a beam gets, computed
-    the slow way (for checking the search)."""
-    model.eval()
-    with torch.inference_mode():
-        if state is None:
-            state = model.initial_state(1)
-        stepper = Stepper(model, state)
-        if prime_ids.numel():
-            _, prime_state = model(prime_ids.view(1, -1), state)
-            stepper = Stepper(model, prime_state)
-        total = 0.0
-        for symbol in ids:
-            logits = torch.addmm(stepper.head_bias, stepper.top, stepper.head_weight)
-            total += float(torch.log_softmax(logits.double(), dim=-1)[0, symbol])
-            stepper.advance(torch.tensor([symbol]))
-    return total

@@ -15,8 +15,8 @@ from dataclasses import replace
 import torch
 
 from charrnn.config import SampleConfig, validate_sample_config
-from charrnn.generation.beam import beam_search, repeat_state
-from charrnn.model.network import CharRNN, State, Stepper
+from charrnn.generation.beam import beam_search
+from charrnn.model.network import CharRNN, State, Stepper, map_state, repeat_rows
 from charrnn.system.device import CpuThreads
 from charrnn.text.corpus import Vocab
 
@@ -179,7 +179,7 @@ def generate(
     watchers = [_StopWatcher(config.stop) for _ in range(count)] if config.stop else None
     decoders = _decoders(vocab, count)
     with torch.inference_mode():
-        start = None if state is None else repeat_state(state, count)
+        start = None if state is None else repeat_rows(state, count)
         if ids.numel():
             _, state = model(ids.unsqueeze(0).expand(count, -1), start)
         else:
@@ -206,7 +206,7 @@ def generate(
         if on_state is not None:
             if next_ids is not None:  # the last symbol drawn is not yet fed
                 stepper.advance(next_ids)
-            on_state(_first_row(stepper.state))
+            on_state(map_state(lambda part: part[:, :1].clone(), stepper.state))
     for index, watcher in enumerate(watchers or []):
         tail = watcher.flush()
         if tail:
@@ -231,13 +231,6 @@ def preview_text(
         model.train(was_training)
 
 
-def _first_row(state: State) -> State:
-    """The state of the first stream only."""
-    if isinstance(state, tuple):
-        return (state[0][:, :1].clone(), state[1][:, :1].clone())
-    return state[:, :1].clone()
-
-
 def _beam_texts(
     model: CharRNN,
     vocab: Vocab,
@@ -260,12 +253,7 @@ def _beam_texts(
         fed = torch.cat([ids, torch.tensor(beams[0].ids, dtype=torch.long, device=ids.device)])
         with torch.inference_mode():
             if fed.numel():
-                _, state = model(fed.view(1, -1), _contiguous(state))
+                contiguous = None if state is None else map_state(torch.Tensor.contiguous, state)
+                _, state = model(fed.view(1, -1), contiguous)
             on_state(state if state is not None else model.initial_state(1))
     return texts
-
-
-def _contiguous(state: State | None) -> State | None:
-    if state is None or not isinstance(state, tuple):
-        return None if state is None else state.contiguous()
-    return (state[0].contiguous(), state[1].contiguous())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -161,13 +162,6 @@ class CharRNN(nn.Module):
             head.weight[:old] = self.head.weight
             head.bias[:old] = self.head.bias
         self.embed, self.head, self.vocab_size = embed, head, new_size
-
-
-def detach_state(state: State) -> State:
-    """Cut the graph at a window boundary (truncated BPTT)."""
-    if isinstance(state, tuple):
-        return (state[0].detach(), state[1].detach())
-    return state.detach()
 
 
 def _layer_weights(rnn: nn.Module, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -401,3 +395,48 @@ class _NumpyProducts:
         target = out.numpy()[0]
         np.dot(self.h[layer - 1], self.input_weight[layer - 1], out=target)
         np.add(target, self.input_bias[layer - 1], out=target)
+
+
+# ----------------------------------------------------------------------------- recurrent state
+# An LSTM's state is the pair (h, c), the other cells' is h alone, each (layers, batch, hidden).
+# These take either form (a state saved for resuming may hold a list) and act on every tensor,
+# so no caller needs to ask which cell made it.
+
+
+def map_state(fn: Callable[[Tensor], Tensor], state: State | Sequence[Tensor]) -> State:
+    """`fn` applied to each tensor of `state`; a pair (or a saved list) comes back a tuple."""
+    if isinstance(state, tuple | list):
+        return tuple(fn(part) for part in state)
+    return fn(state)
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph at a window boundary (truncated BPTT)."""
+    return map_state(Tensor.detach, state)
+
+
+def select_rows(state: State, rows: slice | Tensor) -> State:
+    """The streams (batch rows) `rows` of `state`."""
+    return map_state(lambda part: part[:, rows], state)
+
+
+def repeat_rows(state: State, count: int) -> State:
+    """A batch-1 state as `count` identical rows (a new tensor: the layers want it contiguous)."""
+    return map_state(lambda part: part.repeat(1, count, 1), state)
+
+
+def cat_states(states: Sequence[State], dim: int = 1) -> State:
+    """States joined tensor by tensor along `dim` (1: streams; 0: layers)."""
+    if isinstance(states[0], tuple | list):
+        return tuple(torch.cat(parts, dim=dim) for parts in zip(*states, strict=True))
+    return torch.cat(states, dim=dim)
+
+
+def state_parts(state: State) -> list[Tensor]:
+    """The tensors of `state` as a list: [h, c] or [h]."""
+    return list(state) if isinstance(state, tuple | list) else [state]
+
+
+def state_from_parts(parts: Sequence[Tensor]) -> State:
+    """The state whose `state_parts` are `parts`."""
+    return (parts[0], parts[1]) if len(parts) == 2 else parts[0]

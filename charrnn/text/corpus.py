@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -71,6 +72,28 @@ class Vocab:
         table[np.asarray(self.symbols, dtype=np.int64)] = np.arange(1, self.size + 1)
         return table
 
+    @functools.cached_property
+    def _table(self) -> np.ndarray:
+        return self.lookup_table()
+
+    def known_ids(self, points: np.ndarray, dtype: Any = np.int64) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of the symbols `points` (code points or bytes) the vocabulary knows, and
+        which of `points` those are (a bool mask): the one symbol-to-id lookup."""
+        plus_one = self._table[np.asarray(points)]
+        known = plus_one > 0
+        return (plus_one[known] - 1).astype(dtype), known
+
+    def label(self, index: int) -> str:
+        """How id `index` is named in a table: `symbol_label`, the unknown symbol as <unk>."""
+        symbol = self.symbols[index]
+        if self.unknown is not None and symbol == self.unknown:
+            return "<unk>"
+        return symbol_label(symbol, self.is_bytes)
+
+    def glyph(self, index: int) -> str:
+        """How id `index` is shown within text: `symbol_glyph`."""
+        return symbol_glyph(self.symbols[index], self.is_bytes)
+
     @property
     def unknown_id(self) -> int | None:
         """The id of the `unknown` symbol, or None."""
@@ -86,11 +109,9 @@ class Vocab:
     def encode_known(self, text: str) -> tuple[np.ndarray, list[str]]:
         """Ids of the known symbols of `text`, and the distinct unknown ones (in order seen)."""
         points = symbols_of(text, self.is_bytes)
-        plus_one = self.lookup_table()[points]
-        known = plus_one > 0
+        ids, known = self.known_ids(points)
         unknown_points = dict.fromkeys(points[~known].tolist())
-        unknown = [_symbol_text(p, self.is_bytes) for p in unknown_points]
-        return (plus_one[known] - 1).astype(np.int64), unknown
+        return ids, [symbol_label(p, self.is_bytes) for p in unknown_points]
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of `ids` (bytes are decoded as UTF-8 with replacement)."""
@@ -113,8 +134,7 @@ class Vocab:
 
     def remap(self, ids: np.ndarray, target: Vocab) -> np.ndarray:
         """`ids` of this vocabulary as ids of `target`, which must hold all its symbols."""
-        table = target.lookup_table().astype(np.int64) - 1
-        mapping = table[np.asarray(self.symbols, dtype=np.int64)].astype(target.dtype)
+        mapping, _ = target.known_ids(np.asarray(self.symbols, dtype=np.int64), target.dtype)
         return mapping[np.asarray(ids)]
 
     def extended_with(self, other: Vocab) -> Vocab:
@@ -141,8 +161,17 @@ def symbols_of(text: str | bytes, is_bytes: bool) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
 
 
-def _symbol_text(point: int, is_bytes: bool) -> str:
+def symbol_label(point: int, is_bytes: bool) -> str:
+    """A symbol named in a message or a table: the character, or a byte as 0x.."""
     return f"0x{point:02x}" if is_bytes else chr(point)
+
+
+def symbol_glyph(point: int, is_bytes: bool, printable: bool = False) -> str:
+    """A symbol within shown text, one character wide: the character, or for a byte above ASCII
+    (a piece of a UTF-8 character) a middle dot; `printable`: any other unprintable one but the
+    newline also a middle dot."""
+    text = "\u00b7" if is_bytes and point >= 0x80 else chr(point)
+    return text if not printable or text == "\n" or text.isprintable() else "\u00b7"
 
 
 def format_symbols(symbols: Sequence[str], limit: int = 20) -> str:
@@ -524,13 +553,11 @@ def encode_text_file(
     says, and how many symbols it lacked (dropped; none where the vocabulary has `unknown`)."""
     base = data_config or DataConfig()
     config = dataclasses.replace(base, encoding=encoding, bytes=vocab.is_bytes)
-    table = vocab.lookup_table()
     pieces, unknown = [], 0
     for chunk in corpus_symbol_chunks([path], config):
-        plus_one = table[chunk]
-        known = plus_one > 0
-        unknown += int(chunk.shape[0] - known.sum())
-        pieces.append((plus_one[known] - 1).astype(vocab.dtype))
+        ids, _ = vocab.known_ids(chunk, vocab.dtype)
+        unknown += int(chunk.shape[0] - ids.shape[0])
+        pieces.append(ids)
     ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=vocab.dtype)
     return ids, unknown
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from charrnn.config import DistillConfig, validate_distill_config
 from charrnn.errors import CheckpointError
 from charrnn.model.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path
-from charrnn.model.network import CharRNN, State, detach_state
+from charrnn.model.network import CharRNN, State, detach_state, state_from_parts, state_parts
 from charrnn.training.trainer import Objective
 
 KIND = "distill"
@@ -82,8 +82,7 @@ class DistillObjective(Objective):
     def resume_state(self) -> dict[str, Any]:
         if self.state is None:
             return {"teacher_hidden": None}
-        parts = self.state if isinstance(self.state, tuple) else (self.state,)
-        return {"teacher_hidden": [part.detach().cpu() for part in parts]}
+        return {"teacher_hidden": [part.detach().cpu() for part in state_parts(self.state)]}
 
     def restore(self, saved: dict[str, Any]) -> None:
         parts = saved.get("teacher_hidden")
@@ -91,8 +90,7 @@ class DistillObjective(Objective):
             self.state = None
             return
         device = next(self.teacher.parameters()).device
-        moved = [part.to(device) for part in parts]
-        self.state = (moved[0], moved[1]) if len(moved) == 2 else moved[0]
+        self.state = state_from_parts([part.to(device) for part in parts])
 
 
 def load_teacher(path: Path) -> tuple[Path, Checkpoint]:

@@ -26,7 +26,7 @@ from charrnn.analysis.scoring import EvalResult, score_ids
 from charrnn.config import RunConfig, TrainConfig
 from charrnn.errors import TrainingError, WriteError
 from charrnn.model.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, save_checkpoint
-from charrnn.model.network import CharRNN, State, detach_state
+from charrnn.model.network import CharRNN, State, cat_states, detach_state, map_state, select_rows
 from charrnn.system.atomic import atomic_write_text
 from charrnn.system.device import CpuThreads, autocast_dtype
 from charrnn.text.corpus import StreamBatches, Vocab
@@ -147,27 +147,26 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 def _state_to_cpu(state: State | None) -> Any:
     if state is None:
         return None
-    if isinstance(state, tuple):
-        return [state[0].detach().cpu(), state[1].detach().cpu()]
-    return state.detach().cpu()
+    return _saved_form(map_state(lambda part: part.detach().cpu(), state))
+
+
+def _saved_form(state: State) -> Any:
+    """A state as the resume record holds it: an LSTM's (h, c) as a list."""
+    return list(state) if isinstance(state, tuple) else state
 
 
 def _state_from_saved(saved: Any, device: torch.device, rows: slice = slice(None)) -> State | None:
     """The saved hidden state (all streams of the job) on `device`, only the streams `rows`."""
     if saved is None:
         return None
-    if isinstance(saved, list | tuple):
-        return (saved[0][:, rows].to(device), saved[1][:, rows].to(device))
-    return saved[:, rows].to(device)
+    return map_state(lambda part: part.to(device), select_rows(saved, rows))
 
 
 def _join_states(states: list[Any]) -> Any:
     """The ranks' hidden states (CPU, in rank order) as one state of all the job's streams."""
     if states[0] is None or len(states) == 1:
         return states[0]
-    if isinstance(states[0], list):
-        return [torch.cat([s[0] for s in states], dim=1), torch.cat([s[1] for s in states], dim=1)]
-    return torch.cat(states, dim=1)
+    return _saved_form(cat_states(states, dim=1))
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
