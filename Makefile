@@ -8,6 +8,9 @@ CHARRNN := $(VENV)/bin/charrnn
 # The CPU build of torch; change it for a GPU (e.g. TORCH_SPEC=torch, or add TORCH_INDEX=...).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# Optional extras to install besides the tools (dev) and plots; EXTRAS=dev,plot,onnx adds
+# onnx + onnxruntime (~37 MB of wheels), without which the ONNX tests skip.
+EXTRAS ?= dev,plot
 DEMO_TIME ?= 60s
 STDLIB := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
 
@@ -16,7 +19,7 @@ STDLIB := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['s
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install --quiet -e ".[dev,plot]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed

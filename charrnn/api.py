@@ -19,7 +19,7 @@ from charrnn.commands import describe_checkpoint, train_or_resume
 from charrnn.config import DEFAULT_DEVICE, SampleConfig, validate_sample_config
 from charrnn.console import ProgressBar
 from charrnn.generation.sampling import generate, prime_ids
-from charrnn.model.checkpoint import Checkpoint, load_model
+from charrnn.model.checkpoint import Checkpoint, is_built_in, load_model
 from charrnn.model.network import CharRNN
 from charrnn.system.device import select_sampling_device
 from charrnn.text.preprocess import preprocess_text
@@ -41,7 +41,7 @@ class Model:
     @property
     def info(self) -> dict[str, Any]:
         """What `charrnn info --json` prints: configuration, vocabulary, size and progress."""
-        return describe_checkpoint(self.checkpoint, self.network)
+        return describe_checkpoint(self.checkpoint, self.network, is_built_in(self.path))
 
     def __repr__(self) -> str:
         m = self.checkpoint.config.model
@@ -124,7 +124,8 @@ def _stream(run: Callable[[OnText], Any], buffered: int = 256) -> Iterator[str]:
 
 
 def load(path: str | Path, device: str = DEFAULT_DEVICE) -> Model:
-    """The model in a checkpoint file or a run directory (its best.pt).
+    """The model in a checkpoint file, a run directory (its best.pt), or a built-in model
+    (`load("shakespeare")`: the starter model in the package).
 
     `device`: as for `charrnn sample`, auto means the CPU.
     """

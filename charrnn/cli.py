@@ -36,6 +36,7 @@ from charrnn.config import (
     Device,
     DistillConfig,
     ExportDtype,
+    ExportFormat,
     Quantize,
     SampleConfig,
     Setting,
@@ -129,7 +130,11 @@ def listed_choices(words: Iterable[str]) -> dict[str, Any]:
 # Options several commands share, declared once.
 CheckpointOption = Annotated[
     Path,
-    typer.Option(help="A checkpoint file, or a run directory (its best.pt).", show_default=False),
+    typer.Option(
+        help="A checkpoint file, a run directory (its best.pt), or shakespeare: the model built "
+        "into charrnn (a file or directory of that name wins).",
+        show_default=False,
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP, **listed_choices(Device.values()))]
@@ -708,6 +713,11 @@ def info(
     print_table(
         "checkpoint",
         [
+            *(
+                [("built in", f"yes: {checkpoint} ships with charrnn")]
+                if details["built_in"]
+                else []
+            ),
             ("parameters", details["parameters"]),
             ("vocabulary", f"{details['vocab_size']} {details['vocab_kind']}"),
             ("vocabulary preview", repr(details["vocab_preview"])),
@@ -888,15 +898,26 @@ def export(
             **listed_choices(Quantize.values()),
         ),
     ] = Quantize.NONE.value,
+    export_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="pt: a checkpoint; html: one web page that runs the model offline; "
+            "onnx: a graph for onnxruntime (needs 'charrnn[onnx]').",
+            **listed_choices(ExportFormat.values()),
+        ),
+    ] = ExportFormat.PT.value,
     json_output: JsonOption = False,
 ) -> None:
-    """Write an inference-only copy of a checkpoint (no optimizer state), smaller if asked.
+    """Write an inference-only copy of a checkpoint (no optimizer state), smaller if asked,
+    as a checkpoint, a web page or an ONNX graph.
 
     Example: charrnn export --checkpoint runs/shakespeare-... -o model.pt --quantize int8
+    Example: charrnn export --checkpoint shakespeare --format html -o poet.html --quantize int8
     """
     from charrnn import commands
 
-    result = commands.export_command(checkpoint, output, dtype, quantize)
+    result = commands.export_command(checkpoint, output, dtype, quantize, export_format)
     if json_output:
         print(json.dumps(result.to_dict()))
         return
@@ -904,7 +925,8 @@ def export(
         f"exported {result.output}",
         [
             ("source", str(result.source)),
-            ("format", _export_format({"dtype": result.dtype, "quantize": result.quantize})),
+            ("format", result.format),
+            ("weights", _export_format({"dtype": result.dtype, "quantize": result.quantize})),
             ("parameters", result.parameters),
             ("size (bytes)", f"{result.output_bytes:,} ({result.source_bytes:,} before)"),
         ],

@@ -52,6 +52,7 @@ from charrnn.model.checkpoint import (
     BEST_NAME,
     LAST_NAME,
     Checkpoint,
+    is_built_in,
     load_checkpoint,
     load_model,
     run_lock,
@@ -607,11 +608,13 @@ def _run_dir_of(checkpoint_path: Path) -> Path:
 def info_command(checkpoint_path: Path) -> dict[str, Any]:
     """What a checkpoint holds, as plain data."""
     model, checkpoint = load_model(checkpoint_path)
-    return describe_checkpoint(checkpoint, model)
+    return describe_checkpoint(checkpoint, model, is_built_in(checkpoint_path))
 
 
-def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any]:
-    """Config, vocabulary, size and progress of a checkpoint."""
+def describe_checkpoint(
+    checkpoint: Checkpoint, model: CharRNN, built_in: bool = False
+) -> dict[str, Any]:
+    """Config, vocabulary, size and progress of a checkpoint (`built_in`: one in the package)."""
     vocab = checkpoint.vocab
     preview_text = "".join(f"\\x{s:02x}" if vocab.is_bytes else chr(s) for s in vocab.symbols[:96])
     progress = checkpoint.progress
@@ -631,6 +634,7 @@ def describe_checkpoint(checkpoint: Checkpoint, model: CharRNN) -> dict[str, Any
         "corpus": checkpoint.corpus,
         "export": checkpoint.export,
         "objective": checkpoint.objective,
+        "built_in": built_in,
     }
 
 

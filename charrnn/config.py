@@ -113,6 +113,14 @@ class Quantize(Choice):
     INT8 = "int8"
 
 
+class ExportFormat(Choice):
+    """`export --format`: a checkpoint, a self-contained web page or an ONNX graph."""
+
+    PT = "pt"
+    HTML = "html"
+    ONNX = "onnx"
+
+
 DYNAMIC_LR = 0.1  # SGD step of `eval --dynamic`: the best of a grid on tiny Shakespeare
 DEFAULT_PRESET = "small"
 # Every command's device: CUDA, then MPS, then the CPU (sampling: the CPU).

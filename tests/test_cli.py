@@ -417,7 +417,8 @@ LAYERS = [
     ["training.trainer", "analysis.inspect_view"],  # the loop scores validation text
     ["generation.interactive", "analysis.inspection"],  # inspection: scoring's windows
     ["generation.sampling", "analysis.scoring", "analysis.plot", "model.export"],
-    ["generation.beam"],
+    ["generation.beam", "model.onnx_graph"],
+    ["model.web_page"],  # the page; the ONNX graph shares its summary and cell check
     ["model.checkpoint", "analysis.metrics"],
     ["model.network", "text.run_text", "model.quantize"],
     ["text.corpus", "training.distributed", "analysis.run_history"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import torch
 from child import CHILD_ENV
 from test_cli import assert_one_error_line, invoke
 
+from benchmarks.corpus import corpus_text
+from benchmarks.distributed import why_it_failed
 from charrnn.commands import eval_command, info_command, resume_command, train_command
 from charrnn.config import resolve_config
 from charrnn.errors import UsageError
@@ -47,12 +50,15 @@ SAME_AS_FLAGS = {
 }  # fmt: skip
 
 
-def torchrun_argv(*args: str | Path, processes: int = 2) -> list[str]:
-    """`torchrun --standalone --nproc_per_node N -m charrnn ARGS` under this interpreter."""
+def torchrun_argv(
+    *args: str | Path, processes: int = 2, program: tuple[str, ...] = ("-m", "charrnn")
+) -> list[str]:
+    """`torchrun --standalone --nproc_per_node N -m charrnn ARGS` under this interpreter (or
+    another `program`: a script)."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc_per_node", str(processes), "--monitor-interval", "0.2",
-        "-m", "charrnn", *map(str, args),
+        *program, *map(str, args),
     ]  # fmt: skip
 
 
@@ -245,6 +251,85 @@ def test_a_killed_rank_ends_the_job_with_a_line_naming_it_and_last_intact(jobs, 
     saved = load_checkpoint(last)  # intact: loads, a step that was evaluated
     assert saved.progress["step"] % 5 == 0 and saved.progress["step"] >= 5
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]
+
+
+# ----------------------------------------------------------------------------- the end of a job
+
+# Two ranks in `joined`, as `charrnn train` uses it: rank 0 takes a while over its last save;
+# rank 1 is done at once, and with "vanish" it is gone without leaving the group (a rank that
+# died at the end). Each rank says what it saw once it has left.
+END_OF_JOB = """
+import os, sys, time
+from pathlib import Path
+import torch
+from charrnn.training.distributed import joined, placement_from_env
+
+saved = Path(sys.argv[1])
+with joined(placement_from_env(), torch.device("cpu"), 300) as world:
+    if world.rank == 0:
+        time.sleep(2)
+        saved.write_text("saved")
+    elif sys.argv[2] == "vanish":
+        os._exit(0)
+print(f"rank {world.rank} left; saved: {saved.is_file()}", flush=True)
+"""
+
+
+def end_of_job(tmp_path: Path, rank_one: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "end.py").write_text(END_OF_JOB, "utf-8")
+    return subprocess.run(
+        torchrun_argv("last.pt", rank_one, program=("end.py",)),
+        cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+
+
+def test_every_rank_leaves_the_group_only_after_rank_zeros_last_save(tmp_path):
+    done = end_of_job(tmp_path, "stay")
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == [
+        "rank 0 left; saved: True",
+        "rank 1 left; saved: True",
+    ]
+
+
+def test_a_rank_gone_at_the_end_does_not_fail_the_finished_saved_job(tmp_path):
+    started = time.monotonic()
+    done = end_of_job(tmp_path, "vanish")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["rank 0 left; saved: True"]
+    assert time.monotonic() - started < 150  # rank 0 did not wait out the 300 s timeout for it
+
+
+STRESS_RUNS = 50  # issue 23: a rank's SIGABRT at the end, once in ~40 such runs before the fix
+
+
+@pytest.mark.slow
+def test_short_runs_back_to_back_end_cleanly_half_of_them_beside_a_busy_process(tmp_path):
+    """The quick benchmark's 1 s run (a 32-unit model on 20 kB), again and again: every job exits
+    0 with last.pt saved; every other run shares the CPUs with a process that spins."""
+    (tmp_path / "corpus.txt").write_text(corpus_text()[:20_000], "utf-8")
+    quick = [
+        "--max-time", "1s", "--hidden", "32", "--embed", "16", "--eval-every", "1000000",
+        "--log-every", "20", "--threads", "1", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    failures = []
+    for run in range(STRESS_RUNS):
+        out = tmp_path / f"run{run}"
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if run % 2 else None
+        try:
+            done = torchrun("train", "corpus.txt", "--out", out, *quick, cwd=tmp_path)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        if done.returncode != 0 or not (out / "last.pt").is_file():
+            failures.append(f"run {run} (busy: {busy is not None}) exited {done.returncode}: "
+                            f"{why_it_failed(done.stderr)}")  # fmt: skip
+        shutil.rmtree(out, ignore_errors=True)
+    print(
+        f"{STRESS_RUNS - len(failures)}/{STRESS_RUNS} clean, {STRESS_RUNS // 2} beside a busy loop"
+    )
+    assert not failures, "\n".join(failures)
 
 
 # ----------------------------------------------------------------------------- placement

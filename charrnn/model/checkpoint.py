@@ -15,6 +15,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,10 @@ FORMAT_VERSION = 2
 PLAIN_FORMAT_VERSION = 1
 BEST_NAME, LAST_NAME = "best.pt", "last.pt"
 LOCK_NAME = ".lock"
+# Models that ship inside the package (charrnn/model/starter/), by the name --checkpoint takes;
+# benchmarks/RESULTS.md has the command that made each one.
+BUILT_IN_MODELS = {"shakespeare": "shakespeare.pt"}
+STARTER_DIR = "starter"
 
 
 @dataclass
@@ -93,8 +98,24 @@ def save_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
     atomic_save(checkpoint.to_payload(), path)
 
 
+def built_in_model(name: Path | str) -> Path | None:
+    """The packaged file of a built-in model's name (`shakespeare`), None for any other name."""
+    file_name = BUILT_IN_MODELS.get(str(name))
+    if file_name is None:
+        return None
+    return Path(str(resources.files("charrnn.model").joinpath(STARTER_DIR, file_name)))
+
+
+def is_built_in(path: Path | str) -> bool:
+    """Whether `path` names a built-in model (a real file or directory of that name wins)."""
+    return not Path(path).exists() and built_in_model(path) is not None
+
+
 def resolve_checkpoint_path(path: Path) -> Path:
-    """A checkpoint file, or a run directory's best.pt (else last.pt)."""
+    """A checkpoint file, a run directory's best.pt (else last.pt), or a built-in model."""
+    path = Path(path)
+    if is_built_in(path):
+        return built_in_model(path)  # type: ignore[return-value]
     if path.is_dir():
         for name in (BEST_NAME, LAST_NAME):
             if (path / name).is_file():

@@ -1,19 +1,27 @@
-"""`charrnn export`: an inference-only copy of a checkpoint, in a smaller dtype or int8.
+"""`charrnn export`: a model taken anywhere: a checkpoint, a web page or an ONNX graph.
 
-The file is a normal checkpoint (configuration, vocabulary, weights, progress, corpus) without
+`--format pt` (the default) writes an inference-only copy of a checkpoint, in a smaller dtype or
+int8. The file is a normal checkpoint (configuration, vocabulary, weights, progress, corpus) without
 the optimizer, random-number or hidden state, so `sample`, `eval`, `info` and `--init-from` read
 it through `checkpoint.load_checkpoint` like any other. Weights are turned back into float32 as
-they load (see `charrnn.model.quantize` for why).
+they load (see `charrnn.model.quantize` for why). `--format html` writes one web page that runs
+the model in a browser (`charrnn.model.web_page`), `--format onnx` a graph for onnxruntime
+(`charrnn.model.onnx_graph`); both start from the same inference-only checkpoint, so a page
+computes with exactly the weights `sample` reads back from the `.pt` export.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from charrnn.errors import UsageError
+from charrnn.config import ExportFormat
+from charrnn.errors import UsageError, WriteError
 from charrnn.model.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
     Checkpoint,
     load_checkpoint,
     resolve_checkpoint_path,
@@ -35,6 +43,7 @@ class ExportResult:
     dtype: str
     quantize: str | None
     parameters: int
+    format: str = ExportFormat.PT.value
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +55,7 @@ class ExportResult:
             "dtype": self.dtype,
             "quantize": self.quantize,
             "parameters": self.parameters,
+            "format": self.format,
         }
 
 
@@ -73,19 +83,59 @@ def export_checkpoint(checkpoint: Checkpoint, dtype: str, quantize: str | None) 
 
 
 def export_command(
-    checkpoint_path: Path, output: Path, dtype: str = "float32", quantize: str | None = None
+    checkpoint_path: Path,
+    output: Path,
+    dtype: str = "float32",
+    quantize: str | None = None,
+    format: ExportFormat | str = ExportFormat.PT,
 ) -> ExportResult:
-    """Write the inference-only export of a checkpoint (or a run's best.pt) to `output`."""
+    """Write a checkpoint (or a run's best.pt, or a built-in model) to `output` in `format`."""
     quantize = None if quantize == "none" else quantize
+    export_format = _export_format(format)
     source = resolve_checkpoint_path(Path(checkpoint_path))
+    _check_output(Path(output), source)
+    checkpoint = load_checkpoint(source)
+    exported = export_checkpoint(checkpoint, dtype, quantize)
+    if export_format is ExportFormat.PT:
+        save_checkpoint(exported, output)
+    elif export_format is ExportFormat.HTML:
+        from charrnn.model.web_page import write_page
+
+        write_page(exported, model_name(source), output)
+    else:
+        from charrnn.model.onnx_graph import write_onnx
+
+        write_onnx(exported, output)
+    parameters = sum(t.numel() for t in checkpoint.model_state.values())
+    return ExportResult(
+        source, output, source.stat().st_size, output.stat().st_size, dtype, quantize,
+        parameters, export_format.value,
+    )  # fmt: skip
+
+
+def _export_format(value: ExportFormat | str) -> ExportFormat:
+    """The format named by `value`; a one-line UsageError for any other name."""
+    try:
+        return ExportFormat(value)
+    except ValueError:
+        names = ", ".join(f.value for f in ExportFormat)
+        raise UsageError(f"unknown export format '{value}'; choose from {names}") from None
+
+
+def _check_output(output: Path, source: Path) -> None:
+    """Refuse, before any work, an output that is the source, a directory or in no directory."""
     if output.exists() and output.resolve() == source.resolve():
         raise UsageError(f"export would overwrite its source {source}; choose another -o")
     if output.is_dir():
         raise UsageError(f"-o must name a file, not the directory {output}")
-    checkpoint = load_checkpoint(source)
-    exported = export_checkpoint(checkpoint, dtype, quantize)
-    save_checkpoint(exported, output)
-    parameters = sum(t.numel() for t in checkpoint.model_state.values())
-    return ExportResult(
-        source, output, source.stat().st_size, output.stat().st_size, dtype, quantize, parameters
-    )
+    if not output.parent.is_dir():
+        raise UsageError(f"cannot write {output}: no directory {output.parent}")
+    if not os.access(output.parent, os.W_OK):
+        raise WriteError(output, f"no permission to write in {output.parent}")
+
+
+def model_name(source: Path) -> str:
+    """A model's name for people: its run directory's name, else its file's stem."""
+    if source.name in (BEST_NAME, LAST_NAME):
+        return source.parent.resolve().name
+    return source.stem

@@ -30,6 +30,7 @@ from charrnn.errors import TrainingError, UsageError
 # enough for a rank that saw the failure a moment later, short enough to end the job promptly.
 CHECK_IN_S = 5.0
 _ALIVE_KEY = "charrnn/alive/{rank}"
+_LEFT_KEY = "charrnn/left/{rank}"
 
 
 @dataclass(frozen=True)
@@ -205,17 +206,40 @@ class World:
         )
 
     def missing_ranks(self, wait: float = CHECK_IN_S) -> list[int]:
-        """After a failed collective: the ranks that do not check in within `wait` seconds, found
-        through the job's key-value store (the launcher's), which outlives any one rank."""
+        """After a failed collective: the ranks that do not check in within `wait` seconds."""
+        return self._check_in(_ALIVE_KEY, wait)
+
+    def leave_together(self) -> None:
+        """At the end of a run: wait until every rank has finished (rank 0 after its last save)
+        and has returned from that last collective, so that no rank closes its connections while
+        another still reads from them. A rank already gone is no error here: the run is over."""
+        if not self.placement.distributed:
+            return
+        import torch.distributed as dist
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        try:  # within --collective-timeout; a rank that died fails it at once
+            dist.barrier(device_ids=ids)
+        except (RuntimeError, dist.DistError) as exc:
+            if not _is_communication_failure(exc):
+                raise
+            return
+        # A rank leaves the barrier once it has heard from the others, maybe before they have
+        # read its own last message: closing now could cut that message off under them.
+        self._check_in(_LEFT_KEY, CHECK_IN_S)
+
+    def _check_in(self, key: str, wait: float) -> list[int]:
+        """Record through the job's key-value store (the launcher's, which outlives any one rank)
+        that this rank got to `key`; the other ranks that do not get there within `wait` s."""
         try:
             from torch.distributed import distributed_c10d
 
             store = distributed_c10d._get_default_store()
-            store.set(_ALIVE_KEY.format(rank=self.rank), "1")
+            store.set(key.format(rank=self.rank), "1")
             others = [r for r in range(self.size) if r != self.rank]
             deadline = time.monotonic() + wait
             while True:
-                missing = [r for r in others if not store.check([_ALIVE_KEY.format(rank=r)])]
+                missing = [r for r in others if not store.check([key.format(rank=r)])]
                 if not missing or time.monotonic() >= deadline:
                     return missing
                 time.sleep(0.05)
@@ -237,7 +261,8 @@ def _is_communication_failure(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def joined(placement: Placement, device: torch.device, timeout_s: float) -> Iterator[World]:
     """The `World` of this process: for a distributed placement, join the process group (gloo on
-    the CPU, nccl on CUDA; collectives time out after `timeout_s`) and leave it on exit."""
+    the CPU, nccl on CUDA; collectives time out after `timeout_s`) and leave it on exit (after
+    the other ranks, when the block ends normally)."""
     if not placement.distributed:
         yield World(placement, device)
         return
@@ -259,6 +284,7 @@ def joined(placement: Placement, device: torch.device, timeout_s: float) -> Iter
             pid for host, pid in hosts if host == hosts[placement.rank][0] and pid != os.getpid()
         )
         yield world
+        world.leave_together()
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
