@@ -648,7 +648,8 @@ def test_help_and_shell_completion_list_the_words_a_choice_takes(tmp_path):
     assert replies == [list(Cell.values()), ["int8"], ["error", "skip"]]
     train_help = invoke("train", "--help", cwd=tmp_path).stdout
     assert (
-        "--cell <lstm|gru|rnn>" in train_help and "--precision <auto|fp32|bf16|fp16>" in train_help
+        "--cell <lstm|gru|rnn|mingru>" in train_help
+        and "--precision <auto|fp32|bf16|fp16>" in train_help
     )
 
 

@@ -56,7 +56,7 @@ from charrnn.training.distributed import (
 )
 
 if TYPE_CHECKING:
-    from charrnn.training.autosize import AutoChoice
+    from charrnn.training.autosize import AutoChoice, PrecisionChoice
     from charrnn.training.trainer import Objective, Progress, Reporter, Trainer
 
 
@@ -120,6 +120,13 @@ class RunPlan:
     corpus_record: dict[str, Any] | None = None  # a resumed run's, kept in its checkpoints
     objective: Objective | None = None  # what training minimises; None: cross-entropy
     auto: AutoChoice | None = None  # what --auto chose, for config.json and the user
+    precision: PrecisionChoice | None = None  # what --precision auto chose on a CPU
+
+    def notices(self) -> list[str]:
+        """What the start of the run tells the user: --auto's and --precision auto's choices."""
+        said = [self.auto.notice() if self.auto else None]
+        said.append(self.precision.notice() if self.precision else None)
+        return [notice for notice in said if notice]
 
 
 @dataclass
@@ -244,6 +251,11 @@ def _plan_start(
     config = _fit_batches(config, start.ids, warnings)
     placement = placement_from_env()
     check_batch_split(config.train.batch_size, placement)
+    precision = None
+    # Ranks probing apart could choose apart, and a distillation's steps are not the probe's:
+    # both keep auto as fp32.
+    if not placement.distributed and start.objective is None:
+        config, precision = _choose_precision(config, start.vocab, start.ids, run, load_since)
     config = _fix_evaluation_chars(config, start.ids)
     if placement.is_writer:  # the other ranks of a torchrun job write nothing
         run.create()
@@ -263,6 +275,7 @@ def _plan_start(
         warnings,
         objective=start.objective,
         auto=auto,
+        precision=precision,
     )
 
 
@@ -321,6 +334,24 @@ def _auto_size(
         return auto_size(config, vocab, np.asarray(train_ids), kept, run.path, threads)
 
 
+def _choose_precision(
+    config: RunConfig,
+    vocab: Vocab,
+    ids: np.ndarray,
+    run: RunDir,
+    load_since: CpuSample | None,
+) -> tuple[RunConfig, PrecisionChoice | None]:
+    """`autosize.choose_run_precision` on the training split, with the run's threads; before
+    the run's seed is set, so the weights do not depend on the probe."""
+    if config.train.precision != "auto" or config.train.auto:
+        return config, None  # not loading the training loop for nothing
+    from charrnn.training.autosize import choose_run_precision
+
+    train_ids = np.asarray(split_train_val(ids, config.data.val_frac)[0])
+    with CpuThreads(config.train.threads, load_since) as threads:
+        return choose_run_precision(config, vocab, train_ids, run.path, threads)
+
+
 def _fit_batches(config: RunConfig, ids: np.ndarray, warnings: list[str]) -> RunConfig:
     # Split first: a split with no training or validation text is the error to report.
     n_train = int(split_train_val(ids, config.data.val_frac)[0].shape[0])
@@ -352,10 +383,10 @@ def execute(plan: RunPlan, hooks: TrainHooks) -> TrainOutcome:
     placement = placement_from_env()  # under torchrun: this rank; else a world of one
     writer = placement.is_writer
     parameters = count_parameters(config.model, plan.vocab.size)
-    notices = [plan.auto.notice()] if plan.auto else []
     outcome = TrainOutcome(
-        plan.run.path, Progress(), config, plan.corpus, parameters, plan.warnings, writer, notices
-    )
+        plan.run.path, Progress(), config, plan.corpus, parameters, plan.warnings, writer,
+        plan.notices(),
+    )  # fmt: skip
     device = rank_device(select_device(config.train.device), placement)
     lock = plan.run.lock() if writer else contextlib.nullcontext()  # rank 0 writes
     share = placement.local_size  # the ranks on this machine share its CPUs
@@ -425,9 +456,11 @@ def _begin(plan: RunPlan, trainer: Trainer, writer: bool) -> None:
             trainer.metrics.truncate_after(trainer.progress.step)
     elif writer:
         auto = plan.auto.to_dict() if plan.auto else None
+        precision = plan.precision.to_dict() if plan.precision else None
         write_run_config(
-            plan.run.path, plan.config, trainer.corpus_info, trainer.objective.record, auto
-        )
+            plan.run.path, plan.config, trainer.corpus_info, trainer.objective.record, auto,
+            precision,
+        )  # fmt: skip
 
 
 def write_run_config(
@@ -436,12 +469,15 @@ def write_run_config(
     corpus_info: dict[str, Any],
     objective: dict[str, Any] | None = None,
     auto: dict[str, Any] | None = None,
+    precision: dict[str, Any] | None = None,
 ) -> None:
     """config.json: the run's settings and corpus (and a distillation's teacher, what --auto
-    chose and why), for people and tools."""
+    and --precision auto chose and why), for people and tools."""
     extra: dict[str, Any] = {"objective": objective} if objective else {}
     if auto:
         extra["auto"] = auto
+    if precision:
+        extra["precision_probe"] = precision
     RunDir(run_dir).write_config({**config.to_dict(), "corpus": corpus_info, **extra})
 
 
