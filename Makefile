@@ -8,9 +8,11 @@ CHARRNN := $(VENV)/bin/charrnn
 # The CPU build of torch; change it for a GPU (e.g. TORCH_SPEC=torch, or add TORCH_INDEX=...).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-# Optional extras to install besides the tools (dev), plots and the server; EXTRAS=...,onnx adds
-# onnx + onnxruntime (~37 MB of wheels), without which the ONNX tests skip.
-EXTRAS ?= dev,plot,serve
+# The optional extras, all installed so that every test runs: the tools (dev), plots, the
+# faster one-stream sampler (fast), ONNX export and its check (onnx, ~37 MB of wheels), the server
+# (serve: starlette, uvicorn). Fewer,
+# e.g. EXTRAS=dev: the tests that need the others skip.
+EXTRAS ?= dev,plot,fast,onnx,serve
 DEMO_TIME ?= 60s
 STDLIB := $(shell $(PYTHON) -c "import sysconfig; print(sysconfig.get_paths()['stdlib'])")
 

@@ -22,9 +22,10 @@ FULL = Sizes(n=(1024, 2048), seconds=1.0, loops=3)
 QUICK = Sizes(n=(256, 512), seconds=0.1, loops=2)
 
 
-def matmul_gflops(n: int, seconds: float) -> float:
-    """Square fp32 matmul rate over one loop of about `seconds`."""
-    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+def matmul_gflops(n: int, seconds: float, dtype: torch.dtype = torch.float32) -> float:
+    """Square matmul rate (fp32, or `dtype`) over one loop of about `seconds`."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
     torch.mm(a, b, out=out)  # warm-up: thread pool and caches
     count, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
@@ -46,6 +47,18 @@ def matmul_rates(bench: Bench) -> dict[int, float]:
 def peak_gflops(bench: Bench) -> float:
     """This machine's fp32 matmul peak: the best rate over the sizes tried."""
     return max(matmul_rates(bench).values())
+
+
+def bf16_peak_gflops(bench: Bench) -> float:
+    """This machine's bf16 matmul peak (what bf16 autocast's products can reach), measured once
+    per run like the fp32 one."""
+    if "matmul_bf16" not in bench.cache:
+        sizes = bench.pick(FULL, QUICK)
+        bench.cache["matmul_bf16"] = max(
+            best_of(sizes.loops, partial(matmul_gflops, n, sizes.seconds, torch.bfloat16))
+            for n in sizes.n
+        )
+    return bench.cache["matmul_bf16"]
 
 
 def measure(bench: Bench) -> None:

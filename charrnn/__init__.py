@@ -7,8 +7,9 @@ use, so `import charrnn` (and the command line's start) does not load torch.
 The subpackages, from the bottom up: `system` (atomic files, devices, threads), `text` (reading,
 preprocessing, vocabulary, the encoded cache), `model` (the network, checkpoints, exports),
 `training` (the loop, its objectives, `--auto`, torchrun), `generation` (sampling, beam search,
-interactive sessions) and `analysis` (scoring, metrics, inspection, run history, plots). Above
-them `commands` holds one function per verb, and `cli` and `api` are the two front doors.
+interactive sessions) and `analysis` (scoring, metrics, inspection, run history, plots);
+`run_dir` names a run directory's files for all of them. Above them `commands` holds one
+function per verb, and `cli` and `api` are the two front doors.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from charrnn.analysis.scoring import TextScore, score_text
-from charrnn.commands import describe_checkpoint, train_or_resume
+from charrnn.commands import TrainHooks, TrainRequest, describe_checkpoint, train_or_resume
 from charrnn.config import DEFAULT_DEVICE, SampleConfig, validate_sample_config
 from charrnn.console import ProgressBar
 from charrnn.generation.sampling import generate
@@ -95,11 +95,18 @@ def train(
     specs = [corpus] if isinstance(corpus, str | Path) else list(corpus or [])
     bar = ProgressBar(disable=quiet)
     try:
-        outcome = train_or_resume(
-            [str(s) for s in specs], settings, resume=_path(resume), init_from=_path(init_from),
-            preset=preset, config_file=_path(config), out=_path(out), cache_dir=_path(cache_dir),
-            reporter=bar, on_preview=None if quiet else bar.preview,
-        )  # fmt: skip
+        request = TrainRequest(
+            [str(s) for s in specs],
+            settings,
+            resume=_path(resume),
+            init_from=_path(init_from),
+            preset=preset,
+            config_file=_path(config),
+            out=_path(out),
+            cache_dir=_path(cache_dir),
+        )
+        hooks = TrainHooks(reporter=bar, on_preview=None if quiet else bar.preview)
+        outcome = train_or_resume(request, hooks)
     finally:
         bar.close()
     return outcome.run_dir

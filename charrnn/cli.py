@@ -60,7 +60,7 @@ from charrnn.console import (
     warning_line,
 )
 from charrnn.errors import CharRNNError, UsageError
-from charrnn.system.cpuload import read_cpu_sample
+from charrnn.system.cpuload import CpuSample, read_cpu_sample
 from charrnn.text.corpus import prep_report, prepare_corpus
 from charrnn.version import __version__
 
@@ -366,27 +366,32 @@ def train(
     """
     # Before torch loads, so that a wrong combination fails at once (the command checks again).
     check_train_options(
-        overrides, corpus=corpus, resume=resume, init_from=init_from, preset=preset,
-        config=config, out=out,
-    )  # fmt: skip
+        overrides,
+        corpus=corpus,
+        resume=resume,
+        init_from=init_from,
+        preset=preset,
+        config=config,
+        out=out,
+    )
     load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
-    _train_with_progress(
-        quiet,
-        functools.partial(
-            commands.train_or_resume, corpus, overrides, resume=resume, init_from=init_from,
-            preset=preset, config_file=config, out=out, cache_dir=cache_dir,
-            load_since=load_since,
-        ),
-    )  # fmt: skip
+    request = commands.TrainRequest(
+        corpus, overrides, resume, init_from, preset, config, out, cache_dir
+    )
+    _train_with_progress(quiet, load_since, functools.partial(commands.train_or_resume, request))
 
 
 def _train_with_progress(
-    quiet: bool, start: Callable[..., commands.TrainOutcome]
+    quiet: bool,
+    load_since: CpuSample | None,
+    start: Callable[..., commands.TrainOutcome],
 ) -> commands.TrainOutcome:
-    """Run `start(reporter=, should_stop=, on_start=, on_preview=)` (a training run) with the
-    progress bar, Ctrl-C handling and the closing table; exits 130/143 after an interruption."""
+    """Run `start(hooks=)` (a training run) with the progress bar, Ctrl-C handling and the
+    closing table; exits 130/143 after an interruption."""
+    from charrnn import commands  # already loaded by the caller
+
     bar = ProgressBar(disable=quiet)
 
     def started(outcome: commands.TrainOutcome) -> None:
@@ -403,10 +408,14 @@ def _train_with_progress(
 
     with _Interrupts() as interrupts:
         try:
-            outcome = start(
-                reporter=bar, should_stop=interrupts.requested, on_start=started,
+            hooks = commands.TrainHooks(
+                reporter=bar,
+                should_stop=interrupts.requested,
+                on_start=started,
                 on_preview=None if quiet else bar.preview,
-            )  # fmt: skip
+                load_since=load_since,
+            )
+            outcome = start(hooks=hooks)
         finally:
             bar.close()
     progress = outcome.progress
@@ -414,18 +423,18 @@ def _train_with_progress(
         raise typer.Exit(interrupts.exit_code if interrupts.requested() else 0)
     if interrupts.requested():
         notice_line(
-            f"stopped at step {progress.step:,}; saved {outcome.run_dir / 'last.pt'}. "
+            f"stopped at step {progress.step:,}; saved {outcome.run.last}. "
             f"Resume with: charrnn train --resume {outcome.run_dir}"
         )
         raise typer.Exit(interrupts.exit_code)
     if not quiet:
-        print_table(f"trained {outcome.run_dir}", training_summary(outcome.run_dir, progress))
+        print_table(f"trained {outcome.run_dir}", training_summary(outcome))
     return outcome
 
 
-def training_summary(run_dir: Path, progress: commands.Progress) -> list[tuple[str, Any]]:
+def training_summary(outcome: commands.TrainOutcome) -> list[tuple[str, Any]]:
     """The rows of the table `train` ends with, down to the command that samples the best model."""
-    best = run_dir / "best.pt"
+    best, progress = outcome.run.best, outcome.progress
     rows: list[tuple[str, Any]] = [
         ("steps", progress.step),
         ("characters seen", progress.chars_seen),
@@ -997,13 +1006,16 @@ def distill(
     load_since = read_cpu_sample()  # before torch loads: auto threads judge the load from here
     from charrnn import commands
 
-    _train_with_progress(
-        quiet,
-        functools.partial(
-            commands.distill_command, corpus, teacher, run_config, distill_config, out=out,
-            cache_dir=cache_dir, load_since=load_since,
-        ),
-    )  # fmt: skip
+    start = functools.partial(
+        commands.distill_command,
+        corpus,
+        teacher,
+        run_config,
+        distill_config,
+        out=out,
+        cache_dir=cache_dir,
+    )
+    _train_with_progress(quiet, load_since, start)
 
 
 def _preprocessing_note(prep: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ from charrnn.training.autosize import (
     batch_and_window,
     candidate_shapes,
     choose_precision,
+    choose_run_precision,
     choose_shape,
     count_parameters,
     dropout_for,
@@ -155,10 +156,10 @@ def test_bf16_is_chosen_on_a_cpu_only_when_the_probe_finds_it_faster():
     )  # fmt: skip
     assert asked == [(shape, "fp32"), (shape, "bf16")]  # clear at the first look
     speed, asked = speeds(40_000, 40_000 * BF16_GAIN * 0.99)  # not enough faster
-    assert choose_precision(shape, cpu, "auto", (), speed)[0] == "auto"
+    assert choose_precision(shape, cpu, "auto", (), speed)[0] == "fp32"
     assert len(asked) == 4  # not clear at the first look: a second
     speed, _ = speeds(40_000, 9_000)  # a CPU without native bf16
-    assert choose_precision(shape, cpu, "auto", (), speed)[0] == "auto"
+    assert choose_precision(shape, cpu, "auto", (), speed)[0] == "fp32"
     for device, given, kept in [
         (cpu, "fp32", {"precision"}),  # the user's --precision
         (torch.device("cuda"), "auto", ()),  # auto is bf16 there already
@@ -171,9 +172,14 @@ def test_bf16_is_chosen_on_a_cpu_only_when_the_probe_finds_it_faster():
     assert choose_precision(shape, cpu, "auto", (), lambda s, p: next(answers)) == (
         "bf16", {"fp32": 40_000, "bf16": 64_000},
     )  # fmt: skip
-    answers = iter([40_000, None])  # the probe's time ran out: the given precision
+    answers = iter([40_000, None])  # the probe's time ran out: fp32
     assert choose_precision(shape, cpu, "auto", (), lambda s, p: next(answers)) == (
-        "auto", {"fp32": 40_000},
+        "fp32", {"fp32": 40_000},
+    )  # fmt: skip
+    # Out of time in the second look: the first look's clear enough gain still counts.
+    answers = iter([40_000, 48_000, None])
+    assert choose_precision(shape, cpu, "auto", (), lambda s, p: next(answers)) == (
+        "bf16", {"fp32": 40_000, "bf16": 48_000},
     )  # fmt: skip
 
 
@@ -286,7 +292,7 @@ def test_train_auto_records_its_choice_and_keeps_given_flags(tmp_path, repetitiv
     assert auto["probe"][0]["measured"] and auto["probe"][0]["chars_per_s"] > 0
     # On a CPU the probe compared fp32 and bf16 and the run trains in the one it chose.
     assert set(auto["precision_probe"]) == {"fp32", "bf16"}
-    assert saved["train"]["precision"] == auto["precision"] in {"auto", "bf16"}
+    assert saved["train"]["precision"] == auto["precision"] in {"fp32", "bf16"}
     said = "bf16 (" if auto["precision"] == "bf16" else "fp32 (bf16 at "
     assert said in notices[0]
     # Training got the budget less the probe.
@@ -329,3 +335,61 @@ def test_auto_from_a_config_file_keeps_that_files_keys_and_the_flags(
     assert seen["kept"] == {"hidden", "precision"}
     invoke("train", "corpus.txt", "--max-time", "1m", "--lr", "0.01", cwd=tmp_path)
     assert not seen["config"].train.auto and seen["kept"] == set()  # no --auto: nothing kept
+
+
+def test_precision_auto_keeps_fp32_where_the_probe_finds_bf16_slower(tmp_path, tiny_config):
+    """A CPU without fast bf16 (the probe's answer stood in): the run stays fp32, as before."""
+    ids = np.arange(4000, dtype=np.int64) % 20
+    vocab = Vocab(tuple(range(97, 117)))
+    config = tiny_config(precision="auto", max_steps=None, max_time=600.0)
+
+    def slow_bf16(shape, precision):
+        return {"fp32": 40_000.0, "bf16": 9_000.0}[precision]
+
+    chosen, choice = choose_run_precision(config, vocab, ids, tmp_path, speed=slow_bf16)
+    assert chosen.train.precision == "fp32"
+    assert choice.to_dict()["bf16_ratio"] == pytest.approx(9 / 40, abs=1e-3)
+    assert "fp32 (bf16 at 0.23x its speed here)" in choice.notice()
+    # Where bf16 is clearly faster it is kept; just under the gain it is not.
+    chosen, _ = choose_run_precision(config, vocab, ids, tmp_path, speed=lambda s, p: {
+        "fp32": 40_000.0, "bf16": 64_000.0}[p])  # fmt: skip
+    assert chosen.train.precision == "bf16"
+    chosen, _ = choose_run_precision(config, vocab, ids, tmp_path, speed=lambda s, p: {
+        "fp32": 40_000.0, "bf16": 40_000.0 * BF16_GAIN * 0.99}[p])  # fmt: skip
+    assert chosen.train.precision == "fp32"
+    # A fixed --precision is not probed; a run too short to pay for the probe is fp32.
+    for given in ("fp32", "bf16"):
+        fixed = config.replace(precision=given)
+        assert choose_run_precision(fixed, vocab, ids, tmp_path, speed=slow_bf16) == (fixed, None)
+    short = tiny_config(precision="auto")  # 20 steps
+    chosen, choice = choose_run_precision(short, vocab, ids, tmp_path)
+    assert chosen.train.precision == "fp32" and choice.speeds == {} and choice.notice() is None
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # ~1 minute on a busy 2-core machine: a run long enough to be probed
+def test_train_precision_auto_probes_records_and_a_resume_keeps_it(tmp_path):
+    """The real probe on this machine: the choice follows the measured ratio, is written to
+    config.json and the start line, and a resumed run trains in the precision recorded."""
+    rng = np.random.default_rng(0)
+    text = "".join(rng.choice(list("abcdefgh \n"), size=300_000))
+    (tmp_path / "corpus.txt").write_text(text, "utf-8")
+    common = ("--device", "cpu", "--threads", "1", "--quiet", "--eval-every", "100")
+    result = run_charrnn(
+        "train", "corpus.txt", "--hidden", "16", "--embed", "8", "--batch-size", "64",
+        "--seq-len", "32", "--max-steps", "1000", "--max-time", "30s", "--out", "run",
+        *common, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text("utf-8"))
+    probe = saved["precision_probe"]
+    assert probe["probed"] and set(probe["chars_per_s"]) == {"fp32", "bf16"}
+    expected = "bf16" if probe["bf16_ratio"] >= BF16_GAIN else "fp32"
+    assert saved["train"]["precision"] == probe["precision"] == expected
+    assert f"charrnn: precision auto: {expected} (" in result.stderr
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint.config.train.precision == expected
+    result = run_charrnn("train", "--resume", "run", "--max-steps", "1010", *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "precision auto" not in result.stderr  # not probed again
+    assert load_checkpoint(tmp_path / "run" / "last.pt").config.train.precision == expected

@@ -109,7 +109,7 @@ FAILURES = [
     ("dropout-above-one", ["train", "corpus.txt", "--dropout", "1.5"], 2,
      ["dropout must be in [0, 1), got 1.5"]),
     ("unknown-cell", ["train", "corpus.txt", "--cell", "gpt"], 2,
-     ["unknown cell 'gpt'; choose from lstm, gru, rnn"]),
+     ["unknown cell 'gpt'; choose from lstm, gru, rnn, mingru"]),
     ("unknown-toml-key", ["train", "corpus.txt", "--config", "typo.toml"], 2,
      ["typo.toml: unknown configuration key 'hiden'"]),
     ("malformed-toml", ["train", "corpus.txt", "--config", "broken.toml"], 2,

@@ -74,7 +74,7 @@ def search(model: CharRNN, width: int, **options) -> list:
     return beam_search(model, VOCAB, prime_ids(VOCAB, PRIME, "error"), config, width)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru"])
 @pytest.mark.parametrize("stop", [None, "\n", "ca"])
 def test_a_wide_beam_finds_what_brute_force_finds(cell, stop):
     model = tiny_model(cell)

@@ -413,6 +413,7 @@ LAYERS = [
     ["__main__", "cli_reference"],  # cli_reference writes docs/cli.md from the app
     ["cli", "api"],  # two front ends over the same commands
     ["commands"],
+    ["training.plan"],  # one plan, one executor: new runs, --init-from, distill and --resume
     ["serve.app"],  # charrnn serve: routes and the server's life
     ["serve.engine", "serve.protocol"],
     ["training.distill", "training.autosize"],  # an objective; the probe runs the trainer's step
@@ -424,9 +425,9 @@ LAYERS = [
     ["model.checkpoint", "analysis.metrics"],
     ["model.network", "text.run_text", "model.quantize"],
     ["text.corpus", "training.distributed", "analysis.run_history"],
-    ["text.preprocess"],  # the text steps the corpus and everything read through a model share
+    ["text.preprocess", "run_dir"],  # the text steps all share; a run directory's files
     ["system.atomic", "system.device", "config"],
-    ["errors", "console", "system.cpuload", "version"],
+    ["errors", "console", "system.cpuload", "system.digest", "version"],
     # subpackage docstrings: they import nothing
     ["system", "text", "model", "training", "generation", "analysis", "serve"],
 ]  # fmt: skip
@@ -484,6 +485,48 @@ def test_imports_run_one_way():
         "commands", "config", "console", "system.cpuload", "text.corpus", "errors",
         "analysis.plot", "analysis.run_history", "version",
     }  # fmt: skip
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def long_functions(root: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """'module.py:line name (N lines)' for every function or method under `root` longer than
+    `limit` lines, decorators and docstring included."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                length = node.end_lineno - start + 1
+                if length > limit:
+                    where = path.relative_to(root.parent)
+                    found.append(f"{where}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_the_length_check_finds_a_long_function(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(100))
+    (package / "m.py").write_text(f"def short():\n    pass\n\n\ndef long():\n{body}", "utf-8")
+    assert long_functions(package) == ["pkg/m.py:5 long (101 lines)"]
+
+
+def test_no_function_in_the_package_is_longer_than_100_lines():
+    assert long_functions(PACKAGE) == []
+
+
+RUN_FILE_NAMES = {"best.pt", "last.pt", "config.json", "metrics.jsonl", ".lock"}
+
+
+def test_a_run_directory_s_file_names_are_spelled_in_one_module():
+    spelled: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in RUN_FILE_NAMES:
+                spelled.setdefault(node.value, set()).add(module_name(path))
+    assert spelled == {name: {"run_dir"} for name in RUN_FILE_NAMES}
 
 
 # ----------------------------------------------------------------------------- the training view
@@ -607,7 +650,8 @@ def test_help_and_shell_completion_list_the_words_a_choice_takes(tmp_path):
     assert replies == [list(Cell.values()), ["int8"], ["error", "skip"]]
     train_help = invoke("train", "--help", cwd=tmp_path).stdout
     assert (
-        "--cell <lstm|gru|rnn>" in train_help and "--precision <auto|fp32|bf16|fp16>" in train_help
+        "--cell <lstm|gru|rnn|mingru>" in train_help
+        and "--precision <auto|fp32|bf16|fp16>" in train_help
     )
 
 

@@ -38,7 +38,7 @@ def hand_loss(model: CharRNN, ids: np.ndarray) -> float:
     return total
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru"])
 def test_one_stream_equals_a_hand_computation(cell, monkeypatch):
     monkeypatch.setattr(evaluate, "EVAL_WINDOW", 8)  # the state must carry across windows
     model = make_model(cell)

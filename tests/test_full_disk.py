@@ -20,9 +20,9 @@ from test_cli import invoke
 from charrnn.commands import write_run_config
 from charrnn.config import DataConfig, RunConfig
 from charrnn.errors import CharRNNError
-from charrnn.model.checkpoint import atomic_save, load_checkpoint, run_lock
+from charrnn.model.checkpoint import atomic_save, load_checkpoint
+from charrnn.run_dir import MetricsLog, run_lock
 from charrnn.text.corpus import prepare_corpus
-from charrnn.training.trainer import MetricsLog
 
 FLAGS = [
     "--hidden", "32", "--embed", "8", "--batch-size", "4", "--seq-len", "16", "--device", "cpu",

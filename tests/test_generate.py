@@ -47,7 +47,7 @@ def test_same_seed_same_samples_different_seeds_differ(model):
     assert first != sample(model, seed=8, length=60, temperature=1.2)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru"])
 def test_greedy_follows_the_argmax_of_the_full_model(cell):
     model = make_model(cell)
     prime = "ab c"

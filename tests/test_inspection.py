@@ -43,7 +43,7 @@ def trace_all(model: CharRNN, ids: torch.Tensor):
     return values, gates, tracer.state
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "mingru"])
 def test_unit_values_equal_the_fused_layers_across_windows(cell):
     model = random_model(cell)
     ids = torch.randint(0, 12, (2 * WINDOW + 77,), generator=torch.Generator().manual_seed(1))

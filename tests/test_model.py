@@ -9,8 +9,8 @@ from charrnn.config import ModelConfig
 from charrnn.model.network import CharRNN, Stepper, detach_state
 
 VOCAB = 11
-CELLS = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]
-CELL_IDS = ["lstm", "gru", "rnn-tanh", "rnn-relu"]
+CELLS = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu"), ("mingru", "tanh")]
+CELL_IDS = ["lstm", "gru", "rnn-tanh", "rnn-relu", "mingru"]
 
 
 def make_model(cell: str, nonlinearity: str = "tanh", layers: int = 1, seed: int = 0) -> CharRNN:

@@ -31,12 +31,14 @@ from hypothesis import strategies as st
 from test_cli import invoke
 
 import charrnn.model.checkpoint
+import charrnn.system.atomic
 from charrnn.cli import EXIT_SIGINT, EXIT_SIGTERM, _Interrupts
 from charrnn.commands import resume_command, train_command
 from charrnn.config import RunConfig
 from charrnn.errors import CheckpointError, TrainingError, UsageError
-from charrnn.model.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path, run_lock
+from charrnn.model.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path
 from charrnn.model.network import CharRNN
+from charrnn.run_dir import run_lock
 from charrnn.text.corpus import Vocab
 from charrnn.training.trainer import MAX_BAD_STEPS, Trainer, planned_steps
 
@@ -371,7 +373,7 @@ def _fail_replace(monkeypatch, fail_from: int, snapshot) -> None:
                 raise PermissionError(errno.EACCES, "Permission denied")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(charrnn.model.checkpoint.os, "replace", replace)
+    monkeypatch.setattr(charrnn.system.atomic.os, "replace", replace)
 
 
 @pytest.mark.parametrize(
@@ -423,7 +425,7 @@ def test_a_second_trainer_on_the_same_run_directory_is_refused(write_corpus, tmp
     train_command([corpus], tiny_config(max_steps=2, eval_every=2), out=tmp_path / "run")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from charrnn.model.checkpoint import run_lock\n"
+         "from charrnn.run_dir import run_lock\n"
          "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)",
          str(tmp_path / "run")],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},

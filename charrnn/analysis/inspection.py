@@ -36,7 +36,11 @@ SATURATION = 0.1  # a gate below this is "closed", above 1 - this "open" (the pa
 HISTOGRAM_BINS = 20
 SPAN_CHARS = 12  # width of the "most surprising spans"
 SPANS = 5
-GATE_NAMES = {"lstm": ("input", "forget", "output"), "gru": ("reset", "update")}
+GATE_NAMES = {
+    "lstm": ("input", "forget", "output"),
+    "gru": ("reset", "update"),
+    "mingru": ("update",),
+}
 FEATURES = (
     "quote",
     "bracket_depth",
@@ -253,6 +257,8 @@ class Tracer:
                 values["c"].append(c)
             elif self.cell == "gru":
                 layer_gates = _gru_gates(layer, x[0], h_before)
+            elif self.cell == "mingru":
+                layer_gates = _mingru_gates(layer, x[0])
             else:
                 layer_gates = {}
             for name, value in layer_gates.items():
@@ -268,7 +274,7 @@ class Tracer:
         return trace, cat_states(carried, dim=0)
 
 
-def _single_layer(model: CharRNN, k: int) -> nn.RNNBase:
+def _single_layer(model: CharRNN, k: int) -> nn.Module:
     """Layer k of the model's stacked fused module as a one-layer fused module (same weights)."""
     rnn = model.rnn
     extra = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
@@ -280,8 +286,8 @@ def _single_layer(model: CharRNN, k: int) -> nn.RNNBase:
         **extra,
     )
     with torch.no_grad():
-        for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(layer, f"{kind}_l0").copy_(getattr(rnn, f"{kind}_l{k}"))
+        for name, weight in layer.named_parameters():  # weight_ih_l0 is the stack's weight_ih_lk
+            weight.copy_(getattr(rnn, f"{name.removesuffix('_l0')}_l{k}"))
     param = model.head.weight
     return layer.to(device=param.device, dtype=param.dtype).eval()
 
@@ -306,6 +312,13 @@ def _gru_gates(layer: nn.GRU, x: Tensor, h_before: Tensor) -> dict[str, Tensor]:
     reset = (from_input[:, :hidden] + from_hidden[:, :hidden]).sigmoid()
     update = (from_input[:, hidden : 2 * hidden] + from_hidden[:, hidden : 2 * hidden]).sigmoid()
     return {"reset": reset, "update": update}
+
+
+def _mingru_gates(layer: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """The minGRU's update gate z_t, from the layer's inputs alone."""
+    hidden = layer.hidden_size
+    gate = x @ layer.weight_ih_l0[:hidden].t() + layer.bias_ih_l0[:hidden]
+    return {"update": gate.float().sigmoid()}
 
 
 def linear_scan(decay: Tensor, add: Tensor, start: Tensor) -> Tensor:

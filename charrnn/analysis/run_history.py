@@ -6,7 +6,6 @@ history is plain JSON, and plotting or comparing should start at once.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,7 @@ from typing import Any
 
 from charrnn.config import RunConfig
 from charrnn.errors import UsageError
-
-CONFIG_NAME, METRICS_NAME = "config.json", "metrics.jsonl"
+from charrnn.run_dir import RunDir
 
 
 @dataclass(frozen=True)
@@ -48,37 +46,15 @@ class RunHistory:
 def read_run(path: Path) -> RunHistory:
     """The run in directory `path`; a file inside a run directory (its best.pt) means the run."""
     path = Path(path)
-    if path.is_file() and (path.parent / METRICS_NAME).is_file():
-        path = path.parent
-    if not path.exists():
-        raise UsageError(f"run directory not found: {path}")
-    metrics_path, config_path = path / METRICS_NAME, path / CONFIG_NAME
-    if not path.is_dir() or not config_path.is_file():
-        raise UsageError(f"{path} is not a run directory (it has no {CONFIG_NAME})")
+    run = RunDir(path)
+    if path.is_file() and RunDir.of(path).metrics.is_file():
+        run = RunDir.of(path)
+    saved = run.read_config()
     try:
-        saved = json.loads(config_path.read_text("utf-8"))
         config = RunConfig.from_dict(saved)
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as exc:
-        raise UsageError(f"{config_path}: not a readable run configuration ({exc})") from None
-    records = read_metrics(metrics_path) if metrics_path.is_file() else []
-    return RunHistory(path, config, saved.get("corpus") or {}, records)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of metrics.jsonl; a half-written last line (a killed run) is skipped."""
-    records = []
-    try:
-        lines = path.read_text("utf-8", errors="replace").splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-    return records
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{run.config}: not a readable run configuration ({exc})") from None
+    return RunHistory(run.path, config, saved.get("corpus") or {}, run.read_metrics())
 
 
 def model_label(config: RunConfig) -> str:

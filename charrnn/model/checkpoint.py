@@ -7,13 +7,10 @@ which refuses any pickle that would construct arbitrary objects or run code.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import struct
 import warnings
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,10 +18,11 @@ from typing import Any
 
 import torch
 
-from charrnn.config import RunConfig
-from charrnn.errors import CheckpointError, TrainingError, UsageError, WriteError
+from charrnn.config import RunConfig, count_parameters
+from charrnn.errors import CheckpointError, WriteError
 from charrnn.model.network import CharRNN
 from charrnn.model.quantize import INT8, dequantize_state
+from charrnn.run_dir import checkpoint_in
 from charrnn.system.atomic import atomic_write
 from charrnn.text.corpus import Vocab
 
@@ -33,8 +31,6 @@ FORMAT_NAME = "charrnn-checkpoint"
 # written as 1, so an older charrnn reads every checkpoint it could use.
 FORMAT_VERSION = 2
 PLAIN_FORMAT_VERSION = 1
-BEST_NAME, LAST_NAME = "best.pt", "last.pt"
-LOCK_NAME = ".lock"
 # Models that ship inside the package (charrnn/model/starter/), by the name --checkpoint takes;
 # benchmarks/RESULTS.md has the command that made each one.
 BUILT_IN_MODELS = {"shakespeare": "shakespeare.pt"}
@@ -76,6 +72,11 @@ class Checkpoint:
             payload["objective"] = self.objective
         return payload
 
+    @property
+    def parameters(self) -> int:
+        """How many weights and biases the model has (int8 or not, as when it was trained)."""
+        return count_parameters(self.config.model, self.vocab.size)
+
     def build_model(self, device: torch.device | str = "cpu") -> CharRNN:
         """The network with these weights, in eval mode, on `device`."""
         model = CharRNN(self.config.model, self.vocab.size)
@@ -116,14 +117,7 @@ def resolve_checkpoint_path(path: Path) -> Path:
     path = Path(path)
     if is_built_in(path):
         return built_in_model(path)  # type: ignore[return-value]
-    if path.is_dir():
-        for name in (BEST_NAME, LAST_NAME):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"run directory {path} has no checkpoint yet (no {BEST_NAME})")
-    if not path.exists():
-        raise UsageError(f"checkpoint not found: {path}")
-    return path
+    return checkpoint_in(path)
 
 
 # What torch.load raises on files that are not checkpoints (text, garbage, cut-off pickles).
@@ -194,39 +188,3 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[CharRNN,
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{path}: weights do not match its configuration ({exc})") from None
     return model, checkpoint
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a run directory; a second trainer there fails at once.
-
-    The lock is an OS file lock (flock), released by the kernel when the process dies, so a
-    killed run never leaves it stuck. Where flock does not exist (Windows) it does nothing.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path = run_dir / LOCK_NAME
-    try:  # unbuffered: a failed write fails here, not again when the file is closed
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise TrainingError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.pread(handle, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            raise TrainingError(
-                f"run directory {run_dir} is in use by another charrnn train (pid {owner}); "
-                "wait for it to finish or use another run directory"
-            ) from None
-        try:  # the pid is only for the message above; a full disk fails here, at the start
-            os.ftruncate(handle, 0)
-            os.pwrite(handle, str(os.getpid()).encode("ascii"), 0)
-        except OSError as exc:
-            raise TrainingError(f"cannot write {path}: {exc.strerror or exc}") from None
-        yield
-    finally:
-        os.close(handle)

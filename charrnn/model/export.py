@@ -20,14 +20,13 @@ from typing import Any
 from charrnn.config import ExportFormat
 from charrnn.errors import UsageError, WriteError
 from charrnn.model.checkpoint import (
-    BEST_NAME,
-    LAST_NAME,
     Checkpoint,
     load_checkpoint,
     resolve_checkpoint_path,
     save_checkpoint,
 )
 from charrnn.model.quantize import DTYPES, INT8, cast_state, quantize_state
+from charrnn.run_dir import BEST_NAME, LAST_NAME
 
 QUANTIZE_CHOICES = ("none", INT8)
 
@@ -106,11 +105,9 @@ def export_command(
         from charrnn.model.onnx_graph import write_onnx
 
         write_onnx(exported, output)
-    parameters = sum(t.numel() for t in checkpoint.model_state.values())
-    return ExportResult(
-        source, output, source.stat().st_size, output.stat().st_size, dtype, quantize,
-        parameters, export_format.value,
-    )  # fmt: skip
+    sizes = source.stat().st_size, output.stat().st_size
+    parameters = checkpoint.parameters
+    return ExportResult(source, output, *sizes, dtype, quantize, parameters, export_format.value)
 
 
 def _export_format(value: ExportFormat | str) -> ExportFormat:

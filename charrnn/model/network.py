@@ -1,16 +1,20 @@
-"""The network: embedding -> stacked RNN/LSTM/GRU -> linear to the vocabulary.
+"""The network: embedding -> stacked RNN/LSTM/GRU/minGRU -> linear to the vocabulary.
 
-Training uses PyTorch's fused recurrent layers. Generation uses `Stepper`, which writes the cell
-equations out with the model's own weights: at batch size 1 the fused layers' per-call overhead
-dominates, and one step of hand-written equations is several times cheaper. The tests check the
-two against each other.
+Training uses PyTorch's fused recurrent layers, and `MinGRU` (below) for the minGRU. Generation
+uses `Stepper`, which writes the cell equations out with the model's own weights: at batch size 1
+the fused layers' per-call overhead dominates, and one step of hand-written equations is several
+times cheaper. The tests check the two against each other.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charrnn.config import ModelConfig
@@ -18,7 +22,98 @@ from charrnn.config import ModelConfig
 # An LSTM's state is (h, c); a GRU's or RNN's is h. Each has shape (layers, batch, hidden).
 State = Tensor | tuple[Tensor, Tensor]
 
-_RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+class _LinearScan(torch.autograd.Function):
+    """h_t = a_t h_(t-1) + b_t along dim 0 of (T, batch, hidden), from h0 (batch, hidden).
+
+    A plain loop over time, one fused multiply-add per step forward and one backward, with the
+    gradient written by hand: autograd's graph of T small nodes costs more than the arithmetic.
+    Measured here (benchmarks/mingru.py) against autograd's loop and a parallel (Hillis-Steele)
+    scan at windows of 64-128: the hand-written loop was the fastest.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:  # type: ignore[override]
+        out = torch.empty_like(b)
+        h = h0
+        for t in range(b.shape[0]):
+            h = torch.addcmul(b[t], a[t], h, out=out[t])
+        ctx.save_for_backward(a, out, h0)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        a, out, h0 = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        # g_t = dL/dh_t in full = grad_out_t + a_(t+1) g_(t+1); then dL/db_t = g_t.
+        grad_b = torch.empty_like(grad_out)
+        g = grad_b[-1]
+        g.copy_(grad_out[-1])
+        for t in range(grad_out.shape[0] - 2, -1, -1):
+            g = torch.addcmul(grad_out[t], a[t + 1], g, out=grad_b[t])
+        before = torch.cat([h0.unsqueeze(0), out[:-1]])
+        return grad_b * before, grad_b, a[0] * grad_b[0]
+
+
+def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """h_t = a_t h_(t-1) + b_t for every t of (T, batch, hidden) inputs, from h0."""
+    return _LinearScan.apply(a, b, h0)
+
+
+class MinGRU(nn.Module):
+    """Stacked minGRU layers (Feng et al. 2024, "Were RNNs All We Needed?").
+
+    Each layer's gate and candidate depend on its input only:
+        z_t = sigmoid(W_z x_t + b_z),  c_t = W_c x_t + b_c,  h_t = (1 - z_t) h_(t-1) + z_t c_t,
+    so the whole window's arithmetic is one matrix product per layer, leaving only an elementwise
+    recurrence over time. Shapes and state follow `nn.GRU` (batch first, h of (layers, B, H));
+    layer k holds `weight_ih_lk` (2H, in), rows [z; c], and `bias_ih_lk`.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        batch_first: bool = True,
+    ) -> None:
+        super().__init__()
+        assert batch_first, "MinGRU is batch first, as CharRNN uses it"
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.dropout = dropout
+        bound = 1 / math.sqrt(hidden_size)  # nn.GRU's initialisation
+        for k in range(num_layers):
+            width = input_size if k == 0 else hidden_size
+            weight = nn.Parameter(torch.empty(2 * hidden_size, width).uniform_(-bound, bound))
+            bias = nn.Parameter(torch.empty(2 * hidden_size).uniform_(-bound, bound))
+            self.register_parameter(f"weight_ih_l{k}", weight)
+            self.register_parameter(f"bias_ih_l{k}", bias)
+
+    def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Outputs (B, T, H) of the top layer and the last state (layers, B, H)."""
+        batch, hidden = x.shape[0], self.hidden_size
+        if h0 is None:
+            h0 = self.weight_ih_l0.new_zeros(self.num_layers, batch, hidden)
+        inputs = x.transpose(0, 1)  # time first: each step's rows are contiguous
+        last = []
+        for k in range(self.num_layers):
+            if k > 0 and self.dropout and self.training:
+                inputs = F.dropout(inputs, self.dropout, training=True)
+            weight, bias = getattr(self, f"weight_ih_l{k}"), getattr(self, f"bias_ih_l{k}")
+            # One product for the window; the recurrence in fp32 under autocast too.
+            projected = F.linear(inputs, weight, bias)
+            if projected.dtype in (torch.bfloat16, torch.float16):
+                projected = projected.float()
+            gate, candidate = projected.chunk(2, dim=-1)
+            update = torch.sigmoid(gate)
+            start = h0[k].to(projected.dtype)
+            inputs = linear_recurrence(1 - update, update * candidate, start)
+            last.append(inputs[-1])
+        return inputs.transpose(0, 1), torch.stack(last).to(h0.dtype)
+
+
+_RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN, "mingru": MinGRU}
 
 
 class CharRNN(nn.Module):
@@ -69,13 +164,12 @@ class CharRNN(nn.Module):
         self.embed, self.head, self.vocab_size = embed, head, new_size
 
 
-def _layer_weights(rnn: nn.RNNBase, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return (
-        getattr(rnn, f"weight_ih_l{layer}"),
-        getattr(rnn, f"weight_hh_l{layer}"),
-        getattr(rnn, f"bias_ih_l{layer}"),
-        getattr(rnn, f"bias_hh_l{layer}"),
-    )
+def _layer_weights(rnn: nn.Module, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(w_ih, w_hh, b_ih, b_hh) of one layer; a minGRU has no hidden-to-hidden part: zeros."""
+    w_ih, b_ih = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"bias_ih_l{layer}")
+    if isinstance(rnn, MinGRU):
+        return w_ih, w_ih.new_zeros(0, 0), b_ih, b_ih.new_zeros(0)
+    return w_ih, getattr(rnn, f"weight_hh_l{layer}"), b_ih, getattr(rnn, f"bias_hh_l{layer}")
 
 
 class Stepper:
@@ -89,7 +183,9 @@ class Stepper:
       the previous state);
     - the first layer's input projection is a table lookup per symbol (embedding x W_ih);
     - for the LSTM the gates are reordered (i, f, o, g) and the candidate's rows doubled, so one
-      sigmoid covers all four gates: tanh(x) = 2 sigmoid(2x) - 1.
+      sigmoid covers all four gates: tanh(x) = 2 sigmoid(2x) - 1;
+    - a minGRU has no hidden-to-hidden product: a step is its input projection and three
+      elementwise operations per layer.
     The output layer is `head_weight` (hidden, vocab) and `head_bias`: `step` applies it, and a
     sampler may fold temperature and noise into it and call `advance` instead.
     """
@@ -100,11 +196,13 @@ class Stepper:
         self.relu = config.nonlinearity == "relu"
         with torch.no_grad():
             weights = [self._layer(model, layer) for layer in range(config.layers)]
-            fold = self.cell != "gru"  # the GRU's candidate needs the hidden bias on its own
-            self.hidden_weight = torch.stack([w_hh.t() for _, w_hh, _, _ in weights]).contiguous()
-            self.hidden_bias = torch.stack(
-                [(b_hh + b_ih if fold else b_hh).unsqueeze(0) for _, _, b_ih, b_hh in weights]
-            )
+            # The GRU's candidate needs the hidden bias on its own; the minGRU has none.
+            fold = self.cell not in ("gru", "mingru")
+            if self.cell != "mingru":
+                self.hidden_weight = torch.stack([w.t() for _, w, _, _ in weights]).contiguous()
+                self.hidden_bias = torch.stack(
+                    [(b_hh + b_ih if fold else b_hh).unsqueeze(0) for _, _, b_ih, b_hh in weights]
+                )
             w_ih0, _, b_ih0, _ = weights[0]
             table = model.embed.weight.detach().float() @ w_ih0.t()
             self.input_table = table if fold else table + b_ih0
@@ -112,7 +210,8 @@ class Stepper:
             self.input_biases = [b_ih.unsqueeze(0) for _, _, b_ih, _ in weights[1:]]
             self.head_weight = model.head.weight.detach().float().t().contiguous()
             self.head_bias = model.head.bias.detach().float().clone()
-            self._bind_state(state)
+            self._width, self._hidden = weights[0][0].shape[0], config.hidden
+        self._bind_state(state)
 
     @staticmethod
     def _layer(model: CharRNN, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -153,7 +252,14 @@ class Stepper:
 
     def advance(self, ids: Tensor) -> Tensor:
         """Feed `ids` (batch,) and return `top`, a view that the next call overwrites."""
-        torch.baddbmm(self.hidden_bias, self.h, self.hidden_weight, out=self.gates)
+        if self.cell == "mingru":
+            for layer in range(self.layers):
+                self._mingru(layer, ids)
+            return self._h[-1]
+        if self._blas is not None:
+            self._blas.hidden_products()
+        else:
+            torch.baddbmm(self.hidden_bias, self.h, self.hidden_weight, out=self.gates)
         for layer in range(self.layers):
             if self.cell == "gru":
                 self._gru(layer, ids)
@@ -161,6 +267,8 @@ class Stepper:
             gates = self._gates[layer]
             if layer == 0:
                 gates.add_(self.input_table.index_select(0, ids))
+            elif self._blas is not None:
+                self._blas.add_input_product(layer, gates)
             else:
                 gates.addmm_(self._h[layer - 1], self.input_weights[layer - 1])
             if self.cell == "lstm":
@@ -179,10 +287,13 @@ class Stepper:
         c.mul_(forget).sub_(inputs).addcmul_(inputs, half, value=2.0)
         torch.mul(output, torch.tanh(c, out=self.scratch), out=self._h[layer])
 
-    def _gru(self, layer: int, ids: Tensor) -> None:
+    def _project_input(self, layer: int, ids: Tensor) -> None:
+        """A GRU's or minGRU's input part, bias included, into `_from_input[layer]`."""
         from_input = self._from_input[layer]
         if layer == 0:
             torch.index_select(self.input_table, 0, ids, out=from_input)
+        elif self._blas is not None:
+            self._blas.input_product(layer, from_input)
         else:
             below, weight, bias = (
                 self._h[layer - 1],
@@ -190,22 +301,32 @@ class Stepper:
                 self.input_biases[layer - 1],
             )
             torch.addmm(bias, below, weight, out=from_input)
+
+    def _gru(self, layer: int, ids: Tensor) -> None:
+        self._project_input(layer, ids)
         reset, update, candidate = self._split[layer]
         self._rz[layer].add_(self._rz_input[layer]).sigmoid_()
         candidate.mul_(reset).add_(self._n_input[layer]).tanh_()
         # h' = (1 - z) n + z h = n + z (h - n)
         self._h[layer].sub_(candidate).mul_(update).add_(candidate)
 
+    def _mingru(self, layer: int, ids: Tensor) -> None:
+        self._project_input(layer, ids)
+        update, candidate = self._zc[layer]
+        # h' = (1 - z) h + z c = h + z (c - h)
+        h = self._h[layer]
+        update.sigmoid_()
+        h.addcmul_(update, candidate.sub_(h))
+
     # The rows of a batch whose streams join and leave between steps (generation/streams.py).
 
     def _bind_state(self, state: State) -> None:
         """Take a copy of `state` as the rows to step, with the buffers and views over them."""
         h, c = state if isinstance(state, tuple) else (state, None)
-        hidden = self.head_weight.shape[0]
         with torch.no_grad():
             self.h = h.detach().float().clone()  # (layers, batch, hidden)
             self.c = None if c is None else c.detach().float().clone()
-        batch, width = self.h.shape[1], self.hidden_weight.shape[-1]
+        batch, width, hidden = self.h.shape[1], self._width, self._hidden
         self.gates = self.h.new_empty(self.layers, batch, width)
         self.from_input = self.h.new_empty(self.layers, batch, width)  # GRU only
         self.scratch = torch.empty_like(self.h[0])
@@ -218,6 +339,10 @@ class Stepper:
         self._rz = [gates[:, : 2 * hidden] for gates in self._gates]
         self._rz_input = [part[:, : 2 * hidden] for part in self._from_input]
         self._n_input = [part[:, 2 * hidden :] for part in self._from_input]
+        # minGRU: the update gate and the candidate, from the input.
+        if self.cell == "mingru":
+            self._zc = [part.view(batch, 2, width // 2).unbind(1) for part in self._from_input]
+        self._blas = _NumpyProducts(self) if _numpy_blas_fits(self.h) else None
 
     @property
     def rows(self) -> int:
@@ -240,6 +365,67 @@ class Stepper:
         """A copy of one row's state, as a batch of one shaped as the fused layers return it."""
         h = self.h[:, row : row + 1].clone()
         return h if self.c is None else (h, self.c[:, row : row + 1].clone())
+
+
+@functools.cache
+def _single_threaded_numpy_blas() -> bool:
+    """Set numpy's BLAS to one thread (once per process); False when that cannot be done.
+
+    A product of one row by a few megabytes of weights is bound by memory, not arithmetic: a
+    second thread only adds a hand-over, and on a busy machine it made the product 5x slower.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return False
+    threadpool_limits(limits=1, user_api="blas")
+    return True
+
+
+def _numpy_blas_fits(h: Tensor) -> bool:
+    """One stream of fp32 on the CPU, with numpy's BLAS held to one thread."""
+    return h.shape[1] == 1 and h.device.type == "cpu" and _single_threaded_numpy_blas()
+
+
+class _NumpyProducts:
+    """A one-stream `Stepper`'s matrix products through numpy's BLAS, on its own buffers.
+
+    At one row, torch's CPU matrix product (MKL) measured 2.7-3.8x slower than numpy's
+    (OpenBLAS) on this AMD machine for 256-512 units (benchmarks/sample.py), and the products
+    are ~80% of a step. The views share memory with the stepper's tensors, so the torch
+    operations around them see every result.
+    """
+
+    def __init__(self, stepper: Stepper) -> None:
+        # One row as a vector: numpy then calls the matrix-vector kernel, not the matrix one.
+        self.h = [part.numpy()[0] for part in stepper._h]
+        self.gates = [part.numpy()[0] for part in stepper._gates]
+        self.recurrent = stepper.cell != "mingru"
+        if self.recurrent:
+            self.hidden_weight = [w.numpy() for w in stepper.hidden_weight.unbind(0)]
+            self.hidden_bias = [b.numpy()[0] for b in stepper.hidden_bias.unbind(0)]
+        self.input_weight = [w.numpy() for w in stepper.input_weights]
+        self.input_bias = [b.numpy()[0] for b in stepper.input_biases]
+        self.scratch = np.empty_like(self.gates[0])
+
+    def hidden_products(self) -> None:
+        """gates[l] = h[l] W_hh[l] + bias[l], every layer from the state before the step."""
+        for h, weight, bias, gates in zip(
+            self.h, self.hidden_weight, self.hidden_bias, self.gates, strict=True
+        ):
+            np.dot(h, weight, out=gates)
+            np.add(gates, bias, out=gates)
+
+    def add_input_product(self, layer: int, gates: Tensor) -> None:
+        """gates += h[layer - 1] W_ih[layer] (an LSTM's or RNN's layers above the first)."""
+        np.dot(self.h[layer - 1], self.input_weight[layer - 1], out=self.scratch)
+        np.add(self.gates[layer], self.scratch, out=self.gates[layer])
+
+    def input_product(self, layer: int, out: Tensor) -> None:
+        """out = h[layer - 1] W_ih[layer] + b_ih[layer] (a GRU's or minGRU's upper layers)."""
+        target = out.numpy()[0]
+        np.dot(self.h[layer - 1], self.input_weight[layer - 1], out=target)
+        np.add(target, self.input_bias[layer - 1], out=target)
 
 
 # ----------------------------------------------------------------------------- recurrent state

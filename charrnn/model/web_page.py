@@ -27,7 +27,6 @@ import torch
 
 from charrnn.errors import UsageError
 from charrnn.model.checkpoint import Checkpoint
-from charrnn.model.quantize import SCALE_SUFFIX
 from charrnn.system.atomic import atomic_write
 
 PAGE_CELLS = ("lstm", "gru", "rnn")
@@ -102,9 +101,7 @@ def page_model(checkpoint: Checkpoint, name: str, manifest: list[dict[str, Any]]
         "layers": model.layers,
         "hidden": model.hidden,
         "embed": model.embed,
-        "parameters": sum(
-            t.numel() for n, t in checkpoint.model_state.items() if not n.endswith(SCALE_SUFFIX)
-        ),
+        "parameters": checkpoint.parameters,
         "bytes": vocab.is_bytes,
         "symbols": list(vocab.symbols),
         "unknown": vocab.unknown_id,

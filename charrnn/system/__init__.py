@@ -1,1 +1,2 @@
-"""The machine underneath: atomic file writes, the device and CPU threads, the CPUs' load."""
+"""The machine underneath: atomic file writes, file digests, the device and CPU threads, the
+CPUs' load."""

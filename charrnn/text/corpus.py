@@ -25,6 +25,7 @@ import numpy as np
 from charrnn.config import DataConfig
 from charrnn.errors import CorpusError, UsageError, WriteError
 from charrnn.system.atomic import atomic_write, atomic_write_text
+from charrnn.system.digest import file_sha256
 from charrnn.text.preprocess import (
     UNKNOWN_SYMBOL,
     PrepTally,
@@ -350,12 +351,12 @@ class SourceFile:
 
 def source_file(path: Path, config: DataConfig) -> SourceFile:
     """Size and SHA-256 of `path`, and whether reading it under `config` drops a BOM."""
-    digest, size = hashlib.sha256(), 0
-    for block in read_byte_chunks(path, 1 << 22):
-        digest.update(block)
-        size += len(block)
+    try:
+        sha256, size = file_sha256(path)
+    except OSError as exc:
+        raise CorpusError(f"cannot read {path}: {exc.strerror or exc}") from None
     bom = not config.bytes and size > 0 and starts_with_bom(path, config.encoding)
-    return SourceFile(str(path), size, digest.hexdigest(), bom)
+    return SourceFile(str(path), size, sha256, bom)
 
 
 @dataclass(frozen=True)

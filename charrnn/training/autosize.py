@@ -36,12 +36,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from charrnn.config import AUTO_KEYS, ModelConfig, RunConfig, recurrent_parameters
+from charrnn.config import (
+    AUTO_KEYS,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    count_parameters,
+    recurrent_parameters,
+)
 from charrnn.errors import UsageError
 from charrnn.model.network import CharRNN
 from charrnn.system.device import CpuThreads, select_device
 from charrnn.text.corpus import StreamBatches, Vocab
-from charrnn.training.trainer import Trainer
+from charrnn.training.trainer import Trainer, planned_steps
 
 # Shapes tried, from small to large (layers, hidden). One layer while the model is small: in a
 # short run on a CPU a second layer costs steps that a wider single layer uses better.
@@ -68,6 +75,10 @@ SHARE_PER_SHAPE = 1 / 10  # and at least this share of the probe's budget
 BF16_GAIN = 1.1  # bf16 autocast is chosen on a CPU only when this much faster than fp32
 BF16_CLEAR = 1.3  # a first look at the two precisions closer than this gets a second look
 WARMUP_STEPS, MIN_TIMED_STEPS = 2, 2
+# `--precision auto` without --auto: the run's own shape is probed for a second or two, in runs
+# long enough for a bf16 gain to pay that second back many times (at ~100k chars/s, ~20 s).
+RUN_PROBE_S = 2.0
+MIN_PROBED_CHARS, MIN_PROBED_SECONDS = 2_000_000, 20.0
 
 
 @dataclass(frozen=True)
@@ -190,16 +201,6 @@ class AutoChoice:
             f"{per_parameter:.3g} per parameter, on {self.train_chars:,} training characters; "
             f"{why}" + (kept if self.kept else "")
         )
-
-
-def count_parameters(model: ModelConfig, vocab_size: int) -> int:
-    """Parameters of a `CharRNN` of this shape: embedding, recurrent layers, output layer."""
-    return (
-        vocab_size * model.embed
-        + recurrent_parameters(model)
-        + model.hidden * vocab_size
-        + vocab_size
-    )
 
 
 def candidate_shapes(model: ModelConfig, vocab_size: int, kept: Collection[str]) -> list[Shape]:
@@ -451,20 +452,25 @@ def choose_precision(
     clear (the two within `BF16_CLEAR` of each other), both are measured again, interleaved,
     and each keeps its faster figure: a busy moment of another program slows one measurement.
     A kept `--precision`, or another device (where `auto` already means bf16 on CUDA), is left
-    alone."""
+    alone. On a CPU `auto` becomes the precision chosen (fp32 when the probe could not finish), so
+    the run records what it trains in and a resume keeps it."""
     if "precision" in kept or device.type != "cpu" or given != "auto":
         return given, {}
     speeds: dict[str, float] = {}
     for _look in range(2):  # a second look only when the first is not clear
         for precision in ("fp32", "bf16"):
             measured = speed(shape, precision)
-            if measured is None:
-                return given, speeds
+            if measured is None:  # the probe's time ran out: judge by the looks taken
+                break
             speeds[precision] = max(measured, speeds.get(precision, 0.0))
+        if measured is None or len(speeds) < 2:
+            break
         ratio = speeds["bf16"] / speeds["fp32"]
         if not 1 / BF16_CLEAR < ratio < BF16_CLEAR:
             break
-    return ("bf16" if speeds["bf16"] >= BF16_GAIN * speeds["fp32"] else given), speeds
+    if len(speeds) < 2:
+        return "fp32", speeds
+    return ("bf16" if speeds["bf16"] >= BF16_GAIN * speeds["fp32"] else "fp32"), speeds
 
 
 def auto_size(
@@ -551,3 +557,89 @@ def auto_size(
         precision_speeds=precision_speeds,
     )
     return config.replace(**choice.settings()), choice
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What `--precision auto` chose on a CPU for the run's own shape, and why."""
+
+    precision: str  # fp32 or bf16
+    speeds: dict[str, float]  # training chars/s in each precision; empty when not probed
+    probe_seconds: float = 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        """bf16's speed over fp32's, when both were measured."""
+        if {"fp32", "bf16"} <= self.speeds.keys():
+            return self.speeds["bf16"] / self.speeds["fp32"]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record in config.json (`precision_probe`)."""
+        ratio = self.ratio
+        return {
+            "precision": self.precision,
+            "chars_per_s": {k: round(v, 1) for k, v in self.speeds.items()},
+            "bf16_ratio": None if ratio is None else round(ratio, 3),
+            "probe_s": round(self.probe_seconds, 3),
+            "probed": bool(self.speeds),
+        }
+
+    def notice(self) -> str | None:
+        """One line for the user, or None when the run was too short to probe."""
+        ratio = self.ratio
+        if ratio is None:
+            return None
+        said = (
+            f"bf16 ({ratio:.2f}x fp32's speed here)"
+            if self.precision == "bf16"
+            else f"fp32 (bf16 at {ratio:.2f}x its speed here)"
+        )
+        return f"precision auto: {said}, measured on this run's shape in {self.probe_seconds:.1f} s"
+
+
+def worth_probing(train: TrainConfig, train_chars: int) -> bool:
+    """True when a run is long enough for the precision probe's second to pay: at least
+    `MIN_PROBED_SECONDS` of time limit and `MIN_PROBED_CHARS` characters of step limit."""
+    if train.max_time is not None and train.max_time < MIN_PROBED_SECONDS:
+        return False
+    per_step = train.batch_size * train.seq_len
+    steps = planned_steps(train, max(1, train_chars // per_step))
+    return steps is None or steps * per_step >= MIN_PROBED_CHARS
+
+
+def choose_run_precision(
+    config: RunConfig,
+    vocab: Vocab,
+    train_ids: np.ndarray,
+    run_dir: Path,
+    threads: CpuThreads | None = None,
+    speed: Callable[[Shape, str], float | None] | None = None,
+) -> tuple[RunConfig, PrecisionChoice | None]:
+    """`config` with `--precision auto` made fp32 or bf16 on a CPU (`choose_precision` on the
+    run's own shape, batch and window), and the choice; unchanged with None elsewhere (another
+    precision, another device, or --auto, whose probe chooses it). A run too short to pay for
+    the probe is fp32. `speed(shape, precision)` stands in for the probe (a test's CPU)."""
+    device = select_device(config.train.device)
+    if config.train.precision != "auto" or device.type != "cpu" or config.train.auto:
+        return config, None
+    if speed is None and not worth_probing(config.train, int(train_ids.shape[0])):
+        return config.replace(precision="fp32"), PrecisionChoice("fp32", {})
+    if speed is None:
+        # Made before the clock starts: it imports what the run's own optimizer imports anyway.
+        probe = SpeedProbe(
+            config, vocab, train_ids, config.train.batch_size, config.train.seq_len,
+            RUN_PROBE_S, device, run_dir,
+        )  # fmt: skip
+
+        def speed(shape: Shape, precision: str) -> float | None:
+            if threads is not None:
+                threads.tick()
+            return probe(shape, precision)
+
+    started = time.perf_counter()
+    model = config.model
+    shape = Shape(model.layers, model.hidden, count_parameters(model, vocab.size))
+    precision, speeds = choose_precision(shape, device, "auto", (), speed)
+    choice = PrecisionChoice(precision, speeds, time.perf_counter() - started)
+    return config.replace(precision=precision), choice

@@ -10,7 +10,6 @@ well as it can; that state goes into last.pt, so a resumed distillation is exact
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,10 @@ from charrnn.config import DistillConfig, validate_distill_config
 from charrnn.errors import CheckpointError
 from charrnn.model.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint_path
 from charrnn.model.network import CharRNN, State, detach_state, state_from_parts, state_parts
+from charrnn.system.digest import file_sha256
 from charrnn.training.trainer import Objective
 
 KIND = "distill"
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, in hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def distillation_loss(
@@ -107,7 +98,7 @@ def new_objective(
     record = {
         "kind": KIND,
         "teacher": str(teacher_path.resolve()),
-        "teacher_sha256": file_sha256(teacher_path),
+        "teacher_sha256": file_sha256(teacher_path)[0],
         "distill_temperature": config.distill_temperature,
         "distill_alpha": config.distill_alpha,
     }
@@ -121,7 +112,7 @@ def resumed_objective(record: dict[str, Any], device: torch.device) -> DistillOb
         raise CheckpointError(
             f"the teacher of this run is gone: {teacher_path}; resuming needs the same file"
         )
-    if file_sha256(teacher_path) != record.get("teacher_sha256"):
+    if file_sha256(teacher_path)[0] != record.get("teacher_sha256"):
         raise CheckpointError(
             f"the teacher {teacher_path} changed since this run started; resuming needs the "
             "same file"

@@ -9,9 +9,7 @@ resumed run continues exactly where the saved one stood.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -24,10 +22,10 @@ import torch.nn.functional as F
 
 from charrnn.analysis.scoring import EvalResult, score_ids
 from charrnn.config import RunConfig, TrainConfig
-from charrnn.errors import TrainingError, WriteError
-from charrnn.model.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, save_checkpoint
+from charrnn.errors import TrainingError
+from charrnn.model.checkpoint import Checkpoint, save_checkpoint
 from charrnn.model.network import CharRNN, State, cat_states, detach_state, map_state, select_rows
-from charrnn.system.atomic import atomic_write_text
+from charrnn.run_dir import RunDir
 from charrnn.system.device import CpuThreads, autocast_dtype
 from charrnn.text.corpus import StreamBatches, Vocab
 from charrnn.training.distributed import World
@@ -191,46 +189,6 @@ def weights_are_finite(model: CharRNN) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON object per log line, flushed as written."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def truncate_after(self, step: int) -> None:
-        """Drop lines past `step` and any half-written last line (before resuming at `step`)."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text("utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("step", 0) <= step:
-                kept.append(line + "\n")
-        try:
-            atomic_write_text(self.path, "".join(kept))
-        except WriteError as exc:
-            raise TrainingError(str(exc)) from None
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Add one line; a failed write (a full disk) cuts the file back to its previous lines."""
-        line = (json.dumps(record) + "\n").encode("utf-8")
-        try:
-            with self.path.open("ab", buffering=0) as handle:  # unbuffered: no retry on close
-                size = handle.seek(0, os.SEEK_END)
-                try:
-                    view = memoryview(line)
-                    while view:  # a write may take part of the line: a disk filling up
-                        view = view[handle.write(view) or len(view) :]
-                except OSError:
-                    handle.truncate(size)  # shrinking needs no space
-                    raise
-        except OSError as exc:
-            raise TrainingError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-
-
 class _LogWindow:
     """Loss and speed since the last metrics line, summed on the device (no per-step sync)."""
 
@@ -290,7 +248,8 @@ class Trainer:
     ) -> None:
         self.model, self.batches, self.val_ids = model.to(device), batches, val_ids
         self.objective = objective or Objective()
-        self.config, self.vocab, self.run_dir, self.device = config, vocab, run_dir, device
+        self.config, self.vocab, self.device = config, vocab, device
+        self.files = RunDir(run_dir)  # where checkpoints and metrics go
         self.reporter = reporter or SilentReporter()
         self.corpus_info = corpus_info or {}
         self.should_stop = should_stop
@@ -307,7 +266,7 @@ class Trainer:
         self.progress = Progress()
         self.state: State | None = None
         self.total_steps = planned_steps(config.train, batches.steps_per_epoch)
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        self.metrics = self.files.metrics_log()
 
     # ------------------------------------------------------------------ resume
 
@@ -474,13 +433,13 @@ class Trainer:
         self.progress.val_loss = result.loss
         if self.progress.best_val_loss is None or result.loss < self.progress.best_val_loss:
             self.progress.best_val_loss = result.loss
-            self._save(self.checkpoint(with_resume=False), BEST_NAME)
-        self._save(self.checkpoint(with_resume=True), LAST_NAME)
+            self._save(self.checkpoint(with_resume=False), self.files.best)
+        self._save(self.checkpoint(with_resume=True), self.files.last)
         return result.loss
 
-    def _save(self, checkpoint: Checkpoint, name: str) -> None:
+    def _save(self, checkpoint: Checkpoint, path: Path) -> None:
         if self.world.is_writer:  # every rank builds it (a collective); rank 0 writes it
-            save_checkpoint(checkpoint, self.run_dir / name)
+            save_checkpoint(checkpoint, path)
 
     def checkpoint(self, with_resume: bool) -> Checkpoint:
         """The current model and progress as a `Checkpoint` (resume state optional). With resume
@@ -520,4 +479,4 @@ class Trainer:
     def save_last(self) -> None:
         """Write last.pt with everything resuming needs."""
         self.check_weights_finite()
-        self._save(self.checkpoint(with_resume=True), LAST_NAME)
+        self._save(self.checkpoint(with_resume=True), self.files.last)
