@@ -27,7 +27,7 @@ import httpx
 from benchmarks.common import Bench, Row, charrnn_args, log, run_child
 from benchmarks.corpus import generated_text
 from charrnn.commands import sample_command
-from charrnn.config import Batcher, SampleConfig
+from charrnn.config import Batcher, SampleConfig, ServeConfig
 
 TARGET = 0.7  # served chars/s over `sample --num-samples N` chars/s, N = 32
 THREADS = 1  # torch threads of the server and of the baseline
@@ -159,7 +159,7 @@ def serve_row(
     clients: int, length: int, batcher: str, served: float, firsts: list[float], sampled: float
 ) -> Row:
     ratio = served / sampled
-    has_target = clients == 32 and batcher == "thread"
+    has_target = clients == 32 and batcher == ServeConfig.batcher
     p50, p99 = statistics.median(firsts), percentile(firsts, 0.99)
     return Row(
         "serve",

@@ -868,9 +868,9 @@ class ServeConfig:
         "Prompt characters the model never saw: an error (a 400), or skipped.",
         choices=UnknownPolicy,
     )
-    batcher: str = setting(
-        Batcher.THREAD.value,
-        "Where the batched steps run: a worker thread, or the event loop.",
+    batcher: str = setting(  # measured: benchmarks/RESULTS.md, section serve
+        Batcher.LOOP.value,
+        "Where the batched steps run: the event loop, between its other work, or a thread.",
         choices=Batcher,
     )
 
