@@ -15,7 +15,7 @@ import math
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -49,7 +49,6 @@ from charrnn.config import (
     preset_names,
     read_serve_config,
     resolve_config,
-    validate_sample_config,
 )
 from charrnn.console import (
     ProgressBar,
@@ -66,6 +65,7 @@ from charrnn.version import __version__
 
 if TYPE_CHECKING:
     from charrnn import commands
+    from charrnn.generation.interactive import ReplyEvent
 
 
 def parse_error_line(message: str, command_path: str | None) -> str:
@@ -593,34 +593,51 @@ def _read_line() -> str | None:
         raise
 
 
+def _read_lines() -> Iterator[str]:
+    """The lines typed, until Ctrl-D or Ctrl-C at the prompt (either ends the session)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while (line := _read_line()) is not None:
+            yield line
+
+
 def _interactive(
     checkpoint: Path, prime: str, config: SampleConfig, reset: bool, separator: str,
     device: str, threads: int,
 ) -> None:  # fmt: skip
     """`sample --interactive`: replies stream to stdout, one per line read."""
-    stream = config.num_samples == 1
-
-    def show(index: int, piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
-    def replied(texts: list[str] | None) -> None:
-        if texts is not None and not stream:
-            sys.stdout.write(separator.join(texts))
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-
-    validate_sample_config(config)  # before the greeting: a bad option is the only line
-    if sys.stdin.isatty():
-        notice_line("interactive: type a line and press Enter; the model continues it. "
-                    "Ctrl-D ends.")  # fmt: skip
     load_since = read_cpu_sample()
     from charrnn import commands
 
-    commands.interactive_command(
-        checkpoint, prime, config, _read_line, show if stream else None, replied, error_line,
-        reset, device, threads, load_since,
-    )  # fmt: skip
+    replies = commands.interactive_command(
+        checkpoint, prime, config, _read_lines(), reset, device, threads, load_since
+    )  # options checked before the greeting: a bad one is the only line
+    if sys.stdin.isatty():
+        notice_line("interactive: type a line and press Enter; the model continues it. "
+                    "Ctrl-D ends.")  # fmt: skip
+    with contextlib.closing(replies):
+        for reply in replies:
+            _print_reply(reply, config.num_samples == 1, separator)
+
+
+def _print_reply(reply: Generator[ReplyEvent, None, None], stream: bool, separator: str) -> None:
+    """A reply on stdout (streamed, or its samples joined by `separator`) and a newline; Ctrl-C
+    stops it where it is. A line the model cannot read is an error line instead."""
+    from charrnn.generation.interactive import ReplyEnd, ReplyText, Unreadable
+
+    try:
+        for event in reply:
+            if isinstance(event, Unreadable):
+                error_line(event.message)
+                return
+            if isinstance(event, ReplyText) and stream:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, ReplyEnd) and not stream:
+                sys.stdout.write(separator.join(event.texts))
+    except KeyboardInterrupt:
+        reply.close()  # the text stays as it was; the session goes on
+    sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 @app.command("eval")

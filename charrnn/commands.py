@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from charrnn.analysis.scoring import (
 from charrnn.config import (
     DEFAULT_DEVICE,
     DYNAMIC_LR,
+    DataConfig,
     DistillConfig,
     RunConfig,
     SampleConfig,
@@ -39,6 +40,7 @@ from charrnn.config import (
     validate_threads,
 )
 from charrnn.errors import MissingExtraError, UsageError, WriteError
+from charrnn.generation.interactive import ReplyEvent, Session
 from charrnn.generation.sampling import generate
 from charrnn.model.checkpoint import Checkpoint, is_built_in, load_checkpoint, load_model
 from charrnn.model.export import export_command as export_command  # `charrnn export`, re-exported
@@ -198,26 +200,36 @@ def interactive_command(
     checkpoint_path: Path,
     prime: str,
     config: SampleConfig,
-    read_line: Callable[[], str | None],
-    on_text: Callable[[int, str], None] | None,
-    on_reply: Callable[[list[str] | None], None],
-    on_error: Callable[[str], None],
+    lines: Iterable[str],
     reset: bool = False,
     device_name: str = DEFAULT_DEVICE,
     threads: int = 0,
     load_since: CpuSample | None = None,
-) -> int:
-    """A prompt loop over one loaded model (`session.Session`); returns the turns taken.
+) -> Iterator[Generator[ReplyEvent, None, None]]:
+    """A session over one loaded model (`generation.interactive.Session`): yield one reply per
+    line of `lines`, each an iterator of events (`ReplyText` pieces, then `ReplyEnd`; or one
+    `Unreadable`). Read or close each reply before the next: closed early (Ctrl-C), it leaves
+    the text as it was and the session goes on.
 
-    `read_line()` gives the next line, None at the end of input (Ctrl-D); a KeyboardInterrupt
-    there (Ctrl-C) ends the session too. Each reply streams through `on_text`, then
-    `on_reply(texts)`; Ctrl-C while it is written stops that reply (`on_reply(None)`, the text
-    stays as it was) and the loop goes on, as it does after a line the model cannot read
-    (`on_error(message)`)."""
-    from charrnn.generation.interactive import Session
-
+    The options are checked at once, before anything is loaded (`UsageError`)."""
     validate_sample_config(config)
     validate_threads(threads)
+    return _session_replies(
+        checkpoint_path, prime, config, lines, reset, device_name, threads, load_since
+    )
+
+
+def _session_replies(
+    checkpoint_path: Path,
+    prime: str,
+    config: SampleConfig,
+    lines: Iterable[str],
+    reset: bool,
+    device_name: str,
+    threads: int,
+    load_since: CpuSample | None,
+) -> Iterator[Generator[ReplyEvent, None, None]]:
+    """`interactive_command`'s replies, once its options are checked."""
     with CpuThreads(threads, load_since) as cpu_threads:
         model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
         data_config = checkpoint.config.data  # primes and lines are read as the corpus was
@@ -225,26 +237,16 @@ def interactive_command(
             model, checkpoint.vocab, config, preprocess_text(prime, data_config), reset,
             cpu_threads,
         )  # fmt: skip
-        while True:
-            try:
-                line = read_line()
-            except KeyboardInterrupt:
-                return session.turns
-            if line is None:
-                return session.turns
-            pieces: list[list[str]] = [[] for _ in range(config.num_samples)]
-            try:
-                for index, piece in session.reply(preprocess_text(line, data_config)):
-                    pieces[index].append(piece)
-                    if on_text is not None:
-                        on_text(index, piece)
-            except KeyboardInterrupt:
-                on_reply(None)
-                continue
-            except UsageError as exc:
-                on_error(str(exc))
-                continue
-            on_reply(["".join(text) for text in pieces])
+        for line in lines:
+            yield _reply_to(session, line, data_config)
+
+
+def _reply_to(
+    session: Session, line: str, data_config: DataConfig
+) -> Generator[ReplyEvent, None, None]:
+    """`session.turn` for a line read as the corpus was (inside the reply, so that Ctrl-C
+    there stops this reply only)."""
+    yield from session.turn(preprocess_text(line, data_config))
 
 
 SERVE_HINT = "charrnn serve needs starlette and uvicorn: pip install 'charrnn[serve]'"

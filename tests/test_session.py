@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from child import CHILD_ENV, charrnn_argv
 
-from charrnn.commands import train_command
+from charrnn.commands import interactive_command, train_command
 from charrnn.config import SampleConfig
+from charrnn.errors import UsageError
+from charrnn.generation.interactive import ReplyEnd, ReplyText, Unreadable
 from charrnn.generation.sampling import collect, generate
 from charrnn.model.checkpoint import load_model
 
@@ -57,6 +59,31 @@ def test_each_line_continues_the_text_so_far(run):
     assert replies[1] == continuation(run, text, greedy=True)  # an empty line: more text
     text += replies[1] + "to be"
     assert replies[2] == continuation(run, text, greedy=True)
+
+
+def test_replies_are_events_and_one_closed_early_leaves_the_text(run):
+    config = SampleConfig(length=LENGTH, greedy=True)
+    lines = ["the ", "Zebra", "the ", "to be"]
+    replies = interactive_command(run / "best.pt", "", config, lines, threads=1)
+    stopped = next(replies)
+    assert isinstance(next(stopped), ReplyText)
+    stopped.close()  # as Ctrl-C does: the session goes on from the text before it
+    assert list(next(replies)) == [
+        Unreadable("characters not in the model's vocabulary: 'Z' (U+005A)")
+    ]
+    *pieces, end = next(replies)
+    expected = continuation(run, "the ", greedy=True)
+    assert end == ReplyEnd((expected,))
+    assert all(isinstance(p, ReplyText) and p.sample == 0 for p in pieces)
+    assert "".join(p.text for p in pieces) == expected
+    *_, end = next(replies)
+    assert end == ReplyEnd((continuation(run, f"the {expected}to be", greedy=True),))
+    assert next(replies, None) is None
+
+
+def test_bad_options_fail_before_anything_is_loaded(tmp_path):
+    with pytest.raises(UsageError, match="top-k"):
+        interactive_command(tmp_path / "missing.pt", "", SampleConfig(top_k=0), [])
 
 
 def test_reset_starts_every_line_afresh_after_the_prime(run):

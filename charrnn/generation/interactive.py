@@ -4,16 +4,18 @@ Each line the user types is fed to the model from where the text stood (its recu
 after everything so far, the replies included), and the model writes a continuation. With
 `reset`, every line starts afresh from the state after `--prime` instead. Only new text is run
 through the network: a turn costs the line and the reply, not the whole transcript.
+`Session.turn` yields a reply as events (`ReplyText`, then `ReplyEnd`, or one `Unreadable`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 
 import torch
 
-from charrnn.config import SampleConfig, validate_sample_config
+from charrnn.config import SampleConfig
 from charrnn.errors import UsageError
 from charrnn.generation.sampling import beam_continuations
 from charrnn.generation.streams import StreamBatch, prime_ids, run_streams
@@ -22,8 +24,35 @@ from charrnn.system.device import CpuThreads
 from charrnn.text.corpus import Vocab
 
 
+@dataclass(frozen=True)
+class ReplyText:
+    """A piece of a reply as it is drawn: the next `text` of sample `sample`."""
+
+    sample: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplyEnd:
+    """A reply is whole: every sample's text, and the next line continues after the first."""
+
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A line the model cannot read (a character it never saw); the text stays as it was."""
+
+    message: str
+
+
+ReplyEvent = ReplyText | ReplyEnd | Unreadable
+
+
 class Session:
-    """A conversation with one model: `reply(line)` continues the text after `line`."""
+    """A conversation with one model: `reply(line)` continues the text after `line`.
+
+    `config` is trusted: the command that builds a session validates it."""
 
     def __init__(
         self,
@@ -34,7 +63,6 @@ class Session:
         reset: bool = False,
         threads: CpuThreads | None = None,
     ) -> None:
-        validate_sample_config(config)
         if config.num_samples > 1 and not reset:
             raise UsageError(
                 "--interactive continues one text; --num-samples above 1 needs --reset"
@@ -49,7 +77,7 @@ class Session:
                 _, self.start = model.eval()(ids.view(1, -1))
         self.state = self.start
 
-    def reply(self, line: str) -> Iterator[tuple[int, str]]:
+    def reply(self, line: str) -> Generator[tuple[int, str], None, None]:
         """Yield `(sample, piece)` of the continuations of the text after `line` (without the
         line itself); once they are whole, unless `reset`, the next line continues after them.
 
@@ -77,3 +105,19 @@ class Session:
         self.turns += 1
         if not self.reset:
             self.state = after
+
+    def turn(self, line: str) -> Iterator[ReplyEvent]:
+        """Yield `reply(line)` as events: a `ReplyText` per piece, then the `ReplyEnd`; or one
+        `Unreadable` for a line the model cannot read. Closed early, the text stays as it was."""
+        pieces: list[list[str]] = [[] for _ in range(self.config.num_samples)]
+        replies = self.reply(line)
+        try:
+            for sample, text in replies:
+                pieces[sample].append(text)
+                yield ReplyText(sample, text)
+        except UsageError as exc:
+            yield Unreadable(str(exc))
+            return
+        finally:
+            replies.close()  # at once, not when collected: a stopped reply's streams go now
+        yield ReplyEnd(tuple("".join(texts) for texts in pieces))
