@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from charrnn.commands import sample_command
 from charrnn.config import ModelConfig, SampleConfig
 from charrnn.errors import UsageError
 from charrnn.generation.sampling import collect, generate
@@ -222,9 +224,11 @@ def test_bytes_vocabulary_generates_text_starting_with_the_prime():
     ],
     ids=lambda keys: "-".join(f"{k}={v}" for k, v in keys.items()),
 )
-def test_invalid_settings_are_usage_errors(model, keys):
+def test_invalid_settings_are_usage_errors_at_the_command(keys):
+    # Checked once, where the options come in; `generate` trusts its config.
+    config = SampleConfig(**{"length": 40, "seed": 1, **keys})
     with pytest.raises(UsageError):
-        sample(model, **keys)
+        next(sample_command(Path("shakespeare"), "ab", config))
 
 
 def test_random_seed_when_none_is_given(model):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from charrnn.config import SampleConfig, validate_sample_config
+from charrnn.config import SampleConfig
 from charrnn.model.network import CharRNN, State, Stepper, repeat_rows
 from charrnn.text.corpus import Vocab
 
@@ -60,7 +60,6 @@ def beam_search(
 ) -> list[Beam]:
     """The `config.num_samples` best continuations of `prime_ids` (best first), searched with
     `width` beams; `state` is the model's state before the prime (None: a fresh start)."""
-    validate_sample_config(config)
     model.eval()
     with torch.inference_mode():
         if prime_ids.numel():

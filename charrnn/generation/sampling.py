@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from charrnn.config import SampleConfig, validate_sample_config
+from charrnn.config import SampleConfig
 from charrnn.generation.beam import beam_search
 from charrnn.generation.streams import StreamBatch, known_prime, prime_ids, run_streams
 from charrnn.model.network import CharRNN, State
@@ -33,7 +33,6 @@ def generate(
 
     `state`: the model's state (batch 1) before the prime, to continue a text; None starts
     afresh. With `config.beam` each text is a beam search's best, yielded whole at the end."""
-    validate_sample_config(config)
     if config.beam:
         texts, _ = beam_continuations(model, vocab, prime, config, state)
         shown = known_prime(vocab, prime, config.unknown)
