@@ -65,7 +65,6 @@ from charrnn.version import __version__
 
 if TYPE_CHECKING:
     from charrnn import commands
-    from charrnn.generation.interactive import ReplyEvent
 
 
 def parse_error_line(message: str, command_path: str | None) -> str:
@@ -619,20 +618,22 @@ def _interactive(
             _print_reply(reply, config.num_samples == 1, separator)
 
 
-def _print_reply(reply: Generator[ReplyEvent, None, None], stream: bool, separator: str) -> None:
+def _print_reply(
+    reply: Generator[commands.ReplyEvent, None, None], stream: bool, separator: str
+) -> None:
     """A reply on stdout (streamed, or its samples joined by `separator`) and a newline; Ctrl-C
     stops it where it is. A line the model cannot read is an error line instead."""
-    from charrnn.generation.interactive import ReplyEnd, ReplyText, Unreadable
+    from charrnn import commands
 
     try:
         for event in reply:
-            if isinstance(event, Unreadable):
+            if isinstance(event, commands.Unreadable):
                 error_line(event.message)
                 return
-            if isinstance(event, ReplyText) and stream:
+            if isinstance(event, commands.ReplyText) and stream:
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
-            elif isinstance(event, ReplyEnd) and not stream:
+            elif isinstance(event, commands.ReplyEnd) and not stream:
                 sys.stdout.write(separator.join(event.texts))
     except KeyboardInterrupt:
         reply.close()  # the text stays as it was; the session goes on

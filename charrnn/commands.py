@@ -40,7 +40,11 @@ from charrnn.config import (
     validate_threads,
 )
 from charrnn.errors import MissingExtraError, UsageError, WriteError
-from charrnn.generation.interactive import ReplyEvent, Session
+from charrnn.generation.interactive import ReplyEnd as ReplyEnd  # interactive_command's events
+from charrnn.generation.interactive import ReplyEvent as ReplyEvent
+from charrnn.generation.interactive import ReplyText as ReplyText
+from charrnn.generation.interactive import Session
+from charrnn.generation.interactive import Unreadable as Unreadable
 from charrnn.generation.sampling import generate
 from charrnn.model.checkpoint import Checkpoint, is_built_in, load_checkpoint, load_model
 from charrnn.model.export import export_command as export_command  # `charrnn export`, re-exported
