@@ -15,7 +15,7 @@ import math
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -618,9 +618,7 @@ def _interactive(
             _print_reply(reply, config.num_samples == 1, separator)
 
 
-def _print_reply(
-    reply: Generator[commands.ReplyEvent, None, None], stream: bool, separator: str
-) -> None:
+def _print_reply(reply: commands.Reply, stream: bool, separator: str) -> None:
     """A reply on stdout (streamed, or its samples joined by `separator`) and a newline; Ctrl-C
     stops it where it is. A line the model cannot read is an error line instead."""
     from charrnn import commands

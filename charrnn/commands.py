@@ -40,7 +40,8 @@ from charrnn.config import (
     validate_threads,
 )
 from charrnn.errors import MissingExtraError, UsageError, WriteError
-from charrnn.generation.interactive import ReplyEnd as ReplyEnd  # interactive_command's events
+from charrnn.generation.interactive import Reply as Reply  # interactive_command yields these
+from charrnn.generation.interactive import ReplyEnd as ReplyEnd
 from charrnn.generation.interactive import ReplyEvent as ReplyEvent
 from charrnn.generation.interactive import ReplyText as ReplyText
 from charrnn.generation.interactive import Session
@@ -209,7 +210,7 @@ def interactive_command(
     device_name: str = DEFAULT_DEVICE,
     threads: int = 0,
     load_since: CpuSample | None = None,
-) -> Iterator[Generator[ReplyEvent, None, None]]:
+) -> Generator[Reply, None, None]:
     """A session over one loaded model (`generation.interactive.Session`): yield one reply per
     line of `lines`, each an iterator of events (`ReplyText` pieces, then `ReplyEnd`; or one
     `Unreadable`). Read or close each reply before the next: closed early (Ctrl-C), it leaves
@@ -232,7 +233,7 @@ def _session_replies(
     device_name: str,
     threads: int,
     load_since: CpuSample | None,
-) -> Iterator[Generator[ReplyEvent, None, None]]:
+) -> Generator[Reply, None, None]:
     """`interactive_command`'s replies, once its options are checked."""
     with CpuThreads(threads, load_since) as cpu_threads:
         model, checkpoint = load_model(checkpoint_path, select_sampling_device(device_name))
@@ -245,9 +246,7 @@ def _session_replies(
             yield _reply_to(session, line, data_config)
 
 
-def _reply_to(
-    session: Session, line: str, data_config: DataConfig
-) -> Generator[ReplyEvent, None, None]:
+def _reply_to(session: Session, line: str, data_config: DataConfig) -> Reply:
     """`session.turn` for a line read as the corpus was (inside the reply, so that Ctrl-C
     there stops this reply only)."""
     yield from session.turn(preprocess_text(line, data_config))

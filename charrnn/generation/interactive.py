@@ -10,7 +10,7 @@ through the network: a turn costs the line and the reply, not the whole transcri
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +34,7 @@ class ReplyText:
 
 @dataclass(frozen=True)
 class ReplyEnd:
-    """A reply is whole: every sample's text, and the next line continues after the first."""
+    """A reply is whole: every sample's text (unless `reset`, the next line continues the first)."""
 
     texts: tuple[str, ...]
 
@@ -47,6 +47,7 @@ class Unreadable:
 
 
 ReplyEvent = ReplyText | ReplyEnd | Unreadable
+Reply = Generator[ReplyEvent, None, None]  # one reply's events; `close()` stops it
 
 
 class Session:
@@ -106,7 +107,7 @@ class Session:
         if not self.reset:
             self.state = after
 
-    def turn(self, line: str) -> Iterator[ReplyEvent]:
+    def turn(self, line: str) -> Reply:
         """Yield `reply(line)` as events: a `ReplyText` per piece, then the `ReplyEnd`; or one
         `Unreadable` for a line the model cannot read. Closed early, the text stays as it was."""
         pieces: list[list[str]] = [[] for _ in range(self.config.num_samples)]
