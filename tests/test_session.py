@@ -81,6 +81,14 @@ def test_replies_are_events_and_one_closed_early_leaves_the_text(run):
     assert next(replies, None) is None
 
 
+def test_the_seed_of_each_turn_wraps_past_the_largest(run):
+    config = SampleConfig(length=LENGTH, seed=2**64 - 1)
+    replies = interactive_command(run / "best.pt", "", config, ["the ", "the "], reset=True)
+    last, wrapped = ([*reply][-1] for reply in replies)
+    assert last == ReplyEnd((continuation(run, "the ", seed=2**64 - 1),))
+    assert wrapped == ReplyEnd((continuation(run, "the ", seed=0),))
+
+
 def test_bad_options_fail_before_anything_is_loaded(tmp_path):
     with pytest.raises(UsageError, match="top-k"):
         interactive_command(tmp_path / "missing.pt", "", SampleConfig(top_k=0), [])

@@ -18,7 +18,7 @@ import torch
 from charrnn.config import SampleConfig
 from charrnn.errors import UsageError
 from charrnn.generation.sampling import beam_continuations
-from charrnn.generation.streams import StreamBatch, prime_ids, run_streams
+from charrnn.generation.streams import SEED_RANGE, StreamBatch, prime_ids, run_streams
 from charrnn.model.network import CharRNN, State
 from charrnn.system.device import CpuThreads
 from charrnn.text.corpus import Vocab
@@ -85,8 +85,11 @@ class Session:
         A `UsageError` (a character the model never saw) or a reply not read to its end leaves
         the text as it was."""
         # A fresh seed per turn, from the given one: the session is reproducible, and the same
-        # line typed twice need not give the same reply.
+        # line typed twice need not give the same reply. Past the largest seed it wraps to 0, as
+        # the generators' range does (the config's seed was checked; the sum is not).
         seed = None if self.config.seed is None else self.config.seed + self.turns
+        if seed is not None and seed >= SEED_RANGE:
+            seed -= SEED_RANGE
         config = dataclasses.replace(self.config, seed=seed)
         start = self.start if self.reset else self.state
         if config.beam:
