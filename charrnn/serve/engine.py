@@ -1,9 +1,10 @@
-"""The server's batcher: one worker thread steps every open completion as one `StreamBatch`.
+"""The server's batcher: one `StreamBatch` steps every open completion together.
 
-Requests join and leave between steps through a queue the worker reads; after each step the
-worker hands all the pieces it drew to the event loop in one call. The steps run on their own
-thread because torch releases the interpreter lock while it computes: the event loop keeps
-reading requests and writing responses while a step runs, and a long step never stalls it.
+Requests join and leave between steps; after each step all the pieces drawn go to their
+requests at once. The steps run as a task on the event loop between its other work (`--batcher
+loop`, the default: one client keeps single-stream speed) or on a worker thread (`thread`: torch
+releases the interpreter lock while it computes, so a long step never stalls the loop); the
+load test in benchmarks/serve.py measures both.
 """
 
 from __future__ import annotations
