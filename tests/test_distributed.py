@@ -257,7 +257,8 @@ def test_a_killed_rank_ends_the_job_with_a_line_naming_it_and_last_intact(jobs, 
 
 # Two ranks in `joined`, as `charrnn train` uses it: rank 0 takes a while over its last save;
 # rank 1 is done at once, and with "vanish" it is gone without leaving the group (a rank that
-# died at the end). Each rank says what it saw once it has left.
+# died at the end). Each rank writes what it saw once it has left to a file of its own (not to
+# the shared stdout, where torch or the launcher may print too).
 END_OF_JOB = """
 import os, sys, time
 from pathlib import Path
@@ -271,22 +272,24 @@ with joined(placement_from_env(), torch.device("cpu"), 300) as world:
         saved.write_text("saved")
     elif sys.argv[2] == "vanish":
         os._exit(0)
-print(f"rank {world.rank} left; saved: {saved.is_file()}", flush=True)
+Path(f"left-{world.rank}.txt").write_text(f"rank {world.rank} left; saved: {saved.is_file()}")
 """
 
 
-def end_of_job(tmp_path: Path, rank_one: str) -> subprocess.CompletedProcess[str]:
+def end_of_job(tmp_path: Path, rank_one: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """The job's end, and what each rank that left the group saw (in rank order)."""
     (tmp_path / "end.py").write_text(END_OF_JOB, "utf-8")
-    return subprocess.run(
+    done = subprocess.run(
         torchrun_argv("last.pt", rank_one, program=("end.py",)),
         cwd=tmp_path, env=CHILD_ENV, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
+    return done, [path.read_text() for path in sorted(tmp_path.glob("left-*.txt"))]
 
 
 def test_every_rank_leaves_the_group_only_after_rank_zeros_last_save(tmp_path):
-    done = end_of_job(tmp_path, "stay")
+    done, left = end_of_job(tmp_path, "stay")
     assert done.returncode == 0, done.stderr
-    assert sorted(done.stdout.splitlines()) == [
+    assert left == [
         "rank 0 left; saved: True",
         "rank 1 left; saved: True",
     ]
@@ -294,9 +297,9 @@ def test_every_rank_leaves_the_group_only_after_rank_zeros_last_save(tmp_path):
 
 def test_a_rank_gone_at_the_end_does_not_fail_the_finished_saved_job(tmp_path):
     started = time.monotonic()
-    done = end_of_job(tmp_path, "vanish")
+    done, left = end_of_job(tmp_path, "vanish")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["rank 0 left; saved: True"]
+    assert left == ["rank 0 left; saved: True"]
     assert time.monotonic() - started < 150  # rank 0 did not wait out the 300 s timeout for it
 
 
