@@ -49,7 +49,8 @@ from charrnn.serve.protocol import (
 from charrnn.text.preprocess import preprocess_text
 
 Loader = Callable[[], tuple[CharRNN, Checkpoint]]
-EVENT_INTERVAL = 0.02  # seconds between two events of one stream at most rate
+EVENT_INTERVAL = 0.05  # seconds between two events of one stream at most (20 ms: 0.69-0.74 of
+# `sample` at 32 clients; 50 ms: 0.79-0.88, benchmarks/RESULTS.md)
 
 
 @dataclass
