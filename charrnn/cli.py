@@ -917,15 +917,23 @@ def export(
         Path, typer.Option("--output", "-o", help="The file to write.", show_default=False)
     ],
     dtype: Annotated[
-        str, typer.Option(help="The weights' storage type.", **listed_choices(ExportDtype.values()))
-    ] = ExportDtype.FLOAT32.value,
-    quantize: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="int8: weight matrices as int8 with one scale per row; none: off.",
+            help="The weights' storage type. [default: as the source: float32 for a training "
+            "checkpoint]",
+            show_default=False,
+            **listed_choices(ExportDtype.values()),
+        ),
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="int8: weight matrices as int8 with one scale per row; none: off. [default: as "
+            "the source: none for a training checkpoint]",
+            show_default=False,
             **listed_choices(Quantize.values()),
         ),
-    ] = Quantize.NONE.value,
+    ] = None,
     export_format: Annotated[
         str,
         typer.Option(

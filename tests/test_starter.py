@@ -66,3 +66,21 @@ def test_a_real_path_named_shakespeare_wins(tmp_path):
     (tmp_path / "copy.pt").rename(tmp_path / "shakespeare")  # a file of that name
     info = json.loads(invoke("info", "--checkpoint", "shakespeare", "--json", cwd=tmp_path).stdout)
     assert info["built_in"] is False and info["parameters"] > 0
+
+
+def test_an_export_of_an_export_keeps_its_storage_unless_told(tmp_path):
+    """The built-in model is int8: exporting it as it is stays int8 (about its own size);
+    `--quantize none` and `--dtype` say otherwise."""
+    source = built_in_model("shakespeare").stat().st_size
+    kept = invoke("export", "--checkpoint", "shakespeare", "-o", "kept.pt", "--json", cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["quantize"] == "int8"
+    assert (tmp_path / "kept.pt").stat().st_size < 1.1 * source
+    assert load_checkpoint(tmp_path / "kept.pt").export["quantize"] == "int8"
+    full = invoke(
+        "export", "--checkpoint", "shakespeare", "-o", "full.pt", "--quantize", "none",
+        "--dtype", "float32", cwd=tmp_path,
+    )  # fmt: skip
+    assert full.returncode == 0, full.stderr
+    assert load_checkpoint(tmp_path / "full.pt").export == {"dtype": "float32", "quantize": None}
+    assert (tmp_path / "full.pt").stat().st_size > 3 * source

@@ -84,16 +84,22 @@ def export_checkpoint(checkpoint: Checkpoint, dtype: str, quantize: str | None) 
 def export_command(
     checkpoint_path: Path,
     output: Path,
-    dtype: str = "float32",
+    dtype: str | None = None,
     quantize: str | None = None,
     format: ExportFormat | str = ExportFormat.PT,
 ) -> ExportResult:
-    """Write a checkpoint (or a run's best.pt, or a built-in model) to `output` in `format`."""
-    quantize = None if quantize == "none" else quantize
+    """Write a checkpoint (or a run's best.pt, or a built-in model) to `output` in `format`.
+
+    `dtype` and `quantize` None: as the source is stored (float32 for a training checkpoint; an
+    export's own, such as the built-in int8 model's); `quantize` "none": no int8."""
     export_format = _export_format(format)
     source = resolve_checkpoint_path(Path(checkpoint_path))
     _check_output(Path(output), source)
     checkpoint = load_checkpoint(source)
+    dtype = dtype if dtype is not None else checkpoint.export.get("dtype", "float32")
+    if quantize is None:
+        quantize = checkpoint.export.get("quantize")
+    quantize = None if quantize == "none" else quantize
     exported = export_checkpoint(checkpoint, dtype, quantize)
     if export_format is ExportFormat.PT:
         save_checkpoint(exported, output)
