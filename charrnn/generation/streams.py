@@ -260,8 +260,7 @@ class StreamBatch:
             return self._step()
 
     def _step(self) -> list[Piece]:
-        if self.unstepped:
-            self.unstepped.clear()
+        self.unstepped.clear()
         if self.leaving:
             self._drop()
         if self.fed is not None and self.streams:
@@ -301,7 +300,6 @@ class StreamBatch:
             groups.setdefault(key, []).append(stream)
         added: list[_Stream] = []
         for members in groups.values():
-            # The rows are taken outside inference mode: steps update them in place later.
             self.stepper.append_rows(self._prime_state(members))
             added += members
         for stream in added:
@@ -310,14 +308,14 @@ class StreamBatch:
         return done
 
     def _prime_state(self, members: list[_Stream]) -> State:
-        """The state after the prime that `members` share, one row each."""
+        """The state after the prime that `members` share, one row each (in `step`'s
+        inference mode)."""
         first, count = members[0], len(members)
         state = first.state
         if state is not None and count > 1:
             state = repeat_rows(state, count)
         if first.ids.numel():
-            with torch.inference_mode():
-                return self.model(first.ids.view(1, -1).expand(count, -1), state)[1]
+            return self.model(first.ids.view(1, -1).expand(count, -1), state)[1]
         return state if state is not None else self.model.initial_state(count)
 
     def _arrange(self, streams: list[_Stream]) -> None:

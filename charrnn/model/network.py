@@ -239,7 +239,7 @@ class Stepper:
     @property
     def state(self) -> State:
         """A copy of the current state, shaped as the fused layers return it."""
-        return self.h.clone() if self.c is None else (self.h.clone(), self.c.clone())
+        return map_state(Tensor.clone, self._rows())
 
     @property
     def top(self) -> Tensor:
@@ -349,22 +349,22 @@ class Stepper:
         """How many streams the stepper holds."""
         return self.h.shape[1]
 
+    def _rows(self) -> State:
+        """The rows being stepped (no copy), shaped as the fused layers return a state."""
+        return self.h if self.c is None else (self.h, self.c)
+
     def keep_rows(self, rows: list[int]) -> None:
         """Keep only these rows of the state, in this order (the rest are dropped)."""
         index = torch.tensor(rows, dtype=torch.long, device=self.h.device)
-        kept = self.h.index_select(1, index)
-        self._bind_state(kept if self.c is None else (kept, self.c.index_select(1, index)))
+        self._bind_state(select_rows(self._rows(), index))
 
     def append_rows(self, state: State) -> None:
         """Add the rows of `state` (shaped as the fused layers return it) after the others."""
-        h, c = state if isinstance(state, tuple) else (state, None)
-        joined = torch.cat([self.h, h.float()], 1)
-        self._bind_state(joined if c is None else (joined, torch.cat([self.c, c.float()], 1)))
+        self._bind_state(cat_states([self._rows(), map_state(Tensor.float, state)]))
 
     def row_state(self, row: int) -> State:
         """A copy of one row's state, as a batch of one shaped as the fused layers return it."""
-        h = self.h[:, row : row + 1].clone()
-        return h if self.c is None else (h, self.c[:, row : row + 1].clone())
+        return map_state(Tensor.clone, select_rows(self._rows(), slice(row, row + 1)))
 
 
 @functools.cache
