@@ -35,5 +35,9 @@ class WriteError(CharRNNError):
         self.path, self.reason = path, reason
 
 
+class ServeError(CharRNNError):
+    """The server cannot start: its address is taken, or not one of this machine's."""
+
+
 class MissingExtraError(CharRNNError):
     """A command needs an optional dependency that is not installed; the message says how."""

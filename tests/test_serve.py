@@ -301,3 +301,18 @@ def test_the_page_streams_text_in_chromium(server, tmp_path):
 def _attribute(dom: str, name: str) -> str:
     start = dom.index(f'{name}="') + len(name) + 2
     return dom[start : dom.index('"', start)]
+
+
+def test_a_taken_port_is_one_line_and_exit_1(run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            charrnn_argv("serve", "--checkpoint", run, "--port", str(port)),
+            capture_output=True, text=True, env=CHILD_ENV, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"charrnn: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]

@@ -13,6 +13,7 @@ import hmac
 import json
 import math
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -30,7 +31,7 @@ from starlette.routing import Route
 
 from charrnn.analysis.scoring import score_text
 from charrnn.config import DEFAULT_TEMPERATURE, SampleConfig, ServeConfig
-from charrnn.errors import UsageError
+from charrnn.errors import ServeError, UsageError
 from charrnn.generation.streams import Piece, known_prime, prime_ids
 from charrnn.model.checkpoint import Checkpoint
 from charrnn.model.network import CharRNN
@@ -507,6 +508,27 @@ def run_server(
     state: ServerState = app.state.server
     server = _Server(settings, state, on_listening)
     state.stop_server = lambda: setattr(server, "should_exit", True)
-    server.run()
+    # Bound here, not by uvicorn, whose failure is a log line and its own exit code.
+    with listening_socket(config.host, config.port) as sock:
+        server.run(sockets=[sock])
     if state.load_error is not None:
         raise state.load_error
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (0: a free port), for the server to listen on; a
+    one-line `ServeError` when the address is taken or not this machine's."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
