@@ -10,9 +10,10 @@ OLD=${OLD:-/tmp/c7d8/.venv/bin/charrnn}
 NEW=${NEW:-$ROOT/.venv/bin/charrnn}
 OUT=${OUT:-/tmp/quality-for-time}
 MAX_TIME=${MAX_TIME:-90s}
+SIDES=${SIDES:-old new}
 mkdir -p "$OUT" && cd "$OUT"
-for seed in 1 2 3; do
-  for side in old new; do
+for seed in ${SEEDS:-1 2 3}; do
+  for side in $SIDES; do
     if [ $side = old ]; then bin=$OLD; else bin=$NEW; fi
     run=$side-$MAX_TIME-$seed
     rm -rf "$run"

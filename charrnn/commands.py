@@ -25,6 +25,7 @@ from charrnn.analysis.scoring import (
     validation_ids,
 )
 from charrnn.config import (
+    AUTO_UNASKED,
     DEFAULT_DEVICE,
     DYNAMIC_LR,
     DataConfig,
@@ -32,6 +33,7 @@ from charrnn.config import (
     RunConfig,
     SampleConfig,
     ServeConfig,
+    auto_by_default,
     auto_kept_keys,
     check_train_options,
     resolve_config,
@@ -55,6 +57,7 @@ from charrnn.system.atomic import atomic_write_text
 from charrnn.system.cpuload import CpuSample
 from charrnn.system.device import CpuThreads, select_device, select_sampling_device
 from charrnn.text.preprocess import preprocess_text
+from charrnn.training.distributed import placement_from_env
 from charrnn.training.plan import TrainHooks as TrainHooks
 from charrnn.training.plan import TrainOutcome as TrainOutcome
 from charrnn.training.plan import (
@@ -100,6 +103,13 @@ def train_or_resume(request: TrainRequest, hooks: TrainHooks | None = None) -> T
         return resume_command(r.resume, r.settings, cache_dir=r.cache_dir, hooks=hooks)
     assert r.corpus  # check_train_options refused a run with neither
     run_config = resolve_config(r.preset, r.config_file, r.settings)
+    auto_reason = None
+    unasked = auto_by_default(
+        r.settings, preset=r.preset, config=r.config_file, init_from=r.init_from
+    )
+    if unasked and not placement_from_env().distributed:
+        run_config = run_config.replace(auto=True)
+        auto_reason = AUTO_UNASKED
     # --auto leaves alone what the user set: flags and the --config file's keys.
     auto_kept = auto_kept_keys(r.config_file, r.settings) if run_config.train.auto else set()
     return train_command(
@@ -109,6 +119,7 @@ def train_or_resume(request: TrainRequest, hooks: TrainHooks | None = None) -> T
         cache_dir=r.cache_dir,
         init_from=r.init_from,
         auto_kept=auto_kept,
+        auto_reason=auto_reason,
         hooks=hooks,
     )
 
@@ -121,17 +132,20 @@ def train_command(
     cache_dir: Path | None = None,
     init_from: Path | None = None,
     auto_kept: Collection[str] = (),
+    auto_reason: str | None = None,
     hooks: TrainHooks | None = None,
     **hook_parts: Any,
 ) -> TrainOutcome:
     """Prepare the corpus, build the model (fresh, or from `init_from`) and train it.
 
     With `auto` set, the model, batch and window are chosen first (`autosize`), leaving the
-    keys in `auto_kept` (given by the user) as they are. `hooks` (or its parts as keywords,
-    `should_stop=`, `on_preview=`) watch and steer the run."""
+    keys in `auto_kept` (given by the user) as they are; `auto_reason` says why when the user
+    did not ask. `hooks` (or its parts as keywords, `should_stop=`, `on_preview=`) watch and
+    steer the run."""
     hooks = TrainHooks.joined(hooks, hook_parts)
     run, cache_dir = _new_run_place(specs, out, cache_dir)
     plan = plan_new_run(specs, config, run, cache_dir, init_from, auto_kept, hooks.load_since)
+    plan.auto_reason = auto_reason
     return execute(plan, hooks)
 
 

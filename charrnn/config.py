@@ -595,6 +595,32 @@ def check_auto_flags(auto: bool | None, preset: str | None) -> None:
         )
 
 
+# A new run given at least this long and no model of the user's is sized by --auto unasked.
+# Measured (benchmarks/RESULTS.md, "Quality for time"): at 90 s --auto picks the default's own
+# 1 x 256 and would only spend its probe; from a few minutes on, the default model ends its
+# 10 passes before the budget does, while --auto's larger model uses the time.
+AUTO_BY_DEFAULT_FROM_S = 180.0
+AUTO_UNASKED = (
+    f"chosen because --max-time is {format_duration(AUTO_BY_DEFAULT_FROM_S)} or more and no "
+    "model was given; --no-auto keeps the default model"
+)
+
+
+def auto_by_default(settings: dict[str, Any], **run_options: Any) -> bool:
+    """Whether a new run is sized by `--auto` without being asked: it has `--max-time` of at
+    least `AUTO_BY_DEFAULT_FROM_S` and the user chose nothing about the model (no `--auto` or
+    `--no-auto`, `--preset`, `--config`, `--init-from`, `--resume`, nor a key of `AUTO_KEYS`
+    but `precision`). `run_options` as for `check_train_options`."""
+    chosen = given_keys({**{k: v or None for k, v in run_options.items()}, **settings})
+    model_choices = (AUTO_KEYS - {"precision"}) | {"auto", "init_from", "resume"}
+    if chosen & model_choices or run_options.get("preset") or run_options.get("config"):
+        return False
+    max_time = settings.get("max_time")
+    if isinstance(max_time, str):
+        max_time = parse_duration(max_time)
+    return max_time is not None and max_time >= AUTO_BY_DEFAULT_FROM_S
+
+
 def auto_kept_keys(config_file: Path | None, overrides: dict[str, Any]) -> set[str]:
     """With `--auto`, the keys it must leave as the user set them: those of `AUTO_KEYS` given
     as flags or in the `--config` file."""

@@ -393,3 +393,54 @@ def test_train_precision_auto_probes_records_and_a_resume_keeps_it(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "precision auto" not in result.stderr  # not probed again
     assert load_checkpoint(tmp_path / "run" / "last.pt").config.train.precision == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "sized"),
+    [
+        (["--max-time", "3m"], True),  # a long budget and no model given: --auto sizes it
+        (["--max-time", "10m", "--precision", "fp32"], True),  # the precision is kept
+        (["--max-time", "10m", "--max-steps", "50"], True),
+        (["--max-time", "2m"], False),  # shorter: --auto would pick the default's own 1 x 256
+        (["--max-time", "10m", "--no-auto"], False),
+        (["--max-time", "10m", "--hidden", "128"], False),
+        (["--max-time", "10m", "--lr", "0.01"], False),
+        (["--max-time", "10m", "--preset", "small"], False),
+        ([], False),
+    ],
+)
+def test_a_long_budget_without_a_model_is_sized_by_auto(
+    flags, sized, tmp_path, write_corpus, monkeypatch
+):
+    from test_cli import invoke
+
+    from charrnn import commands
+
+    write_corpus()
+    seen = {}
+
+    def train_command(corpus, config, **kwargs):
+        seen.update(config=config, reason=kwargs["auto_reason"])
+        raise UsageError("captured")
+
+    monkeypatch.setattr(commands, "train_command", train_command)
+    invoke("train", "corpus.txt", *flags, cwd=tmp_path)
+    assert seen["config"].train.auto is sized
+    assert (seen["reason"] is not None) is sized
+    if sized:
+        assert "--no-auto keeps the default model" in seen["reason"]
+        # Under torchrun each rank would probe apart: the default model is kept there.
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "0")
+        invoke("train", "corpus.txt", *flags, cwd=tmp_path)
+        assert not seen["config"].train.auto and seen["reason"] is None
+
+
+def test_auto_is_refused_under_torchrun(tmp_path, tiny_config, write_corpus, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    config = tiny_config(auto=True, max_time=60.0, max_steps=None)
+    with pytest.raises(UsageError) as info:
+        train_command([write_corpus()], config, out=tmp_path / "run")
+    assert str(info.value) == "--auto measures one process's speed: start it without torchrun"
+    assert not (tmp_path / "run").exists()

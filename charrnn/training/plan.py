@@ -121,10 +121,12 @@ class RunPlan:
     objective: Objective | None = None  # what training minimises; None: cross-entropy
     auto: AutoChoice | None = None  # what --auto chose, for config.json and the user
     precision: PrecisionChoice | None = None  # what --precision auto chose on a CPU
+    auto_reason: str | None = None  # why --auto chose when the user did not ask it to
 
     def notices(self) -> list[str]:
         """What the start of the run tells the user: --auto's and --precision auto's choices."""
-        said = [self.auto.notice() if self.auto else None]
+        reason = f" ({self.auto_reason})" if self.auto_reason else ""
+        said = [self.auto.notice() + reason if self.auto else None]
         said.append(self.precision.notice() if self.precision else None)
         return [notice for notice in said if notice]
 
@@ -242,6 +244,9 @@ def _plan_start(
     """The part of planning every new run shares: --auto, the batch shape, the run directory
     and the model."""
     auto = None
+    placement = placement_from_env()
+    if config.train.auto and placement.distributed:  # ranks probing apart could choose apart
+        raise UsageError("--auto measures one process's speed: start it without torchrun")
     # A distillation keeps the student's shape as given: the --auto probe measures plain
     # cross-entropy steps, not the teacher's.
     if config.train.auto and start.objective is None:
@@ -249,7 +254,6 @@ def _plan_start(
         config, auto = _auto_size(config, start.vocab, start.ids, auto_kept, run, load_since)
     warnings = list(start.warnings)
     config = _fit_batches(config, start.ids, warnings)
-    placement = placement_from_env()
     check_batch_split(config.train.batch_size, placement)
     precision = None
     # Ranks probing apart could choose apart, and a distillation's steps are not the probe's:
