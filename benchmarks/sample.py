@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
-import types
+import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -12,9 +13,8 @@ import torch
 
 from benchmarks.common import Bench, Row, best_alternating, log, per_second
 from charrnn.config import ModelConfig, SampleConfig
-from charrnn.generation import streams as stream_module
 from charrnn.generation.sampling import collect, generate
-from charrnn.model.network import CharRNN, Stepper
+from charrnn.model.network import CharRNN
 from charrnn.text.corpus import Vocab
 
 VOCAB_SIZE = 65  # tiny shakespeare's vocabulary size
@@ -94,59 +94,58 @@ def measure(bench: Bench) -> None:
             )
 
 
-def stepper_at(commit: str) -> type | None:
-    """`Stepper` as it was at `commit` (from git), or None outside a git checkout."""
+def tree_at(commit: str, into: Path) -> Path | None:
+    """The package as it was at `commit` (git archive) under `into`, or None outside a checkout."""
     root = Path(__file__).resolve().parents[1]
     try:
-        source = subprocess.run(
-            ["git", "show", f"{commit}:charrnn/model/network.py"],
-            cwd=root, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+        archive = subprocess.run(
+            ["git", "archive", commit, "charrnn"], cwd=root, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
-    module = types.ModuleType(f"network_{commit}")
-    exec(compile(source, f"network@{commit}", "exec"), module.__dict__)  # noqa: S102
-    # Its stepping methods on today's class, which has the row methods generate's StreamBatch
-    # needs (748b5c2's has none); the old methods read only the buffers both share.
-    old = module.Stepper
-    methods = {name: getattr(old, name) for name in ("advance", "step", "_lstm", "_gru")}
-    return type(f"Stepper_{commit}", (Stepper,), methods)
+    return into
 
 
-def sample_with(stepper: type, model: CharRNN, vocab: Vocab, config: SampleConfig) -> int:
-    """charrnn_sample with generate() stepping by `stepper`."""
-    stream_module.Stepper = stepper
-    try:
-        return charrnn_sample(model, vocab, config)
-    finally:
-        stream_module.Stepper = Stepper
+def one_stream(root: Path, hidden: int, length: int) -> dict[str, float]:
+    """benchmarks/one_stream_worker.py's figures for the tree at `root`, in a new process."""
+    worker = Path(__file__).with_name("one_stream_worker.py")
+    command = [sys.executable, str(worker), "--root", str(root), "--hidden", str(hidden)]
+    result = subprocess.run(
+        [*command, "--length", str(length)], capture_output=True, text=True, check=True
+    )
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 def measure_stepper(bench: Bench) -> None:
-    """Rows: one stream of generate() with today's Stepper against BEFORE's, alternating."""
-    before = stepper_at(BEFORE)
+    """Rows: one stream of generate() from today's tree against BEFORE's, each in its own
+    process, alternating; `warm` is the speed once loaded (a server, a long sample), `cold`
+    a first call's, loading included."""
+    before = tree_at(BEFORE, bench.scratch(f"tree-{BEFORE}"))
     if before is None:
-        log(f"sample: no git history, the Stepper of {BEFORE} is not measured")
+        log(f"sample: no git history, {BEFORE}'s sampler is not measured")
         return
+    today = Path(__file__).resolve().parents[1]
     sizes = bench.pick(FULL, QUICK)
+    length = bench.pick(20_000, 2_000)
     for hidden in sizes.hidden:
-        model, vocab = sample_model(hidden)
-        config = SampleConfig(length=sizes.length_one, num_samples=1, seed=0)
-        log(f"sample lstm 2x{hidden}: one stream, Stepper of {BEFORE} against today's")
-        old, new = best_alternating(
-            partial(per_second, partial(sample_with, before, model, vocab, config)),
-            partial(per_second, partial(sample_with, Stepper, model, vocab, config)),
-            repeats=4,
-        )
-        bench.add(
-            Row(
-                "sample",
-                f"lstm 2x{hidden}, 1 stream, Stepper vs {BEFORE}'s (chars/s)",
-                f"{new:,.0f}",
-                f"{old:,.0f} ({BEFORE})",
-                new / old,
-                f">= {STEPPER_TARGET}x",
-                new / old >= STEPPER_TARGET,
-                {"chars_per_s": new, "before_chars_per_s": old},
+        log(f"sample lstm 2x{hidden}: one stream x {length:,}, today's against {BEFORE}'s")
+        old, new = [], []
+        for _ in range(bench.pick(3, 1)):
+            old.append(one_stream(before, hidden, length))
+            new.append(one_stream(today, hidden, length))
+        for kind in ("warm", "cold"):
+            old_best = max(run[kind] for run in old)
+            new_best = max(run[kind] for run in new)
+            bench.add(
+                Row(
+                    "sample",
+                    f"lstm 2x{hidden}, 1 stream x {length:,}, {kind}, vs {BEFORE}'s (chars/s)",
+                    f"{new_best:,.0f}",
+                    f"{old_best:,.0f} ({BEFORE})",
+                    new_best / old_best,
+                    f">= {STEPPER_TARGET}x" if kind == "warm" else "",
+                    new_best / old_best >= STEPPER_TARGET if kind == "warm" else None,
+                    {"chars_per_s": new_best, "before_chars_per_s": old_best},
+                )
             )
-        )

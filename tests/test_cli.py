@@ -427,7 +427,7 @@ LAYERS = [
     ["text.corpus", "training.distributed", "analysis.run_history"],
     ["text.preprocess", "run_dir"],  # the text steps all share; a run directory's files
     ["system.atomic", "system.device", "config"],
-    ["errors", "console", "system.cpuload", "system.digest", "version"],
+    ["errors", "console", "system.cpuload", "system.digest", "version", "model.kernels"],
     # subpackage docstrings: they import nothing
     ["system", "text", "model", "training", "generation", "analysis", "serve"],
 ]  # fmt: skip

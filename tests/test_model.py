@@ -140,3 +140,36 @@ def test_detach_state_cuts_the_graph_and_keeps_values():
     detached = detach_state(state)
     assert all(not part.requires_grad for part in detached)
     assert all(torch.equal(a, b) for a, b in zip(detached, state, strict=True))
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_compiled_kernels_step_and_draw_as_the_torch_stepper(layers):
+    pytest.importorskip("numba")
+    torch.manual_seed(layers)
+    # 30 units: the products' four-rows-at-a-time loop has a remainder to handle.
+    model = CharRNN(ModelConfig(cell="lstm", layers=layers, hidden=30, embed=10), VOCAB).eval()
+    start = random_state(model, 1)
+    plain, compiled = Stepper(model, start), Stepper(model, start)
+    assert compiled.use_kernels() and plain.compiled is None
+    ids = torch.randint(0, VOCAB, (40,))
+    with torch.no_grad():
+        for t in range(40):
+            expected = plain.step(ids[t : t + 1])
+            assert (compiled.step(ids[t : t + 1]) - expected).abs().max().item() < 1e-5
+        assert max_diff(compiled.state, plain.state) < 1e-5
+        for scale in (1.0, 0.5, 2.0):
+            extra = torch.randn(VOCAB) * 3
+            logits = torch.addmm(extra, compiled.top * scale, compiled.head_weight)
+            assert compiled.compiled.draw(scale, extra) == int(logits.argmax())
+
+
+def test_compiled_kernels_serve_one_lstm_stream_only():
+    pytest.importorskip("numba")
+    gru = make_model("gru")
+    assert not Stepper(gru, gru.initial_state(1)).use_kernels()
+    lstm = make_model("lstm")
+    assert not Stepper(lstm, lstm.initial_state(2)).use_kernels()
+    stepper = Stepper(lstm, lstm.initial_state(1))
+    assert stepper.use_kernels()
+    stepper.append_rows(lstm.initial_state(1))  # a second stream joins: torch's operations again
+    assert stepper.compiled is None and stepper.rows == 2

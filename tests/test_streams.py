@@ -103,3 +103,24 @@ def test_logprobs_are_the_models_and_rank_the_alternatives():
     values = [value for _, value in piece.draw.top]
     assert len(values) == 3 and values == sorted(values, reverse=True)
     assert values[0] == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+@pytest.mark.parametrize(("prime", "config"), OPTIONS)
+def test_a_long_lstm_stream_through_the_compiled_kernels_draws_the_same_text(
+    prime, config, monkeypatch
+):
+    pytest.importorskip("numba")
+    from charrnn.generation import streams
+
+    model = make_model("lstm")
+    expected = alone(model, prime, config)  # shorter than KERNEL_MIN_CHARS: torch's operations
+    monkeypatch.setattr(streams, "KERNEL_MIN_CHARS", 1)
+    batch = StreamBatch(model, VOCAB)
+    ident = batch.join(prime, config)
+    text, used_kernels = "", []
+    while batch.active:
+        for piece in batch.step():
+            assert piece.stream == ident
+            text += piece.text
+        used_kernels.append(batch.stepper.compiled is not None)
+    assert all(used_kernels) and text == expected

@@ -23,7 +23,7 @@ import torch
 
 from charrnn.config import SampleConfig
 from charrnn.errors import UsageError
-from charrnn.model.network import CharRNN, State, Stepper, repeat_rows
+from charrnn.model.network import CharRNN, State, Stepper, kernels_loaded, repeat_rows
 from charrnn.text.corpus import Vocab
 
 FinishReason = Literal["stop", "length"]
@@ -32,6 +32,9 @@ SEED_RANGE = 2**64  # what torch.Generator.manual_seed takes
 
 # Noise is drawn this many floats at a time per stream (a few hundred positions).
 STREAM_NOISE = 1 << 14
+# A lone stream with at least this many characters to draw loads the compiled LSTM kernels
+# (model/kernels.py): loading them costs ~0.5 s, which ~40 us saved a character repays by then.
+KERNEL_MIN_CHARS = 10_000
 
 
 def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
@@ -329,9 +332,16 @@ class StreamBatch:
         else:
             self._scale = torch.tensor(scales, device=self.device).unsqueeze(1)
         self._filtered = [s for s in streams if s.filtered]
+        if len(streams) == 1:
+            left = streams[0].config.length - streams[0].drawn
+            if kernels_loaded() or left >= KERNEL_MIN_CHARS:
+                self.stepper.use_kernels()
 
     def _draw(self) -> torch.Tensor:
         """The next id of every row: argmax of scaled logits plus each stream's noise."""
+        compiled = self.stepper.compiled
+        if compiled is not None and not self._filtered:  # one stream: one compiled call
+            return torch.tensor([compiled.draw(self._scale, self.streams[0].extra())])
         top = self.stepper.top
         scaled = top if isinstance(self._scale, float) and self._scale == 1.0 else top * self._scale
         streams = self.streams

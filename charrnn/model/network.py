@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -252,6 +253,9 @@ class Stepper:
 
     def advance(self, ids: Tensor) -> Tensor:
         """Feed `ids` (batch,) and return `top`, a view that the next call overwrites."""
+        if self.compiled is not None:
+            self.compiled.advance(int(ids))
+            return self._h[-1]
         if self.cell == "mingru":
             for layer in range(self.layers):
                 self._mingru(layer, ids)
@@ -343,6 +347,17 @@ class Stepper:
         if self.cell == "mingru":
             self._zc = [part.view(batch, 2, width // 2).unbind(1) for part in self._from_input]
         self._blas = _NumpyProducts(self) if _numpy_blas_fits(self.h) else None
+        self.compiled: _CompiledLstm | None = None  # see use_kernels
+
+    def use_kernels(self) -> bool:
+        """Step and draw with model/kernels.py's compiled calls from now until the rows change;
+        False where they cannot serve: another cell, more than one row, not the CPU, or no
+        numba (the `fast` extra). Loading them costs about half a second once per process."""
+        fits = self.cell == "lstm" and self.rows == 1 and self.h.device.type == "cpu"
+        kernels = _compiled_kernels() if fits else None
+        if kernels is not None and self.compiled is None:
+            self.compiled = _CompiledLstm(self, kernels)
+        return self.compiled is not None
 
     @property
     def rows(self) -> int:
@@ -426,6 +441,50 @@ class _NumpyProducts:
         target = out.numpy()[0]
         np.dot(self.h[layer - 1], self.input_weight[layer - 1], out=target)
         np.add(target, self.input_bias[layer - 1], out=target)
+
+
+@functools.cache
+def _compiled_kernels() -> ModuleType | None:
+    """model/kernels.py, or None without numba."""
+    try:
+        from charrnn.model import kernels
+    except ImportError:
+        return None
+    return kernels
+
+
+def kernels_loaded() -> bool:
+    """Whether this process has loaded the compiled kernels already (they then cost nothing)."""
+    return _compiled_kernels.cache_info().currsize > 0 and _compiled_kernels() is not None
+
+
+class _CompiledLstm:
+    """A one-stream LSTM `Stepper`'s step and draw through model/kernels.py, on its buffers."""
+
+    def __init__(self, stepper: Stepper, kernels: ModuleType) -> None:
+        self.kernels = kernels
+        hidden = stepper._hidden
+        self.h, self.c = stepper.h.numpy()[:, 0], stepper.c.numpy()[:, 0]  # views
+        self.gates = stepper.gates.numpy()[:, 0]
+        self.table = stepper.input_table.numpy()
+        self.hidden_weight = stepper.hidden_weight.numpy()
+        self.hidden_bias = stepper.hidden_bias.numpy()[:, 0]
+        above = [w.numpy() for w in stepper.input_weights] or [np.zeros((1, 4 * hidden))]
+        self.input_weight = np.stack(above).astype(np.float32)
+        self.top = self.h[-1]
+        self.head_weight = stepper.head_weight.numpy()
+        self.logits = np.empty(self.head_weight.shape[1], dtype=np.float32)
+
+    def advance(self, symbol: int) -> None:
+        """Feed `symbol`; the stepper's h and c change in place."""
+        self.kernels.lstm_advance(
+            symbol, self.table, self.hidden_weight, self.hidden_bias, self.input_weight,
+            self.h, self.c, self.gates,
+        )  # fmt: skip
+
+    def draw(self, scale: float, extra: Tensor) -> int:
+        """argmax of (top * scale) @ head_weight + extra (generation/streams.py's draw)."""
+        return int(self.kernels.draw(self.top, scale, self.head_weight, extra.numpy(), self.logits))
 
 
 # ----------------------------------------------------------------------------- recurrent state
