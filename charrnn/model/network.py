@@ -453,6 +453,14 @@ def _compiled_kernels() -> ModuleType | None:
     return kernels
 
 
+def load_kernels(model: CharRNN) -> bool:
+    """Load the compiled kernels now where they could serve `model` (an LSTM on the CPU): for a
+    long-lived process, which then pays their ~0.5 s at its start, not in its first long
+    generation. False where they cannot serve it or numba is not installed."""
+    fits = model.config.cell == "lstm" and model.head.weight.device.type == "cpu"
+    return fits and _compiled_kernels() is not None
+
+
 def kernels_loaded() -> bool:
     """Whether this process has loaded the compiled kernels already (they then cost nothing)."""
     return _compiled_kernels.cache_info().currsize > 0 and _compiled_kernels() is not None

@@ -20,7 +20,7 @@ import torch
 
 from charrnn.config import SampleConfig
 from charrnn.generation.streams import Piece, StreamBatch, symbol_text
-from charrnn.model.network import CharRNN
+from charrnn.model.network import CharRNN, load_kernels
 from charrnn.text.corpus import Vocab
 
 
@@ -63,6 +63,7 @@ class Engine:
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.loop = asyncio.get_running_loop()
         self.batch = StreamBatch(model, vocab)
+        load_kernels(model)  # a lone client's stream then steps compiled from its first character
         self.owners: dict[int, Ticket] = {}  # stream -> its ticket (the stepping side's)
         self.wake = asyncio.Event()
         self.threaded = batcher == "thread"
