@@ -16,7 +16,7 @@ import pytest
 from benchmarks.run import SECTIONS  # every registered section, so a new one is covered too
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = {"__init__", "common", "corpus", "run"}  # benchmarks/ modules that measure nothing
+SHARED = {"__init__", "common", "corpus", "run", "one_stream_worker"}  # they measure nothing
 
 
 def ratios_by_section(table: str) -> dict[str, list[float]]:
