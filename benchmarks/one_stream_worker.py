@@ -1,8 +1,7 @@
 """One stream of `generate()` from the charrnn tree at --root (run as a script, in its own process).
 
-Prints JSON: `cold` (chars/s of the first call) and `warm` (the best of the later calls); the
-compiled kernels, where the tree has them, are loaded first, as `charrnn serve` does.
-`benchmarks/sample.py` runs it for today's tree and an older one.
+Prints JSON: `cold` (chars/s of the first call, which loads what it needs) and `warm` (the best
+of the later calls). `benchmarks/sample.py` runs it for today's tree and an older one.
 """
 
 from __future__ import annotations
@@ -29,15 +28,9 @@ def main() -> None:
     from charrnn.text.corpus import Vocab
 
     torch.set_num_threads(1)
-    try:  # as charrnn serve does at its start, where the tree has them
-        from charrnn.model.network import load_kernels
-    except ImportError:
-        load_kernels = None
     vocab = Vocab(tuple(range(32, 97)))  # 65 symbols, as tiny shakespeare
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(cell="lstm", layers=2, hidden=args.hidden), vocab.size).eval()
-    if load_kernels is not None:
-        load_kernels(model)
     config = SampleConfig(length=args.length, num_samples=1, seed=0)
     speeds = []
     for _ in range(args.repeats):

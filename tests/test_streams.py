@@ -106,18 +106,15 @@ def test_logprobs_are_the_models_and_rank_the_alternatives():
 
 
 @pytest.mark.parametrize(("prime", "config"), OPTIONS)
-def test_a_lone_lstm_stream_through_the_compiled_kernels_draws_the_same_text(
+def test_a_long_lstm_stream_through_the_compiled_kernels_draws_the_same_text(
     prime, config, monkeypatch
 ):
     pytest.importorskip("numba")
     from charrnn.generation import streams
-    from charrnn.model import network
 
     model = make_model("lstm")
-    monkeypatch.setattr(streams, "kernels_loaded", lambda: False)
-    expected = alone(model, prime, config)  # torch's operations
-    monkeypatch.undo()
-    assert network.load_kernels(model)  # as charrnn serve does at its start
+    expected = alone(model, prime, config)  # shorter than KERNEL_MIN_CHARS: torch's operations
+    monkeypatch.setattr(streams, "KERNEL_MIN_CHARS", 1)
     batch = StreamBatch(model, VOCAB)
     ident = batch.join(prime, config)
     text, used_kernels = "", []

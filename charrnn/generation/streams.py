@@ -32,6 +32,9 @@ SEED_RANGE = 2**64  # what torch.Generator.manual_seed takes
 
 # Noise is drawn this many floats at a time per stream (a few hundred positions).
 STREAM_NOISE = 1 << 14
+# A lone stream with at least this many characters to draw loads the compiled LSTM kernels
+# (model/kernels.py): loading them costs ~0.5 s, which ~40 us saved a character repays by then.
+KERNEL_MIN_CHARS = 10_000
 
 
 def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
@@ -329,8 +332,10 @@ class StreamBatch:
         else:
             self._scale = torch.tensor(scales, device=self.device).unsqueeze(1)
         self._filtered = [s for s in streams if s.filtered]
-        if len(streams) == 1 and kernels_loaded():  # a long-lived process loaded them
-            self.stepper.use_kernels()
+        if len(streams) == 1:
+            left = streams[0].config.length - streams[0].drawn
+            if kernels_loaded() or left >= KERNEL_MIN_CHARS:
+                self.stepper.use_kernels()
 
     def _draw(self) -> torch.Tensor:
         """The next id of every row: argmax of scaled logits plus each stream's noise."""

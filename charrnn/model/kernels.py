@@ -6,10 +6,9 @@ At one stream a step is three matrix-vector products that stream the weights fro
 temperature, the noise and the argmax) another. The cell is the one `Stepper` steps: gates
 reordered (i, f, o, g) with the candidate's rows doubled, so g = 2 sigmoid(2x) - 1.
 
-Imported only where numba is installed (the `fast` extra), by a long-lived process that loads
-them at its start (`charrnn serve`: about half a second). The products sum in another order than
-torch's, so the numbers differ from the torch path by about 1e-7 (tests/test_model.py compares
-them).
+Imported only where numba is installed (the `fast` extra) and a generation is long enough to
+repay loading it (about half a second); the products sum in another order than torch's, so the
+numbers differ from the torch path by about 1e-7 (tests/test_model.py compares them).
 """
 
 from __future__ import annotations
