@@ -130,6 +130,9 @@ def test_ctrl_c_stops_a_reply_then_ends_the_session_without_a_traceback(run):
                      "--threads", "1", "--seed", "1"),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=CHILD_ENV,
+        # A shell's background job starts with Ctrl-C ignored, and a child inherits that: the
+        # child gets the default back, as a terminal's foreground command has it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert child.stdin and child.stdout
     child.stdin.write("the \n")
