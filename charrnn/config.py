@@ -612,8 +612,14 @@ def auto_by_default(settings: dict[str, Any], **run_options: Any) -> bool:
     `--no-auto`, `--preset`, `--config`, `--init-from`, `--resume`, nor a key of `AUTO_KEYS`
     but `precision`). `run_options` as for `check_train_options`."""
     chosen = given_keys({**{k: v or None for k, v in run_options.items()}, **settings})
-    model_choices = (AUTO_KEYS - {"precision"}) | {"auto", "init_from", "resume"}
-    if chosen & model_choices or run_options.get("preset") or run_options.get("config"):
+    model_choices = (AUTO_KEYS - {"precision"}) | {
+        "auto",
+        "preset",
+        "config",
+        "init_from",
+        "resume",
+    }
+    if chosen & model_choices:
         return False
     max_time = settings.get("max_time")
     if isinstance(max_time, str):

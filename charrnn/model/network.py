@@ -353,8 +353,7 @@ class Stepper:
         """Step and draw with model/kernels.py's compiled calls from now until the rows change;
         False where they cannot serve: another cell, more than one row, not the CPU, or no
         numba (the `fast` extra). Loading them costs about half a second once per process."""
-        fits = self.cell == "lstm" and self.rows == 1 and self.h.device.type == "cpu"
-        kernels = _compiled_kernels() if fits else None
+        kernels = _kernels_for(self.cell, self.h.device) if self.rows == 1 else None
         if kernels is not None and self.compiled is None:
             self.compiled = _CompiledLstm(self, kernels)
         return self.compiled is not None
@@ -453,12 +452,16 @@ def _compiled_kernels() -> ModuleType | None:
     return kernels
 
 
+def _kernels_for(cell: str, device: torch.device) -> ModuleType | None:
+    """The compiled kernels where they serve (an LSTM on the CPU) and numba is installed."""
+    return _compiled_kernels() if cell == "lstm" and device.type == "cpu" else None
+
+
 def load_kernels(model: CharRNN) -> bool:
     """Load the compiled kernels now where they could serve `model` (an LSTM on the CPU): for a
     long-lived process, which then pays their ~0.5 s at its start, not in its first long
     generation. False where they cannot serve it or numba is not installed."""
-    fits = model.config.cell == "lstm" and model.head.weight.device.type == "cpu"
-    return fits and _compiled_kernels() is not None
+    return _kernels_for(model.config.cell, model.head.weight.device) is not None
 
 
 def kernels_loaded() -> bool:
