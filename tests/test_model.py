@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,6 +162,24 @@ def test_compiled_kernels_step_and_draw_as_the_torch_stepper(layers):
             extra = torch.randn(VOCAB) * 3
             logits = torch.addmm(extra, compiled.top * scale, compiled.head_weight)
             assert compiled.compiled.draw(scale, extra) == int(logits.argmax())
+
+
+def test_the_kernels_exp_is_within_two_ulp_of_the_true_one():
+    pytest.importorskip("numba")
+    from numba import njit
+
+    from charrnn.model.kernels import exp32
+
+    @njit
+    def each(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp32(x[i])
+
+    x = np.linspace(-87.0, 88.0, 1_000_001, dtype=np.float32)
+    got = np.empty_like(x)
+    each(x, got)
+    true = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - true) / true) < 2 * 2.0**-23
 
 
 def test_compiled_kernels_serve_one_lstm_stream_only():

@@ -105,6 +105,16 @@ def test_logprobs_are_the_models_and_rank_the_alternatives():
     assert values[0] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
+def torch_only(model: CharRNN, prime: str, config: SampleConfig, monkeypatch) -> str:
+    """The stream's text alone through torch's operations, whatever this process has loaded."""
+    from charrnn.generation import streams
+
+    with monkeypatch.context() as patch:
+        patch.setattr(streams, "kernels_loaded", lambda: False)
+        patch.setattr(streams, "KERNEL_MIN_CHARS", 10**9)
+        return alone(model, prime, config)
+
+
 @pytest.mark.parametrize(("prime", "config"), OPTIONS)
 def test_a_long_lstm_stream_through_the_compiled_kernels_draws_the_same_text(
     prime, config, monkeypatch
@@ -113,14 +123,45 @@ def test_a_long_lstm_stream_through_the_compiled_kernels_draws_the_same_text(
     from charrnn.generation import streams
 
     model = make_model("lstm")
-    expected = alone(model, prime, config)  # shorter than KERNEL_MIN_CHARS: torch's operations
+    expected = torch_only(model, prime, config, monkeypatch)
     monkeypatch.setattr(streams, "KERNEL_MIN_CHARS", 1)
     batch = StreamBatch(model, VOCAB)
     ident = batch.join(prime, config)
-    text, used_kernels = "", []
+    text, used_kernels, steps = "", [], 0
     while batch.active:
         for piece in batch.step():
             assert piece.stream == ident
             text += piece.text
         used_kernels.append(batch.stepper.compiled is not None)
+        steps += 1
     assert all(used_kernels) and text == expected
+    # A stream that only samples draws up to RUN_CHARS characters a step; the others one.
+    runs = not (config.greedy or config.top_k or config.top_p or config.stop)
+    assert steps == 1 + -(-(len(text) - 1) // streams.RUN_CHARS) if runs else steps >= len(text)
+
+
+def test_streams_join_and_leave_a_lone_stream_drawing_runs(monkeypatch):
+    pytest.importorskip("numba")
+    from charrnn.generation import streams
+
+    model = make_model("lstm")
+    first = SampleConfig(length=400, seed=7, temperature=1.1)
+    second = SampleConfig(length=90, seed=8)
+    expected = [
+        torch_only(model, "ab", first, monkeypatch),
+        torch_only(model, "", second, monkeypatch),
+    ]
+    monkeypatch.setattr(streams, "KERNEL_MIN_CHARS", 1)
+    batch = StreamBatch(model, VOCAB)
+    idents = [batch.join("ab", first)]
+    texts = {idents[0]: ""}
+    for step in range(400):
+        if step == 3:  # the first stream is drawing runs alone: the second joins between them
+            assert len(texts[idents[0]]) > 3
+            idents.append(batch.join("", second))
+            texts[idents[1]] = ""
+        for piece in batch.step():
+            texts[piece.stream] += piece.text
+        if not batch.active:
+            break
+    assert [texts[ident] for ident in idents] == expected

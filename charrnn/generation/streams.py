@@ -35,6 +35,9 @@ STREAM_NOISE = 1 << 14
 # A lone stream with at least this many characters to draw loads the compiled LSTM kernels
 # (model/kernels.py): loading them costs ~0.5 s, which ~40 us saved a character repays by then.
 KERNEL_MIN_CHARS = 10_000
+# A lone stream on the compiled kernels draws up to this many characters per step (one call):
+# a few milliseconds, so streams still join and leave promptly, and Ctrl-C stops it at once.
+RUN_CHARS = 32
 
 
 def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
@@ -154,7 +157,12 @@ class _Stream:
         # Added to the scaled logits: the bias at this temperature, with the noise unless the
         # draw filters first (top-k / top-p need the logits without it).
         self.bias = head_bias if config.greedy else head_bias * self.scale
-        self.noise: list[torch.Tensor] = []
+        # Rows of noise drawn ahead (the bias added unless filtered); `used` of them spent.
+        self.noise = head_bias.new_empty(0, head_bias.shape[0])
+        self.used = 0
+        # Draws several symbols per step when alone (StreamBatch._draw_run): the noise alone
+        # decides each, with nothing to look at between them.
+        self.runs = not config.greedy and not self.filtered and not logprobs and not self.watcher
 
     def extra(self) -> torch.Tensor:
         """The row added to this stream's scaled logits at this position."""
@@ -163,14 +171,20 @@ class _Stream:
         return self._next_noise()
 
     def _next_noise(self) -> torch.Tensor:
-        if not self.noise:
+        return self.noise_rows(1)[0]
+
+    def noise_rows(self, most: int) -> torch.Tensor:
+        """The next rows of noise, at least one and at most `most` (fewer at a chunk's end)."""
+        if self.used == self.noise.shape[0]:
             vocab = self.bias.shape[0]
             positions = max(1, min(self.config.length - self.drawn, STREAM_NOISE // vocab))
-            noise = gumbel_noise((positions, vocab), self.generator)
+            self.noise = gumbel_noise((positions, vocab), self.generator)
             if not self.filtered:
-                noise += self.bias
-            self.noise = list(noise.unbind(0))[::-1]
-        return self.noise.pop()
+                self.noise += self.bias
+            self.used = 0
+        rows = self.noise[self.used : self.used + most]
+        self.used += rows.shape[0]
+        return rows
 
     def redraw(self, logits: torch.Tensor) -> int:
         """The id drawn from this stream's logits (1, vocab) after top-k / top-p filtering."""
@@ -266,6 +280,8 @@ class StreamBatch:
         self.unstepped.clear()
         if self.leaving:
             self._drop()
+        if self.fed is not None and not self.joining and self._runs():
+            return self._draw_run()
         if self.fed is not None and self.streams:
             self.stepper.advance(self.fed)
         self.fed = None
@@ -336,6 +352,24 @@ class StreamBatch:
             left = streams[0].config.length - streams[0].drawn
             if kernels_loaded() or left >= KERNEL_MIN_CHARS:
                 self.stepper.use_kernels()
+
+    def _runs(self) -> bool:
+        """Whether this step may draw several symbols: one stream, on the compiled kernels, that
+        only samples (no top-k/top-p, log-probabilities or stop strings)."""
+        return len(self.streams) == 1 and self.stepper.compiled is not None and self.streams[0].runs
+
+    def _draw_run(self) -> list[Piece]:
+        """Feed the lone stream its last symbol and draw up to `RUN_CHARS` more in one call."""
+        stream = self.streams[0]
+        extras = stream.noise_rows(min(RUN_CHARS, stream.config.length - stream.drawn))
+        symbols = self.stepper.compiled.sample(int(self.fed), self._scale, extras)
+        self.fed = torch.tensor(symbols[-1:])
+        stream.drawn += len(symbols)
+        text = "".join(map(stream.decode, symbols))
+        if stream.drawn < stream.config.length:
+            return [Piece(stream.ident, text)] if text else []
+        self.leaving.add(stream.ident)
+        return [Piece(stream.ident, text, "length")]
 
     def _draw(self) -> torch.Tensor:
         """The next id of every row: argmax of scaled logits plus each stream's noise."""

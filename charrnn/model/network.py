@@ -497,6 +497,17 @@ class _CompiledLstm:
         """argmax of (top * scale) @ head_weight + extra (generation/streams.py's draw)."""
         return int(self.kernels.draw(self.top, scale, self.head_weight, extra.numpy(), self.logits))
 
+    def sample(self, symbol: int, scale: float, extras: Tensor) -> list[int]:
+        """Feed `symbol`, then draw and feed one symbol per row of `extras` (the last drawn is
+        not fed): `advance` and `draw` in turn, in one compiled call. Returns the symbols."""
+        drawn = np.empty(extras.shape[0], dtype=np.int64)
+        self.kernels.lstm_sample(
+            symbol, self.table, self.hidden_weight, self.hidden_bias, self.input_weight,
+            self.h, self.c, self.gates, scale, self.head_weight, extras.numpy(), self.logits,
+            drawn,
+        )  # fmt: skip
+        return drawn.tolist()
+
 
 # ----------------------------------------------------------------------------- recurrent state
 # An LSTM's state is the pair (h, c), the other cells' is h alone, each (layers, batch, hidden).
