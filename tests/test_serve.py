@@ -249,6 +249,22 @@ def test_key_limits_disconnects_and_sigterm(run):
         server.stop()
 
 
+def test_a_second_ctrl_c_ends_the_server_at_once_without_a_traceback(run):
+    server = Server(run, "--max-tokens", "100000")
+    try:
+        long = {"model": NAME, "prompt": "a", "max_tokens": 100000, "stream": True}
+        held = _open_stream(server, long)  # shutdown has an open stream to end
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGINT)
+        time.sleep(0.005)  # the impatient second press, while the first is being handled
+        err = server.stop()
+        assert server.process.returncode == 0 and "Traceback" not in err and not err, err
+        assert time.monotonic() - started < 10
+        held.close()
+    finally:
+        server.stop()
+
+
 def _open_stream(server: Server, body: dict) -> socket.socket:
     """A streaming request on a raw socket, read until its first event: a client that can
     vanish without a word."""

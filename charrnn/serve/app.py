@@ -487,6 +487,14 @@ class _Server(uvicorn.Server):
             self.state.engine.close()  # every stream gets its last event and [DONE]
         super().handle_exit(sig, frame)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown; a second Ctrl-C (force exit) skips its waits for connections,
+        not the application's own quick shutdown, which uvicorn would otherwise cancel and log
+        as a traceback."""
+        await super().shutdown(sockets)
+        if self.force_exit:
+            await self.lifespan.shutdown()
+
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
         if self.started:
