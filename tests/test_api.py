@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from charrnn.commands import eval_command, info_command, sample_command
 from charrnn.config import SampleConfig
 from charrnn.errors import UsageError
 from charrnn.generation.sampling import collect
+from charrnn.generation.streams import RUN_CHARS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TINY = {
@@ -75,7 +75,7 @@ def test_generate_stops_when_the_reader_stops_and_reports_errors_at_once(run):
     stream = model.generate("", length=100_000, seed=1)
     first = [next(stream) for _ in range(5)]
     stream.close()  # the generating thread ends instead of drawing 100,000 characters
-    assert len("".join(first)) == 5
+    assert 5 <= len("".join(first)) <= 5 * RUN_CHARS
     with pytest.raises(UsageError, match="not in the model's vocabulary"):
         model.generate("Zebra", length=5)
     with pytest.raises(UsageError, match="temperature"):
@@ -85,18 +85,16 @@ def test_generate_stops_when_the_reader_stops_and_reports_errors_at_once(run):
     ] == []
 
 
-def test_the_first_chunk_comes_long_before_a_long_sample_ends_and_no_thread_starts(run):
+def test_a_long_sample_arrives_in_small_chunks_on_the_callers_thread(run):
     model = charrnn.load(run)
     threads = threading.active_count()
-    started = time.perf_counter()
     stream = model.generate("", length=20_000, seed=2)
-    first = next(stream)
-    to_first = time.perf_counter() - started
+    sizes = [len(next(stream))]
     assert threading.active_count() == threads  # drawn on the caller's thread
-    rest = sum(len(chunk) for chunk in stream)
-    whole = time.perf_counter() - started
-    assert len(first) + rest == 20_000
-    assert to_first < whole / 20
+    sizes += [len(chunk) for chunk in stream]
+    assert sum(sizes) == 20_000
+    # Each chunk is one step's text: a character, or a run on the compiled kernels.
+    assert sizes[0] == 1 and max(sizes) <= RUN_CHARS and len(sizes) >= 20_000 / RUN_CHARS
 
 
 def test_score_gives_the_loss_of_every_character_and_agrees_with_eval(run, tmp_path):
