@@ -134,15 +134,13 @@ def train_command(
     auto_kept: Collection[str] = (),
     auto_reason: str | None = None,
     hooks: TrainHooks | None = None,
-    **hook_parts: Any,
 ) -> TrainOutcome:
     """Prepare the corpus, build the model (fresh, or from `init_from`) and train it.
 
     With `auto` set, the model, batch and window are chosen first (`autosize`), leaving the
     keys in `auto_kept` (given by the user) as they are; `auto_reason` says why when the user
-    did not ask. `hooks` (or its parts as keywords, `should_stop=`, `on_preview=`) watch and
-    steer the run."""
-    hooks = TrainHooks.joined(hooks, hook_parts)
+    did not ask. `hooks` watch and steer the run."""
+    hooks = hooks or TrainHooks()
     run, cache_dir = _new_run_place(specs, out, cache_dir)
     plan = plan_new_run(specs, config, run, cache_dir, init_from, auto_kept, hooks.load_since)
     plan.auto_reason = auto_reason
@@ -155,10 +153,9 @@ def resume_command(
     cache_dir: Path | None = None,
     *,
     hooks: TrainHooks | None = None,
-    **hook_parts: Any,
 ) -> TrainOutcome:
     """Continue a run from its last.pt exactly where it stopped (or extend a finished one)."""
-    hooks = TrainHooks.joined(hooks, hook_parts)
+    hooks = hooks or TrainHooks()
     return execute(plan_resume(RunDir(run_dir), overrides, cache_dir), hooks)
 
 
@@ -171,11 +168,10 @@ def distill_command(
     out: Path | None = None,
     cache_dir: Path | None = None,
     hooks: TrainHooks | None = None,
-    **hook_parts: Any,
 ) -> TrainOutcome:
     """Train a new student (the shape `config` gives) on `teacher_path`'s softened predictions
     of the corpus, in the teacher's vocabulary; resumed like any run (`resume_command`)."""
-    hooks = TrainHooks.joined(hooks, hook_parts)
+    hooks = hooks or TrainHooks()
     run, cache_dir = _new_run_place(specs, out, cache_dir)
     plan = plan_distillation(
         specs, teacher_path, config, distill_config, run, cache_dir, hooks.load_since

@@ -17,6 +17,7 @@ from charrnn.config import DistillConfig
 from charrnn.errors import CheckpointError
 from charrnn.model.checkpoint import load_checkpoint
 from charrnn.training.distill import distillation_loss
+from charrnn.training.plan import TrainHooks
 
 STUDENT = {"hidden": 8, "embed": 4, "max_steps": 24, "eval_every": 8, "log_every": 4, "seed": 5}
 
@@ -69,7 +70,12 @@ def test_a_stopped_and_resumed_distillation_equals_an_uninterrupted_one(
     corpus, config, mix = teacher.parent / "corpus.txt", tiny_config(**STUDENT), DistillConfig()
     distill_command([corpus], teacher, config, mix, out=tmp_path / "straight")
     stopped = distill_command(
-        [corpus], teacher, config, mix, out=tmp_path / "resumed", should_stop=stop_after(12)
+        [corpus],
+        teacher,
+        config,
+        mix,
+        out=tmp_path / "resumed",
+        hooks=TrainHooks(should_stop=stop_after(12)),
     )
     assert stopped.progress.step == 12
     halfway = load_checkpoint(tmp_path / "resumed" / "last.pt")
@@ -91,7 +97,7 @@ def test_resuming_refuses_a_teacher_that_changed(teacher, tmp_path, tiny_config)
     corpus = teacher.parent / "corpus.txt"
     distill_command(
         [corpus], own, tiny_config(**STUDENT), DistillConfig(), out=tmp_path / "run",
-        should_stop=stop_after(4),
+        hooks=TrainHooks(should_stop=stop_after(4)),
     )  # fmt: skip
     train_command([corpus], tiny_config(max_steps=2, eval_every=2), out=tmp_path / "other")
     shutil.copy(tmp_path / "other" / "best.pt", own / "best.pt")

@@ -13,6 +13,7 @@ from charrnn.generation.sampling import collect
 from charrnn.model.checkpoint import load_checkpoint
 from charrnn.model.network import Stepper
 from charrnn.system.device import autocast_dtype, select_device
+from charrnn.training.plan import TrainHooks
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -64,7 +65,10 @@ def test_previews_on_cuda_draw_on_the_gpu_and_leave_the_run_alone(
     config = tiny_config(device="cuda", precision="bf16", preview_chars=30, max_steps=20)
     previews: list[tuple[int, str]] = []
     outcome = train_command(
-        [write_corpus()], config, out=tmp_path / "run", on_preview=lambda *p: previews.append(p)
+        [write_corpus()],
+        config,
+        out=tmp_path / "run",
+        hooks=TrainHooks(on_preview=lambda *p: previews.append(p)),
     )
     assert [step for step, _ in previews] == [10, 20]
     assert all(len(text) == 30 for _, text in previews)

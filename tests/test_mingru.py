@@ -13,6 +13,7 @@ from charrnn.commands import resume_command, train_command
 from charrnn.config import ModelConfig, recurrent_parameters
 from charrnn.model.checkpoint import load_checkpoint, load_model
 from charrnn.model.network import CharRNN, MinGRU, linear_recurrence
+from charrnn.training.plan import TrainHooks
 
 
 def reference(layer: MinGRU, x: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -71,7 +72,9 @@ def test_a_mingru_run_learns_resumes_bit_for_bit_and_exports(write_corpus, tmp_p
     corpus = write_corpus()
     config = tiny_config(cell="mingru", layers=2, hidden=32, dropout=0.1, max_steps=40, lr=0.02)
     straight = train_command([corpus], config, out=tmp_path / "straight")
-    train_command([corpus], config, out=tmp_path / "resumed", should_stop=stop_after(20))
+    train_command(
+        [corpus], config, out=tmp_path / "resumed", hooks=TrainHooks(should_stop=stop_after(20))
+    )
     resumed = resume_command(tmp_path / "resumed", {})
     assert resumed.progress.step == straight.progress.step == 40
     a = load_checkpoint(tmp_path / "straight" / "last.pt")

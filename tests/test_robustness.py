@@ -40,6 +40,7 @@ from charrnn.model.checkpoint import Checkpoint, load_checkpoint, resolve_checkp
 from charrnn.model.network import CharRNN
 from charrnn.run_dir import run_lock
 from charrnn.text.corpus import Vocab
+from charrnn.training.plan import TrainHooks
 from charrnn.training.trainer import MAX_BAD_STEPS, Trainer, planned_steps
 
 N = 12  # the half-way step of the resume tests
@@ -113,7 +114,9 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
 ):
     corpus, config = write_corpus(), dropout_config()
     straight = train_command([corpus], config, out=tmp_path / "straight")
-    stopped = train_command([corpus], config, out=tmp_path / "resumed", should_stop=stop_after(N))
+    stopped = train_command(
+        [corpus], config, out=tmp_path / "resumed", hooks=TrainHooks(should_stop=stop_after(N))
+    )
     assert stopped.progress.step == N
     halfway = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert halfway.progress["step"] == N and halfway.resume["hidden"] is not None
@@ -141,7 +144,10 @@ def test_a_run_that_shows_previews_is_the_same_run_bit_for_bit(
     plain = train_command([corpus], config, out=tmp_path / "plain")
     previews: list[tuple[int, str]] = []
     shown = train_command(
-        [corpus], config, out=tmp_path / "shown", on_preview=lambda *p: previews.append(p)
+        [corpus],
+        config,
+        out=tmp_path / "shown",
+        hooks=TrainHooks(on_preview=lambda *p: previews.append(p)),
     )
     assert [step for step, _ in previews] == list(range(6, 2 * N + 1, 6))  # each evaluation
     assert all(len(text) == 40 for _, text in previews)
@@ -194,7 +200,7 @@ def test_init_from_extends_the_vocabulary_and_keeps_the_old_rows(
     # Stopped before its first step: last.pt holds the weights fine-tuning starts from.
     outcome = train_command(
         [new_corpus], tiny_config(), out=tmp_path / "start", init_from=base_dir / "best.pt",
-        should_stop=lambda: True,
+        hooks=TrainHooks(should_stop=lambda: True),
     )  # fmt: skip
     assert len(outcome.warnings) == 1
     assert "3 new symbol(s)" in outcome.warnings[0] and "'€'" in outcome.warnings[0]
@@ -512,7 +518,7 @@ def test_nan_weights_never_overwrite_a_checkpoint(
     stop = stop_after(9) if save == "interrupt" else (lambda: False)
     config = tiny_config(eval_every=5, max_steps=20)
     with pytest.raises(TrainingError, match="weights became non-finite at step (9|10)"):
-        train_command([write_corpus()], config, out=run_dir, should_stop=stop)
+        train_command([write_corpus()], config, out=run_dir, hooks=TrainHooks(should_stop=stop))
     for name in ("best.pt", "last.pt"):
         checkpoint = load_checkpoint(run_dir / name)
         assert checkpoint.progress["step"] == 5

@@ -16,6 +16,7 @@ from charrnn.errors import CorpusError
 from charrnn.model.checkpoint import load_checkpoint
 from charrnn.text.corpus import prepare_corpus
 from charrnn.text.run_text import cache_dirs, run_corpus
+from charrnn.training.plan import TrainHooks
 
 RUN_FLAGS = [
     "--batch-size", "4", "--seq-len", "16", "--device", "cpu", "--precision", "fp32",
@@ -33,7 +34,7 @@ def test_resume_after_an_append_trains_on_the_text_the_run_started_with(
     straight = train_command([corpus], config, out=tmp_path / "straight", cache_dir=tmp_path / "c1")
     train_command(
         [corpus], config, out=tmp_path / "run", cache_dir=tmp_path / "c2",
-        should_stop=stop_after(6),
+        hooks=TrainHooks(should_stop=stop_after(6)),
     )  # fmt: skip
     with corpus.open("a", encoding="utf-8") as handle:  # moves validation text into training
         handle.write(APPENDED)

@@ -16,6 +16,7 @@ from charrnn.errors import UsageError
 from charrnn.model.checkpoint import load_checkpoint, load_model
 from charrnn.system.device import cgroup_cpu_limit, cpu_quota, use_cpu_threads
 from charrnn.text.corpus import StreamBatches, split_train_val
+from charrnn.training.plan import TrainHooks
 from charrnn.training.trainer import lr_at, planned_steps
 
 LOG_KEYS = {"step", "chars", "train_loss", "lr", "chars_per_s", "elapsed_s", "threads"}
@@ -161,7 +162,10 @@ def test_should_stop_saves_last_and_stops(write_corpus, tmp_path, tiny_config):
         return len(calls) > 4
 
     outcome = train_command(
-        [write_corpus()], tiny_config(max_steps=1000), out=tmp_path / "run", should_stop=should_stop
+        [write_corpus()],
+        tiny_config(max_steps=1000),
+        out=tmp_path / "run",
+        hooks=TrainHooks(should_stop=should_stop),
     )
     assert 1 <= outcome.progress.step < 1000
     assert load_checkpoint(tmp_path / "run" / "last.pt").progress["step"] == outcome.progress.step

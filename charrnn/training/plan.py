@@ -80,11 +80,6 @@ class TrainHooks:
     on_preview: Callable[[int, str], None] | None = None
     load_since: CpuSample | None = None
 
-    @classmethod
-    def joined(cls, hooks: TrainHooks | None, parts: dict[str, Any]) -> TrainHooks:
-        """`hooks` (none: the defaults) with the parts in `parts` replaced (`should_stop`...)."""
-        return dataclasses.replace(hooks or cls(), **parts)
-
 
 @dataclass
 class TrainOutcome:
