@@ -64,7 +64,7 @@ def test_train_resumes_and_extends_a_run(tmp_path, repetitive_text):
 def test_generate_yields_chunks_that_are_the_text_sample_makes(run):
     model = charrnn.load(run)
     chunks = list(model.generate("the ", length=40, seed=3, temperature=0.7))
-    assert chunks[0] == "the " and len(chunks) == 41  # the prime, then one chunk per character
+    assert chunks[0] == "the " and len(chunks) > 2  # the prime, then the text as it is drawn
     config = SampleConfig(length=40, seed=3, temperature=0.7)
     assert "".join(chunks) == collect(sample_command(run, "the ", config, "cpu"), 1)[0]
     assert model.sample("the ", length=40, seed=3, temperature=0.7) == "".join(chunks)

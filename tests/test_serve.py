@@ -146,8 +146,10 @@ def test_concurrent_clients_each_get_their_own_text_and_a_newcomer_starts_at_onc
         )
         texts[seed] = "".join(c.choices[0].text for c in stream)
 
+    # The stop text keeps the long one at a character a step while it is alone: a lone stream
+    # that only samples draws runs, and would end 100,000 characters before the others start.
     with httpx.stream("POST", server.url + "/v1/completions", timeout=60, json={
-        "model": NAME, "prompt": "a", "max_tokens": 100000, "stream": True,
+        "model": NAME, "prompt": "a", "max_tokens": 100000, "stream": True, "stop": ["\u0000"],
     }) as long:  # fmt: skip
         lines = long.iter_lines()
         next(lines)  # the long one is under way

@@ -56,19 +56,17 @@ def exp32(x: float) -> float:
 
 
 @njit(cache=True, boundscheck=False, fastmath=_SUMS)
-def add_product(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
-    """out += x @ weight (rows, width), four rows of weight per pass over out."""
+def add_row_products(weight: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """out += weight @ x: one dot product per row of `weight` (rows, width), each row read once
+    from start to end (7-10% faster at 512 units than adding x[i] times row i of the
+    transpose, which reads and writes `out` once per pass)."""
     rows, width = weight.shape
-    whole = rows - rows % 4
-    for i in range(0, whole, 4):
-        a0, a1, a2, a3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-        w0, w1, w2, w3 = weight[i], weight[i + 1], weight[i + 2], weight[i + 3]
-        for j in range(width):
-            out[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]
-    for i in range(whole, rows):
-        a, w = x[i], weight[i]
-        for j in range(width):
-            out[j] += a * w[j]
+    for j in range(rows):
+        row = weight[j]
+        total = _F(0.0)
+        for i in range(width):
+            total += row[i] * x[i]
+        out[j] += total
 
 
 # error_model "numpy": a division by zero gives inf, not an exception to check for, which is
@@ -92,42 +90,46 @@ def lstm_cell(gates: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
 def lstm_advance(
     symbol: int,
     table: np.ndarray,
-    hidden_weight: np.ndarray,
-    hidden_bias: np.ndarray,
-    input_weight: np.ndarray,
+    first_weight: np.ndarray,
+    upper_weight: np.ndarray,
+    bias: np.ndarray,
     h: np.ndarray,
     c: np.ndarray,
     gates: np.ndarray,
+    inputs: np.ndarray,
 ) -> None:
     """Feed `symbol` to every layer; h and c (layers, hidden) are updated in place.
 
-    `table` (vocab, 4H): the first layer's input projection per symbol; `hidden_weight`
-    (layers, H, 4H) with `hidden_bias` (layers, 4H), both biases; `input_weight` (layers - 1,
-    H, 4H) for the layers above the first; `gates` (layers, 4H) is scratch."""
+    `table` (vocab, 4H): the first layer's input projection per symbol; `first_weight` (4H, H):
+    its recurrent matrix; `upper_weight` (layers - 1, 4H, 2H): each layer above's input and
+    recurrent matrices side by side, which multiply [h below, own h]; `bias` (layers, 4H): both
+    biases. `gates` (layers, 4H) and `inputs` (2H) are scratch."""
+    hidden = h.shape[1]
     for layer in range(h.shape[0]):
         pre = gates[layer]
-        pre[:] = hidden_bias[layer]
+        pre[:] = bias[layer]
         if layer == 0:
             pre += table[symbol]
+            add_row_products(first_weight, h[0], pre)
         else:
-            add_product(h[layer - 1], input_weight[layer - 1], pre)
-        add_product(h[layer], hidden_weight[layer], pre)
+            inputs[:hidden] = h[layer - 1]
+            inputs[hidden:] = h[layer]
+            add_row_products(upper_weight[layer - 1], inputs, pre)
         lstm_cell(pre, h[layer], c[layer])
 
 
 @njit(cache=True, boundscheck=False, fastmath=_SUMS)
 def draw(
-    top: np.ndarray, scale: float, head_weight: np.ndarray, extra: np.ndarray, logits: np.ndarray
+    top: np.ndarray, scale: float, head_rows: np.ndarray, extra: np.ndarray, logits: np.ndarray
 ) -> int:
-    """argmax of (top * scale) @ head_weight + extra: the next symbol, with the noise and the
-    bias at this temperature in `extra` (as generation/streams.py draws); `logits` is scratch."""
-    logits[:] = extra
-    hidden, vocab = head_weight.shape
-    scale32 = np.float32(scale)
-    for i in range(hidden):
-        a, w = top[i] * scale32, head_weight[i]
-        for j in range(vocab):
-            logits[j] += a * w[j]
+    """argmax of (top * scale) @ head_rows.T + extra: the next symbol, with the noise and the
+    bias at this temperature in `extra` (as generation/streams.py draws); `head_rows` (vocab,
+    H) is the output layer's matrix as torch keeps it; `logits` is scratch."""
+    logits[:] = 0.0
+    add_row_products(head_rows, top, logits)
+    scale32 = _F(scale)
+    for j in range(logits.shape[0]):
+        logits[j] = logits[j] * scale32 + extra[j]
     return np.argmax(logits)
 
 
@@ -135,14 +137,15 @@ def draw(
 def lstm_sample(
     symbol: int,
     table: np.ndarray,
-    hidden_weight: np.ndarray,
-    hidden_bias: np.ndarray,
-    input_weight: np.ndarray,
+    first_weight: np.ndarray,
+    upper_weight: np.ndarray,
+    bias: np.ndarray,
     h: np.ndarray,
     c: np.ndarray,
     gates: np.ndarray,
+    inputs: np.ndarray,
     scale: float,
-    head_weight: np.ndarray,
+    head_rows: np.ndarray,
     extras: np.ndarray,
     logits: np.ndarray,
     drawn: np.ndarray,
@@ -152,6 +155,6 @@ def lstm_sample(
     calls as `lstm_advance` then `draw` once per symbol, without returning to Python between."""
     top = h.shape[0] - 1
     for t in range(extras.shape[0]):
-        lstm_advance(symbol, table, hidden_weight, hidden_bias, input_weight, h, c, gates)
-        symbol = draw(h[top], scale, head_weight, extras[t], logits)
+        lstm_advance(symbol, table, first_weight, upper_weight, bias, h, c, gates, inputs)
+        symbol = draw(h[top], scale, head_rows, extras[t], logits)
         drawn[t] = symbol

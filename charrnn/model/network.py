@@ -470,42 +470,53 @@ def kernels_loaded() -> bool:
 
 
 class _CompiledLstm:
-    """A one-stream LSTM `Stepper`'s step and draw through model/kernels.py, on its buffers."""
+    """A one-stream LSTM `Stepper`'s step and draw through model/kernels.py: the state and the
+    scratch are views of the stepper's buffers; the matrices are copies laid out one output a
+    row (as torch keeps them), each layer above the first with its two side by side."""
 
     def __init__(self, stepper: Stepper, kernels: ModuleType) -> None:
         self.kernels = kernels
-        hidden = stepper._hidden
         self.h, self.c = stepper.h.numpy()[:, 0], stepper.c.numpy()[:, 0]  # views
         self.gates = stepper.gates.numpy()[:, 0]
         self.table = stepper.input_table.numpy()
-        self.hidden_weight = stepper.hidden_weight.numpy()
-        self.hidden_bias = stepper.hidden_bias.numpy()[:, 0]
-        above = [w.numpy() for w in stepper.input_weights] or [np.zeros((1, 4 * hidden))]
-        self.input_weight = np.stack(above).astype(np.float32)
+        recurrent = [w.numpy().T for w in stepper.hidden_weight.unbind(0)]
+        self.first_weight = np.ascontiguousarray(recurrent[0])
+        upper = [
+            np.concatenate([below.numpy().T, own], axis=1)
+            for below, own in zip(stepper.input_weights, recurrent[1:], strict=True)
+        ]
+        # C order: the kernels read each row from start to end (concatenate keeps F order).
+        self.upper_weight = np.ascontiguousarray(
+            np.stack(upper) if upper else np.zeros((1, 1, 1), np.float32)
+        )
+        self.bias = stepper.hidden_bias.numpy()[:, 0]
+        self.inputs = np.empty(2 * self.h.shape[1], dtype=np.float32)
         self.top = self.h[-1]
-        self.head_weight = stepper.head_weight.numpy()
-        self.logits = np.empty(self.head_weight.shape[1], dtype=np.float32)
+        self.head_rows = np.ascontiguousarray(stepper.head_weight.numpy().T)
+        self.logits = np.empty(self.head_rows.shape[0], dtype=np.float32)
+
+    def _model(self) -> tuple[np.ndarray, ...]:
+        """`lstm_advance`'s arguments after the symbol."""
+        return (
+            self.table, self.first_weight, self.upper_weight, self.bias,
+            self.h, self.c, self.gates, self.inputs,
+        )  # fmt: skip
 
     def advance(self, symbol: int) -> None:
         """Feed `symbol`; the stepper's h and c change in place."""
-        self.kernels.lstm_advance(
-            symbol, self.table, self.hidden_weight, self.hidden_bias, self.input_weight,
-            self.h, self.c, self.gates,
-        )  # fmt: skip
+        self.kernels.lstm_advance(symbol, *self._model())
 
     def draw(self, scale: float, extra: Tensor) -> int:
         """argmax of (top * scale) @ head_weight + extra (generation/streams.py's draw)."""
-        return int(self.kernels.draw(self.top, scale, self.head_weight, extra.numpy(), self.logits))
+        return int(self.kernels.draw(self.top, scale, self.head_rows, extra.numpy(), self.logits))
 
     def sample(self, symbol: int, scale: float, extras: Tensor) -> list[int]:
         """Feed `symbol`, then draw and feed one symbol per row of `extras` (the last drawn is
         not fed): `advance` and `draw` in turn, in one compiled call. Returns the symbols."""
         drawn = np.empty(extras.shape[0], dtype=np.int64)
         self.kernels.lstm_sample(
-            symbol, self.table, self.hidden_weight, self.hidden_bias, self.input_weight,
-            self.h, self.c, self.gates, scale, self.head_weight, extras.numpy(), self.logits,
-            drawn,
-        )  # fmt: skip
+            symbol, *self._model(), scale, self.head_rows, extras.numpy(), self.logits, drawn
+        )
         return drawn.tolist()
 
 
