@@ -212,6 +212,7 @@ class Stepper:
             self.head_weight = model.head.weight.detach().float().t().contiguous()
             self.head_bias = model.head.bias.detach().float().clone()
             self._width, self._hidden = weights[0][0].shape[0], config.hidden
+        self._kernel_weights: _KernelWeights | None = None  # made when first used
         self._bind_state(state)
 
     @staticmethod
@@ -355,7 +356,9 @@ class Stepper:
         numba (the `fast` extra). Loading them costs about half a second once per process."""
         kernels = _kernels_for(self.cell, self.h.device) if self.rows == 1 else None
         if kernels is not None and self.compiled is None:
-            self.compiled = _CompiledLstm(self, kernels)
+            if self._kernel_weights is None:  # once: a lone stream may come and go many times
+                self._kernel_weights = _KernelWeights(self)
+            self.compiled = _CompiledLstm(self, self._kernel_weights, kernels)
         return self.compiled is not None
 
     @property
@@ -469,30 +472,38 @@ def kernels_loaded() -> bool:
     return _compiled_kernels.cache_info().currsize > 0 and _compiled_kernels() is not None
 
 
-class _CompiledLstm:
-    """A one-stream LSTM `Stepper`'s step and draw through model/kernels.py: the state and the
-    scratch are views of the stepper's buffers; the matrices are copies laid out one output a
-    row (as torch keeps them), each layer above the first with its two side by side."""
+class _KernelWeights:
+    """An LSTM `Stepper`'s matrices as model/kernels.py reads them: one output a row (torch's own
+    layout), each layer above the first with its input and recurrent matrices side by side. A
+    copy, in C order, since the kernels read each row from start to end."""
 
-    def __init__(self, stepper: Stepper, kernels: ModuleType) -> None:
-        self.kernels = kernels
-        self.h, self.c = stepper.h.numpy()[:, 0], stepper.c.numpy()[:, 0]  # views
-        self.gates = stepper.gates.numpy()[:, 0]
-        self.table = stepper.input_table.numpy()
+    def __init__(self, stepper: Stepper) -> None:
         recurrent = [w.numpy().T for w in stepper.hidden_weight.unbind(0)]
-        self.first_weight = np.ascontiguousarray(recurrent[0])
+        self.first = np.ascontiguousarray(recurrent[0])
         upper = [
             np.concatenate([below.numpy().T, own], axis=1)
             for below, own in zip(stepper.input_weights, recurrent[1:], strict=True)
         ]
-        # C order: the kernels read each row from start to end (concatenate keeps F order).
-        self.upper_weight = np.ascontiguousarray(
+        self.upper = np.ascontiguousarray(  # (concatenate of transposes keeps F order)
             np.stack(upper) if upper else np.zeros((1, 1, 1), np.float32)
         )
+        self.head = np.ascontiguousarray(stepper.head_weight.numpy().T)
+
+
+class _CompiledLstm:
+    """A one-stream LSTM `Stepper`'s step and draw through model/kernels.py: the state and the
+    scratch are views of the stepper's buffers, the matrices its `_KernelWeights`."""
+
+    def __init__(self, stepper: Stepper, weights: _KernelWeights, kernels: ModuleType) -> None:
+        self.kernels = kernels
+        self.h, self.c = stepper.h.numpy()[:, 0], stepper.c.numpy()[:, 0]  # views
+        self.gates = stepper.gates.numpy()[:, 0]
+        self.table = stepper.input_table.numpy()
+        self.first_weight, self.upper_weight = weights.first, weights.upper
         self.bias = stepper.hidden_bias.numpy()[:, 0]
         self.inputs = np.empty(2 * self.h.shape[1], dtype=np.float32)
         self.top = self.h[-1]
-        self.head_rows = np.ascontiguousarray(stepper.head_weight.numpy().T)
+        self.head_rows = weights.head
         self.logits = np.empty(self.head_rows.shape[0], dtype=np.float32)
 
     def _model(self) -> tuple[np.ndarray, ...]:
