@@ -18,6 +18,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--length", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bfloat16", action="store_true", help="round the weights to bfloat16")
     args = parser.parse_args()
     sys.path.insert(0, args.root)
     import torch
@@ -31,6 +32,10 @@ def main() -> None:
     vocab = Vocab(tuple(range(32, 97)))  # 65 symbols, as tiny shakespeare
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(cell="lstm", layers=2, hidden=args.hidden), vocab.size).eval()
+    if args.bfloat16:  # the values `export --dtype bfloat16` leaves, in float32
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(parameter.to(torch.bfloat16).float())
     config = SampleConfig(length=args.length, num_samples=1, seed=0)
     speeds = []
     for _ in range(args.repeats):

@@ -11,7 +11,7 @@ from test_cli import invoke
 
 from charrnn.commands import eval_command, sample_command, train_command
 from charrnn.config import SampleConfig
-from charrnn.generation.sampling import collect
+from charrnn.generation.sampling import collect, generate
 from charrnn.model.checkpoint import load_checkpoint, load_model
 from charrnn.model.quantize import dequantize_state, quantize_rows, quantize_state
 
@@ -104,3 +104,27 @@ def test_info_and_init_from_read_an_int8_export(run, tmp_path, tiny_config):
         cache_dir=tmp_path / ".cache", init_from=out,
     )  # fmt: skip
     assert tuned.progress.step == 2 and tuned.config.model.hidden == 32
+
+
+def test_a_bfloat16_export_samples_one_stream_from_16_bit_weights_with_the_same_text(
+    run, tmp_path, monkeypatch
+):
+    pytest.importorskip("numba")
+    from charrnn.generation import streams
+    from charrnn.model.network import Stepper
+
+    out = tmp_path / "half.pt"
+    assert invoke("export", "--checkpoint", run, "-o", out, "--dtype", "bfloat16",
+                  cwd=tmp_path).returncode == 0  # fmt: skip
+    model, checkpoint = load_model(out)
+    stepper = Stepper(model, model.initial_state(1))
+    assert stepper.use_kernels() and stepper._kernel_weights.bfloat16
+    config = SampleConfig(length=300, seed=4, temperature=1.2)
+
+    def text(kernels: bool) -> str:
+        with monkeypatch.context() as patch:
+            patch.setattr(streams, "kernels_loaded", lambda: kernels)
+            patch.setattr(streams, "KERNEL_MIN_CHARS", 1 if kernels else 10**9)
+            return collect(generate(model, checkpoint.vocab, "the ", config), 1)[0]
+
+    assert text(kernels=True) == text(kernels=False)

@@ -143,15 +143,21 @@ def test_detach_state_cuts_the_graph_and_keeps_values():
     assert all(torch.equal(a, b) for a, b in zip(detached, state, strict=True))
 
 
+@pytest.mark.parametrize("bfloat16", [False, True], ids=["float32", "bfloat16-weights"])
 @pytest.mark.parametrize("layers", [1, 2, 3])
-def test_compiled_kernels_step_and_draw_as_the_torch_stepper(layers):
+def test_compiled_kernels_step_and_draw_as_the_torch_stepper(layers, bfloat16):
     pytest.importorskip("numba")
     torch.manual_seed(layers)
-    # 30 units: the products' four-rows-at-a-time loop has a remainder to handle.
     model = CharRNN(ModelConfig(cell="lstm", layers=layers, hidden=30, embed=10), VOCAB).eval()
+    if bfloat16:  # as `export --dtype bfloat16` leaves them: the kernels then read 16 bits
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(parameter.to(torch.bfloat16).float())
     start = random_state(model, 1)
     plain, compiled = Stepper(model, start), Stepper(model, start)
     assert compiled.use_kernels() and plain.compiled is None
+    assert compiled._kernel_weights.bfloat16 == bfloat16
+    assert (compiled.compiled.first_weight.dtype == np.uint16) == bfloat16
     ids = torch.randint(0, VOCAB, (40,))
     with torch.no_grad():
         for t in range(40):
