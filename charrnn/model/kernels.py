@@ -101,23 +101,15 @@ def lstm_cell(gates: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
 
 
 @njit(cache=True, boundscheck=False)
-def lstm_advance(
-    symbol: int,
-    table: np.ndarray,
-    first_weight: np.ndarray,
-    upper_weight: np.ndarray,
-    bias: np.ndarray,
-    h: np.ndarray,
-    c: np.ndarray,
-    gates: np.ndarray,
-    inputs: np.ndarray,
-) -> None:
-    """Feed `symbol` to every layer; h and c (layers, hidden) are updated in place.
+def lstm_advance(symbol: int, model: tuple) -> None:
+    """Feed `symbol` to every layer; the state in `model` is updated in place.
 
-    `table` (vocab, 4H): the first layer's input projection per symbol; `first_weight` (4H, H):
-    its recurrent matrix; `upper_weight` (layers - 1, 4H, 2H): each layer above's input and
-    recurrent matrices side by side, which multiply [h below, own h]; `bias` (layers, 4H): both
-    biases. `gates` (layers, 4H) and `inputs` (2H) are scratch."""
+    `model` is (table, first_weight, upper_weight, bias, h, c, gates, inputs): `table` (vocab,
+    4H), the first layer's input projection per symbol; `first_weight` (4H, H), its recurrent
+    matrix; `upper_weight` (layers - 1, 4H, 2H), each layer above's input and recurrent
+    matrices side by side, which multiply [h below, own h]; `bias` (layers, 4H), both biases;
+    h and c (layers, H), the state; `gates` (layers, 4H) and `inputs` (2H), scratch."""
+    table, first_weight, upper_weight, bias, h, c, gates, inputs = model
     hidden = h.shape[1]
     for layer in range(h.shape[0]):
         pre = gates[layer]
@@ -150,14 +142,7 @@ def draw(
 @njit(cache=True, boundscheck=False)
 def lstm_sample(
     symbol: int,
-    table: np.ndarray,
-    first_weight: np.ndarray,
-    upper_weight: np.ndarray,
-    bias: np.ndarray,
-    h: np.ndarray,
-    c: np.ndarray,
-    gates: np.ndarray,
-    inputs: np.ndarray,
+    model: tuple,
     scale: float,
     head_rows: np.ndarray,
     extras: np.ndarray,
@@ -167,8 +152,9 @@ def lstm_sample(
     """One stream's next `len(extras)` symbols into `drawn`: feed `symbol`, draw with row t of
     `extras` (`draw`'s extra), feed that, and so on; the last symbol drawn is not fed. The same
     calls as `lstm_advance` then `draw` once per symbol, without returning to Python between."""
+    h = model[4]
     top = h.shape[0] - 1
     for t in range(extras.shape[0]):
-        lstm_advance(symbol, table, first_weight, upper_weight, bias, h, c, gates, inputs)
+        lstm_advance(symbol, model)
         symbol = draw(h[top], scale, head_rows, extras[t], logits)
         drawn[t] = symbol

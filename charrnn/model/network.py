@@ -519,7 +519,7 @@ class _CompiledLstm:
         self.logits = np.empty(self.head_rows.shape[0], dtype=np.float32)
 
     def _model(self) -> tuple[np.ndarray, ...]:
-        """`lstm_advance`'s arguments after the symbol."""
+        """The model and state `lstm_advance` steps, as one tuple."""
         return (
             self.table, self.first_weight, self.upper_weight, self.bias,
             self.h, self.c, self.gates, self.inputs,
@@ -527,7 +527,7 @@ class _CompiledLstm:
 
     def advance(self, symbol: int) -> None:
         """Feed `symbol`; the stepper's h and c change in place."""
-        self.kernels.lstm_advance(symbol, *self._model())
+        self.kernels.lstm_advance(symbol, self._model())
 
     def draw(self, scale: float, extra: Tensor) -> int:
         """argmax of (top * scale) @ head_weight + extra (generation/streams.py's draw)."""
@@ -538,7 +538,7 @@ class _CompiledLstm:
         not fed): `advance` and `draw` in turn, in one compiled call. Returns the symbols."""
         drawn = np.empty(extras.shape[0], dtype=np.int64)
         self.kernels.lstm_sample(
-            symbol, *self._model(), scale, self.head_rows, extras.numpy(), self.logits, drawn
+            symbol, self._model(), scale, self.head_rows, extras.numpy(), self.logits, drawn
         )
         return drawn.tolist()
 
