@@ -157,8 +157,10 @@ class _Stream:
         # Added to the scaled logits: the bias at this temperature, with the noise unless the
         # draw filters first (top-k / top-p need the logits without it).
         self.bias = head_bias if config.greedy else head_bias * self.scale
-        # Rows of noise drawn ahead (the bias added unless filtered); `used` of them spent.
+        # Rows of noise drawn ahead (the bias added unless filtered), as one block for runs and
+        # as its rows for one draw at a time; `used` of them spent.
         self.noise = head_bias.new_empty(0, head_bias.shape[0])
+        self.noise_list: tuple[torch.Tensor, ...] = ()
         self.used = 0
         # Draws several symbols per step when alone (StreamBatch._draw_run): the noise alone
         # decides each, with nothing to look at between them.
@@ -171,20 +173,27 @@ class _Stream:
         return self._next_noise()
 
     def _next_noise(self) -> torch.Tensor:
-        return self.noise_rows(1)[0]
+        self._draw_noise_ahead()
+        self.used += 1
+        return self.noise_list[self.used - 1]  # a row made once per block: no indexing per draw
 
     def noise_rows(self, most: int) -> torch.Tensor:
-        """The next rows of noise, at least one and at most `most` (fewer at a chunk's end)."""
-        if self.used == self.noise.shape[0]:
-            vocab = self.bias.shape[0]
-            positions = max(1, min(self.config.length - self.drawn, STREAM_NOISE // vocab))
-            self.noise = gumbel_noise((positions, vocab), self.generator)
-            if not self.filtered:
-                self.noise += self.bias
-            self.used = 0
+        """The next rows of noise, at least one and at most `most` (fewer at a block's end)."""
+        self._draw_noise_ahead()
         rows = self.noise[self.used : self.used + most]
         self.used += rows.shape[0]
         return rows
+
+    def _draw_noise_ahead(self) -> None:
+        """A new block of noise rows once every row of the last one is spent."""
+        if self.used < len(self.noise_list):
+            return
+        vocab = self.bias.shape[0]
+        positions = max(1, min(self.config.length - self.drawn, STREAM_NOISE // vocab))
+        self.noise = gumbel_noise((positions, vocab), self.generator)
+        if not self.filtered:
+            self.noise += self.bias
+        self.noise_list, self.used = self.noise.unbind(0), 0
 
     def redraw(self, logits: torch.Tensor) -> int:
         """The id drawn from this stream's logits (1, vocab) after top-k / top-p filtering."""
