@@ -1,4 +1,5 @@
-"""train: charrnn's Trainer against a hand-written PyTorch loop; its share of the matmul peak."""
+"""train: charrnn's Trainer against a hand-written PyTorch loop; its share of the matmul peak;
+AdamW fused into one kernel against PyTorch's per-parameter loop (what the Trainer chose it by)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ class Sizes:
     seq: int | None  # None: the default preset's
     window_seconds: float  # aimed-for length of one timed window
     window_limits: tuple[int, int]  # fewest and most steps in a window
+    adamw_steps: int  # timed steps per look at each AdamW
+    adamw_looks: int  # looks at each, alternating
 
 
-FULL = Sizes(hidden=(256, 512), batch=None, seq=None, window_seconds=2.0, window_limits=(2, 20))
-QUICK = Sizes(hidden=(32,), batch=8, seq=32, window_seconds=0.0, window_limits=(3, 3))
+FULL = Sizes((256, 512), None, None, 2.0, (2, 20), adamw_steps=100, adamw_looks=5)
+QUICK = Sizes((32,), 8, 32, 0.0, (3, 3), adamw_steps=3, adamw_looks=1)
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,55 @@ def measure(bench: Bench) -> None:
             )
             bench.cache[("train", cell, hidden)] = ours
             add_rows(bench, shape, ours, baseline, peak)
+    measure_adamw(bench)
+
+
+def adamw_steps_per_s(fused: bool, bf16: bool, steps: int) -> float:
+    """Training steps/s of the default preset's model (1 x 256 LSTM, batch 32 x 32, random ids)
+    with AdamW `fused` into one kernel or PyTorch's loop over the parameters (its unfused form
+    on the CPU), fp32 or with bf16 autocast."""
+    config = RunConfig()
+    vocab = 65
+    torch.manual_seed(0)
+    model = CharRNN(config.model, vocab)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, fused=fused)
+    ids = torch.randint(0, vocab, (config.train.batch_size, config.train.seq_len + 1))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    state: Any = None
+    start = time.perf_counter()
+    for step in range(steps + 3):
+        if step == 3:  # the first steps allocate
+            start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits, state = model(inputs, state)
+            loss = F.cross_entropy(logits.reshape(-1, vocab).float(), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        state = tuple(part.detach() for part in state)
+    return steps / (time.perf_counter() - start)
+
+
+def measure_adamw(bench: Bench) -> None:
+    """Rows: steps/s with the fused AdamW the Trainer uses on the CPU against PyTorch's loop."""
+    sizes = bench.pick(FULL, QUICK)
+    for bf16 in (False, True):
+        loop, fused = best_alternating(
+            partial(adamw_steps_per_s, False, bf16, sizes.adamw_steps),
+            partial(adamw_steps_per_s, True, bf16, sizes.adamw_steps),
+            repeats=sizes.adamw_looks,
+        )
+        bench.add(
+            Row(
+                "train",
+                f"AdamW fused, lstm 1x256 B=32 T=32 {'bf16' if bf16 else 'fp32'} (steps/s)",
+                f"{fused:.1f}",
+                f"{loop:.1f} (per-parameter loop)",
+                fused / loop,
+                numbers={"steps_per_s": fused, "baseline_steps_per_s": loop},
+            )
+        )
 
 
 def add_rows(bench: Bench, shape: Shape, ours: float, baseline: float, peak: float) -> None:

@@ -31,6 +31,7 @@ from charrnn.text.corpus import StreamBatches, Vocab
 from charrnn.training.distributed import World
 
 MAX_BAD_STEPS = 5  # consecutive non-finite steps before training stops
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # MPS has a fused AdamW too; not measured here
 
 
 @dataclass
@@ -131,7 +132,9 @@ def make_optimizer(model: CharRNN, config: TrainConfig, device: torch.device) ->
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = {"fused": True} if device.type == "cuda" else {}
+    # One fused kernel per step instead of ~10 operations per parameter: on this CPU the
+    # optimiser step fell from ~0.7 to ~0.2 ms of a ~13 ms step (benchmarks/RESULTS.md).
+    fused = {"fused": True} if device.type in FUSED_ADAMW_DEVICES else {}
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), **fused)
 
 
