@@ -517,17 +517,15 @@ class _CompiledLstm:
         self.top = self.h[-1]
         self.head_rows = weights.head
         self.logits = np.empty(self.head_rows.shape[0], dtype=np.float32)
-
-    def _model(self) -> tuple[np.ndarray, ...]:
-        """The model and state `lstm_advance` steps, as one tuple."""
-        return (
+        # The model and state `lstm_advance` steps, as one tuple, made once (all views/buffers).
+        self.model = (
             self.table, self.first_weight, self.upper_weight, self.bias,
             self.h, self.c, self.gates, self.inputs,
         )  # fmt: skip
 
     def advance(self, symbol: int) -> None:
         """Feed `symbol`; the stepper's h and c change in place."""
-        self.kernels.lstm_advance(symbol, self._model())
+        self.kernels.lstm_advance(symbol, self.model)
 
     def draw(self, scale: float, extra: Tensor) -> int:
         """argmax of (top * scale) @ head_weight + extra (generation/streams.py's draw)."""
@@ -538,7 +536,7 @@ class _CompiledLstm:
         not fed): `advance` and `draw` in turn, in one compiled call. Returns the symbols."""
         drawn = np.empty(extras.shape[0], dtype=np.int64)
         self.kernels.lstm_sample(
-            symbol, self._model(), scale, self.head_rows, extras.numpy(), self.logits, drawn
+            symbol, self.model, scale, self.head_rows, extras.numpy(), self.logits, drawn
         )
         return drawn.tolist()
 
