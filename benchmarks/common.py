@@ -61,6 +61,18 @@ class Bench:
         return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
 
 
+def skipped_bf16(bench: Bench, section: str, figure: str) -> bool:
+    """True, with a row saying why, where this CPU cannot train an LSTM with bf16 autocast (no
+    AVX512: oneDNN has no kernel for it); such a figure is then skipped, not an error."""
+    from charrnn.config import ModelConfig
+    from charrnn.model.network import autocast_failure
+
+    failure = autocast_failure(ModelConfig(), torch.bfloat16, torch.device("cpu"))
+    if failure is not None:
+        bench.add(Row(section, figure, "skipped", f"this CPU has no bf16 LSTM: {failure}"))
+    return failure is not None
+
+
 def log(text: str) -> None:
     """Progress on stderr, so stdout carries only the table."""
     print(f"[bench] {text}", file=sys.stderr, flush=True)

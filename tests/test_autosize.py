@@ -13,7 +13,7 @@ from charrnn.commands import train_command
 from charrnn.config import ModelConfig, RunConfig
 from charrnn.errors import UsageError
 from charrnn.model.checkpoint import load_checkpoint
-from charrnn.model.network import CharRNN
+from charrnn.model.network import CharRNN, autocast_failure
 from charrnn.text.corpus import Vocab
 from charrnn.training.autosize import (
     BF16_GAIN,
@@ -37,6 +37,12 @@ from charrnn.training.autosize import (
 
 VOCAB = 65
 MODEL = ModelConfig()
+
+
+def bf16_failure() -> str | None:
+    """Why this CPU cannot train the default LSTM in bf16 (no AVX512: no oneDNN kernel), or
+    None where it can."""
+    return autocast_failure(MODEL, torch.bfloat16, torch.device("cpu"))
 
 
 def shapes() -> list[Shape]:
@@ -181,6 +187,12 @@ def test_bf16_is_chosen_on_a_cpu_only_when_the_probe_finds_it_faster():
     assert choose_precision(shape, cpu, "auto", (), lambda s, p: next(answers)) == (
         "bf16", {"fp32": 40_000, "bf16": 48_000},
     )  # fmt: skip
+    # A CPU that cannot train the cell in bf16 at all (no oneDNN bf16 LSTM without AVX512):
+    # fp32 at once, nothing measured.
+    speed, asked = speeds(40_000, 64_000)
+    failure = "could not create a primitive descriptor"
+    assert choose_precision(shape, cpu, "auto", (), speed, failure) == ("fp32", {})
+    assert asked == []
 
 
 def test_a_busy_moment_during_the_probe_is_looked_at_again():
@@ -290,10 +302,17 @@ def test_train_auto_records_its_choice_and_keeps_given_flags(tmp_path, repetitiv
     assert auto["hidden"] == 64  # the corpus is far too small for more: the smallest width
     assert f"1 x {auto['hidden']}" in notices[0]
     assert auto["probe"][0]["measured"] and auto["probe"][0]["chars_per_s"] > 0
-    # On a CPU the probe compared fp32 and bf16 and the run trains in the one it chose.
-    assert set(auto["precision_probe"]) == {"fp32", "bf16"}
-    assert saved["train"]["precision"] == auto["precision"] in {"fp32", "bf16"}
-    said = "bf16 (" if auto["precision"] == "bf16" else "fp32 (bf16 at "
+    # On a CPU the probe compared fp32 and bf16 and the run trains in the one it chose; where
+    # bf16 cannot train an LSTM at all, it is fp32 and the notice says why.
+    if auto["bf16_failure"] is None:
+        assert set(auto["precision_probe"]) == {"fp32", "bf16"}
+        assert saved["train"]["precision"] == auto["precision"] in {"fp32", "bf16"}
+        said = "bf16 (" if auto["precision"] == "bf16" else "fp32 (bf16 at "
+    else:
+        assert auto["precision_probe"] == {}
+        assert saved["train"]["precision"] == auto["precision"] == "fp32"
+        said = "fp32 (this CPU cannot train the model in bf16)"
+    assert auto["bf16_failure"] == bf16_failure()
     assert said in notices[0]
     # Training got the budget less the probe.
     assert saved["train"]["max_time"] == pytest.approx(4.0 - auto["probe_s"], abs=1e-3)
@@ -383,8 +402,12 @@ def test_train_precision_auto_probes_records_and_a_resume_keeps_it(tmp_path):
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "run" / "config.json").read_text("utf-8"))
     probe = saved["precision_probe"]
-    assert probe["probed"] and set(probe["chars_per_s"]) == {"fp32", "bf16"}
-    expected = "bf16" if probe["bf16_ratio"] >= BF16_GAIN else "fp32"
+    if bf16_failure() is None:
+        assert probe["probed"] and set(probe["chars_per_s"]) == {"fp32", "bf16"}
+        expected = "bf16" if probe["bf16_ratio"] >= BF16_GAIN else "fp32"
+    else:  # nothing to measure: bf16 cannot train the LSTM on this CPU
+        assert not probe["probed"] and probe["bf16_failure"] == bf16_failure()
+        expected = "fp32"
     assert saved["train"]["precision"] == probe["precision"] == expected
     assert f"charrnn: precision auto: {expected} (" in result.stderr
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -444,3 +467,75 @@ def test_auto_is_refused_under_torchrun(tmp_path, tiny_config, write_corpus, mon
         train_command([write_corpus()], config, out=tmp_path / "run")
     assert str(info.value) == "--auto measures one process's speed: start it without torchrun"
     assert not (tmp_path / "run").exists()
+
+
+def test_precision_auto_is_fp32_at_once_where_bf16_cannot_train(tmp_path, tiny_config):
+    """The real machine, no probe stood in: where bf16 cannot train the LSTM (no AVX512) the
+    run is fp32 before anything is timed, and says why; elsewhere the probe measures both."""
+    ids = np.arange(300_000, dtype=np.int64) % 20  # ten passes: long enough to be probed
+    vocab = Vocab(tuple(range(97, 117)))
+    config = tiny_config(precision="auto", max_steps=None, max_time=600.0, threads=1)
+    chosen, choice = choose_run_precision(config, vocab, ids, tmp_path)
+    failure = bf16_failure()
+    if failure is None:
+        assert set(choice.speeds) == {"fp32", "bf16"} and choice.bf16_failure is None
+    else:
+        assert chosen.train.precision == "fp32" and choice.speeds == {}
+        assert choice.probe_seconds == 0.0 and choice.to_dict()["bf16_failure"] == failure
+        assert choice.notice() == (
+            f"precision auto: fp32 (this CPU cannot train the model in bf16: {failure})"
+        )
+
+
+def refused_precision() -> tuple[str, str]:
+    """A --precision this CPU cannot train the LSTM in, and why: bf16 without AVX512; fp16
+    without AVX512-FP16 (a Zen 4 has bf16 but not fp16)."""
+    cpu = torch.device("cpu")
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        failure = autocast_failure(MODEL, dtype, cpu)
+        if failure is not None:
+            return precision, failure
+    pytest.skip("this CPU trains the LSTM in both bf16 and fp16")
+
+
+def test_a_precision_the_cpu_cannot_train_in_is_one_line_and_no_run(tmp_path, repetitive_text):
+    """Asked for by hand, on a new run or a resume (a run started on another machine), a
+    precision this CPU has no LSTM kernel for is refused in one line before anything is
+    written; the resume can go on in fp32."""
+    precision, failure = refused_precision()
+    (tmp_path / "corpus.txt").write_text(repetitive_text(3000), "utf-8")
+    common = ("--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16")
+    result = run_charrnn(
+        "train", "corpus.txt", *common, "--max-steps", "4", "--precision", precision,
+        "--device", "cpu", "--out", "run", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"charrnn: error: --precision {precision}: this CPU cannot train the lstm in "
+        f"{precision} ({failure}); use --precision fp32 or auto"
+    )
+    assert not (tmp_path / "run").exists()
+    # A run recorded in that precision (as one started on a machine that has the kernel).
+    result = run_charrnn(
+        "train", "corpus.txt", *common, "--max-steps", "4", "--precision", "fp32",
+        "--device", "cpu", "--out", "run", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    last = tmp_path / "run" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    payload["config"]["train"]["precision"] = precision
+    torch.save(payload, last)
+    before = last.read_bytes()
+    result = run_charrnn("train", "--resume", "run", "--max-steps", "8", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"charrnn: error: this run trains in {precision}, but this CPU cannot train the lstm "
+        f"in {precision} ({failure}); go on in fp32 with --precision fp32"
+    )
+    assert last.read_bytes() == before  # nothing lost
+    result = run_charrnn(
+        "train", "--resume", "run", "--max-steps", "8", "--precision", "fp32", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    resumed = load_checkpoint(last)
+    assert resumed.progress["step"] == 8 and resumed.config.train.precision == "fp32"

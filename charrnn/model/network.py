@@ -8,6 +8,7 @@ times cheaper. The tests check the two against each other.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -163,6 +164,26 @@ class CharRNN(nn.Module):
             head.weight[:old] = self.head.weight
             head.bias[:old] = self.head.bias
         self.embed, self.head, self.vocab_size = embed, head, new_size
+
+
+def autocast_failure(config: ModelConfig, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why a model of `config`'s cell and depth cannot train under autocast to `dtype` on
+    `device` (the kernel library's first sentence), or None when it can.
+
+    Tried for real on a tiny model of the same cell and depth, one forward and backward step
+    (milliseconds): on a CPU without AVX512 oneDNN has no bfloat16 LSTM, and asking for one
+    fails inside the step. The global random state is left as it was."""
+    tiny = dataclasses.replace(config, hidden=8, embed=8, dropout=0.0)
+    with torch.random.fork_rng(devices=[]):
+        model = CharRNN(tiny, 4).to(device)
+        ids = torch.zeros(2, 3, dtype=torch.long, device=device)
+        try:
+            with torch.autocast(device.type, dtype=dtype):
+                logits, _ = model(ids)
+            logits.float().sum().backward()
+        except RuntimeError as error:
+            return str(error).split(". ")[0].strip().rstrip(".")
+    return None
 
 
 def _layer_weights(rnn: nn.Module, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

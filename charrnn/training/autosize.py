@@ -45,7 +45,7 @@ from charrnn.config import (
     recurrent_parameters,
 )
 from charrnn.errors import UsageError
-from charrnn.model.network import CharRNN
+from charrnn.model.network import CharRNN, autocast_failure
 from charrnn.system.device import CpuThreads, select_device
 from charrnn.text.corpus import StreamBatches, Vocab
 from charrnn.training.trainer import Trainer, planned_steps
@@ -121,6 +121,7 @@ class AutoChoice:
     kept: list[str] = field(default_factory=list)  # settings the user gave, left alone
     measurements: list[Measurement] = field(default_factory=list)
     precision_speeds: dict[str, float] = field(default_factory=dict)  # chars/s, when probed
+    bf16_failure: str | None = None  # why this CPU cannot train the cell in bf16
 
     @property
     def expected_chars(self) -> float:
@@ -148,6 +149,7 @@ class AutoChoice:
             "dropout": self.dropout,
             "precision": self.precision,
             "precision_probe": {k: round(v, 1) for k, v in self.precision_speeds.items()},
+            "bf16_failure": self.bf16_failure,
             "limit": self.limit,
             "kept": sorted(self.kept),
             "chars_per_s": round(self.chars_per_s, 1),
@@ -195,6 +197,8 @@ class AutoChoice:
                 if self.precision == "bf16"
                 else f", fp32 (bf16 at {gain:.2f}x its speed here)"
             )
+        elif self.bf16_failure is not None:
+            precision = ", fp32 (this CPU cannot train the model in bf16)"
         return (
             f"auto: {s.layers} x {s.hidden} ({s.parameters:,} parameters), batch "
             f"{self.batch_size} x {self.seq_len}, lr {self.lr:.2g}, dropout {self.dropout:g}"
@@ -449,6 +453,7 @@ def choose_precision(
     given: str,
     kept: Collection[str],
     speed: Callable[[Shape, str], float | None],
+    bf16_failure: str | None = None,
 ) -> tuple[str, dict[str, float]]:
     """On a CPU, bf16 autocast when the probe trains `shape` at least `BF16_GAIN` times faster
     with it than in fp32, else `given`; and the speeds measured. When the first look is not
@@ -456,9 +461,12 @@ def choose_precision(
     and each keeps its faster figure: a busy moment of another program slows one measurement.
     A kept `--precision`, or another device (where `auto` already means bf16 on CUDA), is left
     alone. On a CPU `auto` becomes the precision chosen (fp32 when the probe could not finish), so
-    the run records what it trains in and a resume keeps it."""
+    the run records what it trains in and a resume keeps it. With `bf16_failure` (why this
+    CPU cannot train the cell in bf16) it is fp32, unmeasured."""
     if "precision" in kept or device.type != "cpu" or given != "auto":
         return given, {}
+    if bf16_failure is not None:
+        return "fp32", {}
     speeds: dict[str, float] = {}
     for _look in range(2):  # a second look only when the first is not clear
         for precision in ("fp32", "bf16"):
@@ -517,8 +525,10 @@ def auto_size(
         return flops_per_char(_with_shape(config.model, shape.layers, shape.hidden), vocab.size)
 
     anchor = precision_shape(shapes, vocab.size)
+    on_cpu = probe.device.type == "cpu"
+    bf16_failure = autocast_failure(config.model, torch.bfloat16, probe.device) if on_cpu else None
     precision, precision_speeds = choose_precision(
-        anchor, probe.device, config.train.precision, kept, timed
+        anchor, probe.device, config.train.precision, kept, timed, bf16_failure
     )
     mode = "bf16" if precision == "bf16" else "fp32"
     first = (
@@ -558,6 +568,7 @@ def auto_size(
         kept=list(kept),
         measurements=measurements,
         precision_speeds=precision_speeds,
+        bf16_failure=bf16_failure,
     )
     return config.replace(**choice.settings()), choice
 
@@ -569,6 +580,7 @@ class PrecisionChoice:
     precision: str  # fp32 or bf16
     speeds: dict[str, float]  # training chars/s in each precision; empty when not probed
     probe_seconds: float = 0.0
+    bf16_failure: str | None = None  # why this CPU cannot train the cell in bf16, if it cannot
 
     @property
     def ratio(self) -> float | None:
@@ -586,10 +598,14 @@ class PrecisionChoice:
             "bf16_ratio": None if ratio is None else round(ratio, 3),
             "probe_s": round(self.probe_seconds, 3),
             "probed": bool(self.speeds),
+            "bf16_failure": self.bf16_failure,
         }
 
     def notice(self) -> str | None:
         """One line for the user, or None when the run was too short to probe."""
+        if self.bf16_failure is not None:
+            cannot = f"this CPU cannot train the model in bf16: {self.bf16_failure}"
+            return f"precision auto: fp32 ({cannot})"
         ratio = self.ratio
         if ratio is None:
             return None
@@ -628,6 +644,11 @@ def choose_run_precision(
         return config, None
     if speed is None and not worth_probing(config.train, int(train_ids.shape[0])):
         return config.replace(precision="fp32"), PrecisionChoice("fp32", {})
+    # Tried for real before anything is timed: where bf16 fails (no oneDNN LSTM in it on a CPU
+    # without AVX512) the run is fp32 at once and the probe's second is not spent.
+    failure = autocast_failure(config.model, torch.bfloat16, device) if speed is None else None
+    if failure is not None:
+        return config.replace(precision="fp32"), PrecisionChoice("fp32", {}, 0.0, failure)
     if speed is None:
         # Made before the clock starts: it imports what the run's own optimizer imports anyway.
         probe = SpeedProbe(

@@ -29,13 +29,13 @@ from charrnn.config import (
     evaluation_chars,
     resume_config,
 )
-from charrnn.errors import CorpusError, UsageError
+from charrnn.errors import CorpusError, TrainingError, UsageError
 from charrnn.generation.sampling import preview_text
 from charrnn.model.checkpoint import Checkpoint, load_checkpoint
-from charrnn.model.network import CharRNN
+from charrnn.model.network import CharRNN, autocast_failure
 from charrnn.run_dir import RunDir
 from charrnn.system.cpuload import CpuSample
-from charrnn.system.device import CpuThreads, select_device
+from charrnn.system.device import CpuThreads, autocast_dtype, select_device
 from charrnn.text.corpus import (
     Corpus,
     StreamBatches,
@@ -240,6 +240,7 @@ def _plan_start(
     and the model."""
     auto = None
     placement = placement_from_env()
+    check_precision(config)
     if config.train.auto and placement.distributed:  # ranks probing apart could choose apart
         raise UsageError("--auto measures one process's speed: start it without torchrun")
     # A distillation keeps the student's shape as given: the --auto probe measures plain
@@ -284,6 +285,7 @@ def plan_resume(run: RunDir, overrides: dict[str, Any], cache_dir: Path | None =
     checkpoint = load_checkpoint(last)
     check_resume_world(run.path, checkpoint.resume.get("world_size", 1), placement_from_env())
     config = resume_config(checkpoint.config, overrides)
+    check_precision(config, resumed=True)
     record = checkpoint.corpus
     sources = record.get("sources") or []
     search, write_dir = cache_dirs(record, default_cache_dir(run.path), cache_dir)
@@ -315,6 +317,24 @@ def plan_resume(run: RunDir, overrides: dict[str, Any], cache_dir: Path | None =
         objective=objective,
         corpus_record=record if record.get("key") else None,  # else: pinned from now on
     )
+
+
+def check_precision(config: RunConfig, resumed: bool = False) -> None:
+    """Refuse, in one line and before any work, a `--precision` this device cannot train the
+    model in (on a CPU without AVX512, oneDNN has no bf16 or fp16 LSTM). `auto` always can: on
+    a CPU it keeps fp32 where bf16 fails."""
+    precision, model = config.train.precision, config.model
+    device = select_device(config.train.device)
+    dtype = autocast_dtype(precision, device)
+    failure = None if dtype is None else autocast_failure(model, dtype, device)
+    if failure is None:
+        return
+    cannot = f"this {device.type.upper()} cannot train the {model.cell} in {precision} ({failure})"
+    if resumed:
+        raise TrainingError(
+            f"this run trains in {precision}, but {cannot}; go on in fp32 with --precision fp32"
+        )
+    raise UsageError(f"--precision {precision}: {cannot}; use --precision fp32 or auto")
 
 
 def _auto_size(
