@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import torch
 
 from benchmarks.common import Bench, Row, best_alternating, log, per_second
@@ -68,6 +71,7 @@ def baseline_sample(model: CharRNN, vocab: Vocab, config: SampleConfig) -> int:
 def measure(bench: Bench) -> None:
     """Rows: generate() chars/s against stepping nn.LSTM, for one stream and for 64; then one
     stream against the Stepper before issue 22."""
+    measure_split(bench)
     measure_stepper(bench)
     sizes = bench.pick(FULL, QUICK)
     for hidden in sizes.hidden:
@@ -92,6 +96,52 @@ def measure(bench: Bench) -> None:
                     {"chars_per_s": ours, "baseline_chars_per_s": baseline},
                 )
             )
+
+
+def split_products(kernels: ModuleType, hidden: int, threads: int, count: int) -> float:
+    """Characters' worth of a 2-layer LSTM's products per second (the first layer's 4H x H and
+    the upper layer's 4H x 2H) through the kernels, on `threads` threads (split from two)."""
+    rng = np.random.default_rng(0)
+    first = rng.standard_normal((4 * hidden, hidden), dtype=np.float32)
+    upper = rng.standard_normal((4 * hidden, 2 * hidden), dtype=np.float32)
+    x, out = rng.standard_normal(2 * hidden, dtype=np.float32), np.zeros(4 * hidden, np.float32)
+    split = kernels.use_threads(threads)
+    products = kernels.add_row_products_split if split else kernels.add_row_products
+    products(first, x[:hidden], out)  # compiled before the clock starts
+    start = time.perf_counter()
+    for _ in range(count):
+        products(first, x[:hidden], out)
+        products(upper, x, out)
+    return count / (time.perf_counter() - start)
+
+
+def measure_split(bench: Bench) -> None:
+    """Rows: one stream's products shared between two threads against one (the kernels split
+    them from `SPLIT_MIN_WEIGHTS` up); skipped without numba or a second thread."""
+    try:
+        from charrnn.model import kernels
+    except ImportError:
+        log("sample: numba is not installed, the split products are not measured")
+        return
+    threads = torch.get_num_threads()
+    if threads < 2:
+        log("sample: one thread, the split products are not measured")
+        return
+    for hidden in bench.pick((128, 256, 512, 1024), (256,)):
+        count = max(100, int(bench.pick(4e8, 2e7) / (12 * hidden * hidden)))
+        log(f"sample: split products 2x{hidden}, {count} characters")
+        one, two = best_alternating(
+            partial(split_products, kernels, hidden, 1, count),
+            partial(split_products, kernels, hidden, 2, count),
+            repeats=3,
+        )
+        used = "" if 4 * hidden * hidden >= kernels.SPLIT_MIN_WEIGHTS else ", not split in use"
+        bench.add(Row(
+            "sample",
+            f"kernels' products of one character, 2x{hidden}{used}: split on 2 threads (chars/s)",
+            f"{two:,.0f}", f"{one:,.0f} (1 thread)", two / one,
+        ))  # fmt: skip
+    kernels.use_threads(threads)
 
 
 def tree_at(commit: str, into: Path) -> Path | None:

@@ -170,6 +170,54 @@ def test_compiled_kernels_step_and_draw_as_the_torch_stepper(layers, bfloat16):
             assert compiled.compiled.draw(scale, extra) == int(logits.argmax())
 
 
+@pytest.mark.parametrize("bfloat16", [False, True], ids=["float32", "bfloat16-weights"])
+def test_split_products_on_two_threads_give_the_same_text_to_the_bit(bfloat16):
+    """A lone 2 x 256 stream on two threads shares each large product's rows between them: the
+    text and the state are those of one thread, to the bit."""
+    pytest.importorskip("numba")
+    from charrnn.model import kernels
+
+    threads = torch.get_num_threads()
+    if not kernels.use_threads(2):
+        pytest.skip("numba has one thread here")
+    assert torch.get_num_threads() == threads  # numba's pool leaves torch's count alone
+    torch.manual_seed(5)
+    model = CharRNN(ModelConfig(cell="lstm", layers=2, hidden=256, embed=16), VOCAB).eval()
+    if bfloat16:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(parameter.to(torch.bfloat16).float())
+    start = random_state(model, 1)
+    extras = torch.randn(300, VOCAB) * 2
+    texts, states = [], []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(1)  # the stepper's own tables, made by torch, alike
+            stepper = Stepper(model, start)
+            torch.set_num_threads(count)
+            assert stepper.use_kernels() and stepper.compiled._split() == (count == 2)
+            with torch.no_grad():
+                texts.append(stepper.compiled.sample(3, 0.8, extras))
+            states.append(stepper.state)
+    finally:
+        torch.set_num_threads(threads)
+        kernels.use_threads(threads)
+    assert texts[0] == texts[1] and len(set(texts[0])) > 3
+    assert all(torch.equal(a, b) for a, b in zip(states[0], states[1], strict=True))
+    # The kernel itself: rows shared or not, every sum the same (float32 and bfloat16 rows).
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((1024, 512), dtype=np.float32)
+    if bfloat16:
+        weight = (weight.view(np.uint32) >> 16).astype(np.uint16)
+    x = rng.standard_normal(512, dtype=np.float32)
+    one, two = np.zeros(1024, np.float32), np.zeros(1024, np.float32)
+    kernels.add_row_products(weight, x, one)
+    kernels.use_threads(2)
+    kernels.add_row_products_split(weight, x, two)
+    kernels.use_threads(threads)
+    assert np.array_equal(one, two)
+
+
 def test_the_kernels_exp_is_within_two_ulp_of_the_true_one():
     pytest.importorskip("numba")
     from numba import njit

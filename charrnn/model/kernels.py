@@ -16,8 +16,9 @@ exponential is another, so the numbers differ from the torch path by a few 1e-7
 from __future__ import annotations
 
 import numpy as np
+import torch
 from llvmlite import ir
-from numba import njit, types
+from numba import config, njit, prange, set_num_threads, types
 from numba.extending import intrinsic, overload
 
 # The products may sum in any order and fuse multiply-adds; nothing else is relaxed.
@@ -68,19 +69,60 @@ def _weight_value(weight):  # noqa: ANN001, ANN202
     return None
 
 
+@njit(inline="always", boundscheck=False, fastmath=_SUMS)
+def row_dot(row: np.ndarray, x: np.ndarray) -> float:
+    """row . x, the row read once from start to end; `row` is float32, or uint16 holding
+    bfloat16 values (half the bytes to read, the same arithmetic)."""
+    total = _F(0.0)
+    for i in range(row.shape[0]):
+        total += weight_value(row[i]) * x[i]
+    return total
+
+
 @njit(cache=True, boundscheck=False, fastmath=_SUMS)
 def add_row_products(weight: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """out += weight @ x: one dot product per row of `weight` (rows, width), each row read once
-    from start to end (7-10% faster at 512 units than adding x[i] times row i of the
-    transpose, which reads and writes `out` once per pass). `weight` is float32, or uint16
-    holding bfloat16 values (half the bytes to read, the same arithmetic)."""
-    rows, width = weight.shape
-    for j in range(rows):
-        row = weight[j]
-        total = _F(0.0)
-        for i in range(width):
-            total += weight_value(row[i]) * x[i]
-        out[j] += total
+    """out += weight @ x: one dot product per row of `weight` (rows, width) (7-10% faster at
+    512 units than adding x[i] times row i of the transpose, which reads and writes `out` once
+    per pass)."""
+    for j in range(weight.shape[0]):
+        out[j] += row_dot(weight[j], x)
+
+
+@njit(cache=True, boundscheck=False, fastmath=_SUMS, parallel=True)
+def add_row_products_split(weight: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
+    """`add_row_products` with the rows shared among numba's threads (`use_threads`): each row's
+    sum is the same loop, so the numbers are the same to the bit. One core streams the weights
+    at its own bandwidth; two read a 2 x 512's 12.6 MB about twice as fast."""
+    for j in prange(weight.shape[0]):
+        out[j] += row_dot(weight[j], x)
+
+
+# Below this many weights a product is not split: waking the other threads costs ~5-10 us,
+# more than they save (measured, benchmarks/RESULTS.md: 2 threads, 1024 x 256 is 1.5x faster
+# split, 512 x 128 0.9x).
+SPLIT_MIN_WEIGHTS = 1 << 18
+
+
+@njit(inline="always")
+def add_products(weight: np.ndarray, x: np.ndarray, out: np.ndarray, split: bool) -> None:
+    """out += weight @ x, split among the threads when `split` and the matrix is large."""
+    if split and weight.size >= SPLIT_MIN_WEIGHTS:
+        add_row_products_split(weight, x, out)
+    else:
+        add_row_products(weight, x, out)
+
+
+def use_threads(count: int) -> bool:
+    """Let the split products use `count` threads (at most numba's pool); True when that is
+    more than one, so that splitting can pay. Starting numba's pool (the first call) sets the
+    process's OpenMP thread count, which torch shares, to the pool's size: torch's own count
+    (the command's --threads) is put back."""
+    torch_threads = torch.get_num_threads()
+    count = max(1, min(count, config.NUMBA_NUM_THREADS))
+    set_num_threads(count)
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
+    return count > 1
 
 
 # error_model "numpy": a division by zero gives inf, not an exception to check for, which is
@@ -101,14 +143,15 @@ def lstm_cell(gates: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
 
 
 @njit(cache=True, boundscheck=False)
-def lstm_advance(symbol: int, model: tuple) -> None:
+def lstm_advance(symbol: int, model: tuple, split: bool) -> None:
     """Feed `symbol` to every layer; the state in `model` is updated in place.
 
     `model` is (table, first_weight, upper_weight, bias, h, c, gates, inputs): `table` (vocab,
     4H), the first layer's input projection per symbol; `first_weight` (4H, H), its recurrent
     matrix; `upper_weight` (layers - 1, 4H, 2H), each layer above's input and recurrent
     matrices side by side, which multiply [h below, own h]; `bias` (layers, 4H), both biases;
-    h and c (layers, H), the state; `gates` (layers, 4H) and `inputs` (2H), scratch."""
+    h and c (layers, H), the state; `gates` (layers, 4H) and `inputs` (2H), scratch. `split`:
+    the large products are shared among the threads (`add_products`)."""
     table, first_weight, upper_weight, bias, h, c, gates, inputs = model
     hidden = h.shape[1]
     for layer in range(h.shape[0]):
@@ -116,11 +159,11 @@ def lstm_advance(symbol: int, model: tuple) -> None:
         pre[:] = bias[layer]
         if layer == 0:
             pre += table[symbol]
-            add_row_products(first_weight, h[0], pre)
+            add_products(first_weight, h[0], pre, split)
         else:
             inputs[:hidden] = h[layer - 1]
             inputs[hidden:] = h[layer]
-            add_row_products(upper_weight[layer - 1], inputs, pre)
+            add_products(upper_weight[layer - 1], inputs, pre, split)
         lstm_cell(pre, h[layer], c[layer])
 
 
@@ -148,6 +191,7 @@ def lstm_sample(
     extras: np.ndarray,
     logits: np.ndarray,
     drawn: np.ndarray,
+    split: bool,
 ) -> None:
     """One stream's next `len(extras)` symbols into `drawn`: feed `symbol`, draw with row t of
     `extras` (`draw`'s extra), feed that, and so on; the last symbol drawn is not fed. The same
@@ -155,6 +199,6 @@ def lstm_sample(
     h = model[4]
     top = h.shape[0] - 1
     for t in range(extras.shape[0]):
-        lstm_advance(symbol, model)
+        lstm_advance(symbol, model, split)
         symbol = draw(h[top], scale, head_rows, extras[t], logits)
         drawn[t] = symbol

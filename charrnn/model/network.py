@@ -544,9 +544,14 @@ class _CompiledLstm:
             self.h, self.c, self.gates, self.inputs,
         )  # fmt: skip
 
+    def _split(self) -> bool:
+        """Whether this call's large products are shared among torch's threads (the command's
+        --threads): where there are two or more, they read the weights that much faster."""
+        return bool(self.kernels.use_threads(torch.get_num_threads()))
+
     def advance(self, symbol: int) -> None:
         """Feed `symbol`; the stepper's h and c change in place."""
-        self.kernels.lstm_advance(symbol, self.model)
+        self.kernels.lstm_advance(symbol, self.model, self._split())
 
     def draw(self, scale: float, extra: Tensor) -> int:
         """argmax of (top * scale) @ head_weight + extra (generation/streams.py's draw)."""
@@ -557,8 +562,9 @@ class _CompiledLstm:
         not fed): `advance` and `draw` in turn, in one compiled call. Returns the symbols."""
         drawn = np.empty(extras.shape[0], dtype=np.int64)
         self.kernels.lstm_sample(
-            symbol, self.model, scale, self.head_rows, extras.numpy(), self.logits, drawn
-        )
+            symbol, self.model, scale, self.head_rows, extras.numpy(), self.logits, drawn,
+            self._split(),
+        )  # fmt: skip
         return drawn.tolist()
 
 
