@@ -9,9 +9,9 @@ import pytest
 import torch
 from child import run_charrnn
 
-from charrnn.commands import train_command
+from charrnn.commands import resume_command, train_command
 from charrnn.config import ModelConfig, RunConfig
-from charrnn.errors import UsageError
+from charrnn.errors import TrainingError, UsageError
 from charrnn.model.checkpoint import load_checkpoint
 from charrnn.model.network import CharRNN, autocast_failure
 from charrnn.text.corpus import Vocab
@@ -498,15 +498,17 @@ def refused_precision() -> tuple[str, str]:
     pytest.skip("this CPU trains the LSTM in both bf16 and fp16")
 
 
-def test_a_precision_the_cpu_cannot_train_in_is_one_line_and_no_run(tmp_path, repetitive_text):
+def test_a_precision_the_cpu_cannot_train_in_is_one_line_and_no_run(
+    tmp_path, repetitive_text, tiny_config
+):
     """Asked for by hand, on a new run or a resume (a run started on another machine), a
     precision this CPU has no LSTM kernel for is refused in one line before anything is
     written; the resume can go on in fp32."""
     precision, failure = refused_precision()
-    (tmp_path / "corpus.txt").write_text(repetitive_text(3000), "utf-8")
-    common = ("--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(repetitive_text(3000), "utf-8")
     result = run_charrnn(
-        "train", "corpus.txt", *common, "--max-steps", "4", "--precision", precision,
+        "train", "corpus.txt", "--hidden", "16", "--max-steps", "4", "--precision", precision,
         "--device", "cpu", "--out", "run", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2
@@ -516,26 +518,20 @@ def test_a_precision_the_cpu_cannot_train_in_is_one_line_and_no_run(tmp_path, re
     )
     assert not (tmp_path / "run").exists()
     # A run recorded in that precision (as one started on a machine that has the kernel).
-    result = run_charrnn(
-        "train", "corpus.txt", *common, "--max-steps", "4", "--precision", "fp32",
-        "--device", "cpu", "--out", "run", cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    train_command([corpus], tiny_config(max_steps=4, eval_every=4), out=tmp_path / "run")
     last = tmp_path / "run" / "last.pt"
     payload = torch.load(last, weights_only=True)
     payload["config"]["train"]["precision"] = precision
     torch.save(payload, last)
     before = last.read_bytes()
-    result = run_charrnn("train", "--resume", "run", "--max-steps", "8", cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
-        f"charrnn: error: this run trains in {precision}, but this CPU cannot train the lstm "
-        f"in {precision} ({failure}); go on in fp32 with --precision fp32"
+    with pytest.raises(TrainingError) as refused:
+        resume_command(tmp_path / "run", {"max_steps": 8})
+    assert str(refused.value) == (
+        f"this run trains in {precision}, but this CPU cannot train the lstm in {precision} "
+        f"({failure}); go on in fp32 with --precision fp32"
     )
+    assert refused.value.exit_code == 1
     assert last.read_bytes() == before  # nothing lost
-    result = run_charrnn(
-        "train", "--resume", "run", "--max-steps", "8", "--precision", "fp32", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr
-    resumed = load_checkpoint(last)
-    assert resumed.progress["step"] == 8 and resumed.config.train.precision == "fp32"
+    resumed = resume_command(tmp_path / "run", {"max_steps": 8, "precision": "fp32"})
+    assert resumed.progress.step == 8
+    assert load_checkpoint(last).config.train.precision == "fp32"
