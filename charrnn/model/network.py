@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
@@ -543,11 +544,19 @@ class _CompiledLstm:
             self.table, self.first_weight, self.upper_weight, self.bias,
             self.h, self.c, self.gates, self.inputs,
         )  # fmt: skip
+        self._threads_applied: tuple[int, int] | None = None  # (thread, count) `_split` set
+        self._split_now = False
 
     def _split(self) -> bool:
         """Whether this call's large products are shared among torch's threads (the command's
-        --threads): where there are two or more, they read the weights that much faster."""
-        return bool(self.kernels.use_threads(torch.get_num_threads()))
+        --threads): where there are two or more, they read the weights that much faster.
+        numba's count is per calling thread and costs ~4 us to set, so it is set again only
+        when the thread or torch's count changed since the last call, not every character."""
+        applied = (threading.get_ident(), torch.get_num_threads())
+        if applied != self._threads_applied:
+            self._split_now = bool(self.kernels.use_threads(applied[1]))
+            self._threads_applied = applied
+        return self._split_now
 
     def advance(self, symbol: int) -> None:
         """Feed `symbol`; the stepper's h and c change in place."""
