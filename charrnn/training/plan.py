@@ -285,7 +285,8 @@ def plan_resume(run: RunDir, overrides: dict[str, Any], cache_dir: Path | None =
     checkpoint = load_checkpoint(last)
     check_resume_world(run.path, checkpoint.resume.get("world_size", 1), placement_from_env())
     config = resume_config(checkpoint.config, overrides)
-    check_precision(config, resumed=True)
+    # The recorded precision, unless this command line gives another (then it is the one asked).
+    check_precision(config, resumed=overrides.get("precision") is None)
     record = checkpoint.corpus
     sources = record.get("sources") or []
     search, write_dir = cache_dirs(record, default_cache_dir(run.path), cache_dir)
