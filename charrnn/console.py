@@ -26,6 +26,18 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _gradient_status(fields: dict[str, Any]) -> str:
+    """' grad 0.84 max 2.1 clip 12%': the window's mean and largest gradient norm before
+    clipping and the share of its steps clipped; '' for a line without them."""
+    if fields.get("grad_norm") is None:
+        return ""
+    share = fields.get("clip_share") or 0.0
+    return (
+        f" grad {_fmt(fields['grad_norm'])} max {_fmt(fields.get('grad_norm_max'))} "
+        f"clip {share:.0%}"
+    )
+
+
 PREVIEW_LINES = 2
 PREVIEW_PREFIX = "  | "
 _VISIBLE = {"\n": "\u21b5", "\t": "\u2192"}  # newline and tab, shown as arrows
@@ -89,16 +101,20 @@ class ProgressBar:
     def _status(self, fields: dict[str, Any]) -> str:
         return (
             f"step {fields.get('step', 0):,} loss {_fmt(fields.get('train_loss'))} "
-            f"val {_fmt(self.last_val)} {_fmt(fields.get('chars_per_s'))} chars/s"
+            f"val {_fmt(self.last_val)}{_gradient_status(fields)} "
+            f"{_fmt(fields.get('chars_per_s'))} chars/s"
         )
 
     def update(self, fraction: float, fields: dict[str, Any]) -> None:
-        """Show the run's progress after a metrics line (`fields`: that line's values)."""
+        """Show the run's progress after a metrics line (`fields`: that line's values); a
+        gradient event (an explosion) is one warning line above the bar."""
         evaluated = "val_loss" in fields
         if evaluated:
             self.last_val = fields["val_loss"]
         if self.disabled:
             return
+        if fields.get("event"):
+            self.message(f"charrnn: warning: {fields['event']['message']}")
         if not self.interactive:
             percent = min(100, int(fraction * 100))
             if evaluated or percent > self._printed_percent:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +33,10 @@ from charrnn.text.corpus import StreamBatches, Vocab
 from charrnn.training.distributed import World
 
 MAX_BAD_STEPS = 5  # consecutive non-finite steps before training stops
+JUMP_FACTOR = 10.0  # a gradient norm this many times the recent median is a sudden jump
+EARLY_JUMP_FACTOR = 100.0  # the same in warmup and the first steps, where norms move more
+JUMP_HISTORY = 200  # steps whose gradient norms make that median
+JUMP_MIN_HISTORY = 50  # steps (in this process) before JUMP_FACTOR applies
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # MPS has a fused AdamW too; not measured here
 
 
@@ -193,17 +199,23 @@ def weights_are_finite(model: CharRNN) -> bool:
 
 
 class _LogWindow:
-    """Loss and speed since the last metrics line, summed on the device (no per-step sync)."""
+    """Loss, gradient norms and speed since the last metrics line, kept on the device: the
+    one sync is at `close`."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device)
         self.steps, self.chars, self.start = 0, 0, time.perf_counter()
+        self.norms: list[torch.Tensor] = []  # each step's gradient norm before clipping
+        self.first_step = 0  # the step of norms[0]
 
-    def add(self, loss: torch.Tensor | None, chars: int) -> None:
+    def add(self, loss: torch.Tensor | None, chars: int, step: int, norm: torch.Tensor) -> None:
         if loss is not None:
             self.loss_sum += loss
             self.steps += 1
         self.chars += chars
+        if not self.norms:
+            self.first_step = step
+        self.norms.append(norm)
 
     def close(self, lr: float) -> dict[str, Any]:
         """The window's record; starts anew. train_loss is None when every step was skipped,
@@ -219,9 +231,106 @@ class _LogWindow:
         self.restart()
         return record
 
+    def take_norms(self) -> tuple[int, list[float]]:
+        """The first step of the window and its steps' gradient norms, as floats; starts anew."""
+        norms = torch.stack(self.norms).float().tolist() if self.norms else []
+        self.norms = []
+        return self.first_step, norms
+
     def restart(self) -> None:
         """Start timing the window anew (after time spent on something other than training)."""
         self.start = time.perf_counter()
+
+
+def helpful_options(train: TrainConfig, amp_dtype: torch.dtype | None) -> str:
+    """The options that tame exploding gradients, as the end of a message: '--grad-clip 1
+    (now off), a lower --lr (now 0.006), a longer --warmup-steps (now 20) or ...'."""
+    if train.grad_clip:
+        clip = f"a lower --grad-clip (now {train.grad_clip:g})"
+    else:
+        clip = "--grad-clip 1 (now off)"
+    options = [clip, f"a lower --lr (now {train.lr:g})"]
+    options.append(f"a longer --warmup-steps (now {train.warmup_steps})")
+    if amp_dtype is not None:
+        options.append(f"--precision fp32 (now {PRECISION_NAMES[amp_dtype]})")
+    return ", ".join(options[:-1]) + " or " + options[-1]
+
+
+PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+class GradientWatch:
+    """Reads each metrics line's gradient norms (before clipping): their mean and max, the share
+    of steps where clipping acted, and an event for a non-finite norm or a sudden jump.
+
+    A jump is a norm over `JUMP_FACTOR` times the median of the last `JUMP_HISTORY` finite
+    norms. In warmup and until `JUMP_MIN_HISTORY` norms are known (the first steps of a run or
+    of a resumed one), where norms move more, it takes `EARLY_JUMP_FACTOR` times: only a
+    blow-up is called an explosion there.
+    """
+
+    def __init__(self, train: TrainConfig, amp_dtype: torch.dtype | None, scaled: bool) -> None:
+        self.train, self.amp_dtype = train, amp_dtype
+        self.scaled = scaled  # fp16's loss scaler overflows now and then by design
+        self.recent: deque[float] = deque(maxlen=JUMP_HISTORY)
+
+    def summarize(self, first_step: int, norms: list[float]) -> dict[str, Any]:
+        """The metrics fields of a window whose steps from `first_step` had these `norms`:
+        `grad_norm` (mean of the finite ones), `grad_norm_max`, `clip_share` (of the steps
+        taken, those where the norm exceeded --grad-clip), and `event` when one happened."""
+        taken = [norm for norm in norms if math.isfinite(norm)]
+        clip = self.train.grad_clip
+        record: dict[str, Any] = {
+            "grad_norm": sum(taken) / len(taken) if taken else None,
+            "grad_norm_max": max(taken) if taken else None,
+            "clip_share": sum(clip > 0 and n > clip for n in taken) / len(taken) if taken else None,
+        }
+        event = self._event(first_step, norms)
+        if event is not None:
+            record["event"] = event
+        return record
+
+    def _factor(self, step: int) -> float:
+        """How many times the recent median a norm at `step` must be to count as a jump."""
+        settled = len(self.recent) >= JUMP_MIN_HISTORY and step >= self.train.warmup_steps
+        return JUMP_FACTOR if settled else EARLY_JUMP_FACTOR
+
+    def _event(self, first_step: int, norms: list[float]) -> dict[str, Any] | None:
+        """The window's first non-finite norm or jump, as a metrics `event` with its message;
+        each norm is judged against the ones before it, then joins them."""
+        unusual = []
+        # Once settled, the median of 200 steps moves little in one window: compute it once.
+        settled = statistics.median(self.recent) if len(self.recent) >= JUMP_MIN_HISTORY else None
+        for step, norm in enumerate(norms, first_step):
+            median = settled or (statistics.median(self.recent) if self.recent else 0.0)
+            if not math.isfinite(norm):
+                if not self.scaled:
+                    unusual.append((step, norm, median))
+                continue
+            if norm > self._factor(step) * median > 0:
+                unusual.append((step, norm, median))
+            self.recent.append(norm)
+        if not unusual:
+            return None
+        step, norm, median = unusual[0]
+        more = f" ({len(unusual) - 1} more such steps before this line)" if len(unusual) > 1 else ""
+        if math.isfinite(norm):
+            kind = "gradient_jump"
+            what = (
+                f"gradient norm jumped to {norm:.4g} at step {step:,}, {norm / median:.3g}x the "
+                f"recent median {median:.3g}{more}; if the loss climbs,"
+            )
+        else:
+            kind = "gradient_nonfinite"
+            what = f"gradient norm was {norm} at step {step:,} and the step was skipped{more};"
+        text = f"{what} try {helpful_options(self.train, self.amp_dtype)}"
+        return {
+            "kind": kind,
+            "step": step,
+            "grad_norm": norm if math.isfinite(norm) else None,
+            "steps": len(unusual),
+            "message": text,
+        }
 
 
 class Trainer:
@@ -268,6 +377,8 @@ class Trainer:
         self.forward = torch.compile(trained) if config.train.compile else trained
         self.progress = Progress()
         self.state: State | None = None
+        self.grad_norm = torch.zeros(())  # the last step's, on the device
+        self.gradients = GradientWatch(config.train, self.amp_dtype, self.scaler.is_enabled())
         self.total_steps = planned_steps(config.train, batches.steps_per_epoch)
         self.metrics = self.files.metrics_log()
 
@@ -325,6 +436,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.config.train.grad_clip or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.grad_norm = grad_norm  # before clipping; the metrics line reads it (GradientWatch)
         if not bool(torch.isfinite(grad_norm)):  # the one host sync per step; free on the CPU
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
@@ -356,9 +468,10 @@ class Trainer:
                 if bad_in_a_row >= MAX_BAD_STEPS:
                     raise TrainingError(
                         f"loss or gradients were not finite for {bad_in_a_row} steps in a row "
-                        f"at step {self.progress.step}; try a lower --lr (now {t.lr:g})"
+                        f"at step {self.progress.step} (gradient norm {float(self.grad_norm)}); "
+                        f"try {helpful_options(t, self.amp_dtype)}"
                     )
-            window.add(loss, self.batches.chars_per_step)
+            window.add(loss, self.batches.chars_per_step, self.progress.step, self.grad_norm)
             self.progress.step += 1
             self.progress.chars_seen += self.batches.chars_per_step
             self.progress.elapsed = time.perf_counter() - clock
@@ -385,6 +498,7 @@ class Trainer:
     def write_metrics(self, window: _LogWindow, lr: float, evaluate: bool) -> None:
         """One metrics line for the window since the last; with `evaluate`, score and save."""
         record = window.close(lr)
+        record.update(self.gradients.summarize(*window.take_norms()))
         if record["train_loss"] is not None and self.world.size > 1:  # the mean of the ranks'
             record["train_loss"] = self.world.sum_of([record["train_loss"]])[0] / self.world.size
         if record["train_loss"] is not None:
