@@ -142,6 +142,10 @@ def test_rank_zero_alone_writes_one_metrics_line_per_log_with_the_jobs_loss(jobs
     assert [r["step"] for r in two] == [r["step"] for r in one] == [5, 10, 15, 20]
     for a, b in zip(one, two, strict=True):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4  # the mean over both ranks
+        # The norm of the averaged (all-reduced) gradient: one rank's own would differ.
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+        assert b["grad_norm_max"] == pytest.approx(a["grad_norm_max"], rel=1e-3)
+        assert b["clip_share"] == a["clip_share"]
         assert ("val_loss" in a) == ("val_loss" in b)
         assert b["chars"] == a["chars"]
     assert json.loads((jobs / "two" / "config.json").read_text())["train"]["batch_size"] == 4

@@ -495,6 +495,7 @@ def test_non_finite_steps_in_a_row_stop_training_and_keep_the_checkpoints(
         train_command([write_corpus()], tiny_config(), out=run_dir)
     message = str(info.value)
     assert f"{MAX_BAD_STEPS} steps in a row at step {12 + MAX_BAD_STEPS - 1}" in message
+    assert "(gradient norm nan)" in message and "--grad-clip" in message
     assert "lower --lr" in message and "\n" not in message
     for name in ("best.pt", "last.pt"):
         assert load_checkpoint(run_dir / name).progress["step"] == 10
