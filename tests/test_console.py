@@ -73,3 +73,22 @@ def test_quiet_shows_nothing():
     bar.preview(1, "text")
     bar.close()
     assert stream.getvalue() == ""
+
+
+def test_the_view_shows_the_gradient_norm_and_clip_share_and_warns_of_an_explosion():
+    stream = io.StringIO()
+    bar = ProgressBar(file=stream)
+    fields = {"step": 50, "train_loss": 2.0, "chars_per_s": 100.0, "elapsed_s": 5.0}
+    grads = {"grad_norm": 0.84, "grad_norm_max": 2.1, "clip_share": 0.12}
+    bar.update(0.5, {**fields, **grads})
+    event = {"kind": "gradient_jump", "step": 57, "message": "gradient norm jumped to 40"}
+    bar.update(0.6, {**fields, "step": 60, **grads, "event": event})
+    bar.update(0.7, {**fields, "step": 70})  # a line without them (an evaluation's alone)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "train  50% 00:00:05 step 50 loss 2 val - grad 0.84 max 2.1 clip 12% 100 chars/s",
+        "charrnn: warning: gradient norm jumped to 40",
+        "train  60% 00:00:05 step 60 loss 2 val - grad 0.84 max 2.1 clip 12% 100 chars/s",
+        "train  70% 00:00:05 step 70 loss 2 val - 100 chars/s",
+    ]

@@ -3,6 +3,7 @@ warning a gradient explosion prints."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import statistics
@@ -12,6 +13,7 @@ import pytest
 import torch
 from test_robustness import metrics
 
+from charrnn.analysis.run_history import read_run
 from charrnn.commands import distill_command, resume_command, train_command
 from charrnn.config import DistillConfig
 from charrnn.console import ProgressBar
@@ -152,6 +154,24 @@ def test_a_huge_learning_rate_without_clipping_is_reported_with_its_step_and_nor
     assert warnings[0] == f"charrnn: warning: {event['message']}"
     assert f"at step {step:,}," in warnings[0] and f"{norms[step]:.4g}" in warnings[0]
     assert "--grad-clip 1 (now off)" in warnings[0] and "a lower --lr (now 0.3)" in warnings[0]
+    _assert_plot_marks_the_explosion(tmp_path / "run", len(events))
+
+
+def _assert_plot_marks_the_explosion(run_dir: Path, count: int) -> None:
+    """`charrnn plot` draws a red line through the loss and the gradient panels per event."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return
+    from charrnn.analysis.plot import draw_curves, import_pyplot
+
+    figure = draw_curves([read_run(run_dir)], 900, 600)
+    try:
+        marks = [
+            line for axes in figure.axes for line in axes.get_lines()
+            if line.get_color() == "red"
+        ]  # fmt: skip
+        assert len(marks) == 4 * count  # two loss panels, two gradient panels
+    finally:
+        import_pyplot().close(figure)
 
 
 def test_non_finite_gradients_are_reported_then_stop_the_run_naming_step_and_norm(

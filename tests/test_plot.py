@@ -91,3 +91,43 @@ def test_compare_prints_one_table_of_the_runs(runs, tmp_path):
     assert "small" in result.stdout and "wider" in result.stdout
     assert "lstm 1x8" in result.stdout and "lstm 1x16" in result.stdout
     assert "bits/char" in result.stdout
+
+
+def _without_gradient_fields(run: Path, old: Path) -> Path:
+    """A copy of `run` as a run from before the gradient norm was logged."""
+    old.mkdir()
+    (old / "config.json").write_text((run / "config.json").read_text("utf-8"), "utf-8")
+    lines = (run / "metrics.jsonl").read_text("utf-8").splitlines()
+    gradient = ("grad_norm", "grad_norm_max", "clip_share", "event")
+    stripped = [{k: v for k, v in json.loads(line).items() if k not in gradient} for line in lines]
+    (old / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stripped), "utf-8")
+    return old
+
+
+def test_the_gradient_panel_sits_under_the_loss_and_old_runs_still_plot(runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    from charrnn.analysis.plot import draw_curves, import_pyplot
+
+    old = _without_gradient_fields(runs[0], tmp_path / "old")
+    new = read_run(runs[1])
+    figure = draw_curves([read_run(old), new], 900, 600)
+    try:
+        norm_panels = [a for a in figure.axes if a.get_yscale() == "log"]
+        assert len(norm_panels) == 2  # against characters and against time
+        by_chars = norm_panels[0]
+        assert by_chars.get_ylabel() == "gradient norm"
+        norms = [r["grad_norm"] for r in new.gradient_points()]
+        drawn = [list(line.get_ydata()) for line in by_chars.get_lines()]
+        assert norms in drawn  # the new run's mean norm per line; the old run has none
+        assert [new.config.train.grad_clip] * 2 in drawn  # the clip threshold
+    finally:
+        import_pyplot().close(figure)
+    only_old = draw_curves([read_run(old)], 900, 600)
+    try:
+        assert len(only_old.axes) == 2  # the loss panels alone, as before
+        assert all(a.get_yscale() == "linear" for a in only_old.axes)
+    finally:
+        import_pyplot().close(only_old)
+    result = invoke("plot", old, runs[1], "-o", "mixed.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "mixed.png").stat().st_size > 1000

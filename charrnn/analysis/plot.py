@@ -59,14 +59,20 @@ def run_label(run: RunHistory) -> str:
 
 
 def draw_curves(runs: Sequence[RunHistory], width: int, height: int) -> Any:
-    """A figure of `width` x `height` pixels: two panels, loss against characters seen and
-    against training time; train loss a thin line, validation loss dots joined by a thick one."""
+    """A figure of `width` x `height` pixels: loss against characters seen and against training
+    time; train loss a thin line, validation loss dots joined by a thick one. Under them, when
+    any run logged it, the gradient norm and the share of steps clipped (`_draw_gradients`)."""
     pyplot = import_pyplot()
     from matplotlib.ticker import EngFormatter
 
-    figure, (by_chars, by_time) = pyplot.subplots(
-        1, 2, figsize=(width / DPI, height / DPI), dpi=DPI, sharey=True, layout="constrained"
-    )
+    with_gradients = any(run.gradient_points() for run in runs)
+    figure, panels = pyplot.subplots(
+        2 if with_gradients else 1, 2, figsize=(width / DPI, height / DPI), dpi=DPI,
+        sharex="col", squeeze=False, layout="constrained",
+        gridspec_kw={"height_ratios": [2, 1] if with_gradients else [1]},
+    )  # fmt: skip
+    by_chars, by_time = panels[0]
+    by_time.sharey(by_chars)
     time_unit, time_label = _time_axis(runs)
     colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, run in enumerate(runs):
@@ -82,16 +88,71 @@ def draw_curves(runs: Sequence[RunHistory], width: int, height: int) -> Any:
                 color=colour, linewidth=2.0, marker="o", markersize=3,
                 label=run_label(run) if axes is by_chars else None,
             )  # fmt: skip
-    by_chars.xaxis.set_major_formatter(EngFormatter(sep=""))  # 500k, 1M, not "1e6"
-    by_chars.set_xlabel("characters seen")
     by_chars.set_ylabel("loss (nats/char)")
-    by_time.set_xlabel(time_label)
-    for axes in (by_chars, by_time):
+    by_time.tick_params(labelleft=False)
+    if with_gradients:
+        _draw_gradients(runs, panels, time_unit, colours)
+    bottom_chars, bottom_time = panels[-1]
+    bottom_chars.xaxis.set_major_formatter(EngFormatter(sep=""))  # 500k, 1M, not "1e6"
+    bottom_chars.set_xlabel("characters seen")
+    bottom_time.set_xlabel(time_label)
+    for axes in panels.flat:
         axes.grid(True, alpha=0.3)
-    figure.suptitle("train loss: thin lines; validation loss: thick lines with dots", size="small")
+    title = "train loss: thin lines; validation loss: thick lines with dots"
+    if with_gradients:
+        title += (
+            "\ngradient norm before clipping: mean, max faint, --grad-clip dashed; "
+            "steps clipped: dotted"
+        )
+    figure.suptitle(title, size="small")
     _clip_start(by_chars, runs)
     figure.legend(loc="outside lower center", fontsize="small", ncols=1 if len(runs) < 4 else 2)
     return figure
+
+
+def _draw_gradients(
+    runs: Sequence[RunHistory], panels: Any, time_unit: float, colours: list[str]
+) -> None:
+    """The second row: each run's gradient norm (log scale; mean thick, max faint), its
+    --grad-clip as a dashed line, the share of steps clipped (dotted, right axis, 0 to 100%),
+    and each reported explosion as a red line through both rows."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
+
+    by_chars, by_time = panels[1]
+    shares = []
+    for axes in (by_chars, by_time):
+        axes.set_yscale("log")
+        axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.2, 1
+        axes.yaxis.set_minor_formatter(NullFormatter())
+        share = axes.twinx()
+        share.set_ylim(-0.03, 1.05)  # a share of 0 stays in view, above the axis
+        share.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        shares.append(share)
+    by_chars.set_ylabel("gradient norm")
+    shares[0].tick_params(labelright=False)
+    shares[1].set_ylabel("steps clipped")
+    explosion_label = "gradient explosion reported"
+    for index, run in enumerate(runs):
+        colour = colours[index % len(colours)]
+        points, clip = run.gradient_points(), run.config.train.grad_clip
+        for axes, share, key, unit in (
+            (by_chars, shares[0], "chars", 1.0),
+            (by_time, shares[1], "elapsed_s", time_unit),
+        ):
+            x = [r[key] / unit for r in points]
+            axes.plot(x, [r["grad_norm"] for r in points], color=colour, linewidth=1.5)
+            axes.plot(x, [r["grad_norm_max"] for r in points], color=colour, linewidth=0.8,
+                      alpha=0.35)  # fmt: skip
+            share.plot(x, [r["clip_share"] for r in points], color=colour, linewidth=1.0,
+                       linestyle=":")  # fmt: skip
+            if clip > 0 and points:
+                axes.axhline(clip, color=colour, linewidth=0.8, linestyle="--", alpha=0.7)
+            for record in run.events():
+                for panel in (axes, panels[0][0] if key == "chars" else panels[0][1]):
+                    panel.axvline(record[key] / unit, color="red", linewidth=0.8, alpha=0.6,
+                                  label=explosion_label)  # fmt: skip
+                    explosion_label = None  # one legend entry for all of them
 
 
 START_SHARE = 0.1  # of each run's train-loss points, left above the view

@@ -37,6 +37,14 @@ class RunHistory:
         """Metrics lines of evaluations."""
         return [r for r in self.records if r.get("val_loss") is not None]
 
+    def gradient_points(self) -> list[dict[str, Any]]:
+        """Metrics lines that carry a gradient norm (runs before it was logged have none)."""
+        return [r for r in self.records if r.get("grad_norm") is not None]
+
+    def events(self) -> list[dict[str, Any]]:
+        """Metrics lines that report a gradient explosion (`event`)."""
+        return [r for r in self.records if isinstance(r.get("event"), dict)]
+
     @property
     def best_val_loss(self) -> float | None:
         losses = [r["val_loss"] for r in self.val_points()]
