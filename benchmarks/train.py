@@ -1,5 +1,6 @@
 """train: charrnn's Trainer against a hand-written PyTorch loop; its share of the matmul peak;
-AdamW fused into one kernel against PyTorch's per-parameter loop (what the Trainer chose it by)."""
+AdamW fused into one kernel against PyTorch's per-parameter loop (what the Trainer chose it by);
+what logging the gradient norm and clip share adds to a step."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from charrnn.config import GATES, ModelConfig, RunConfig
 from charrnn.model.network import CharRNN
 from charrnn.system.device import select_device
 from charrnn.text.corpus import StreamBatches
-from charrnn.training.trainer import Trainer
+from charrnn.training.trainer import GradientWatch, Trainer, _LogWindow
 
 RECURRENT = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 ASSUMED_EFFICIENCY = 0.25  # fraction of the matmul peak a training step reaches (sizes windows)
@@ -39,10 +40,12 @@ class Sizes:
     window_limits: tuple[int, int]  # fewest and most steps in a window
     adamw_steps: int  # timed steps per look at each AdamW
     adamw_looks: int  # looks at each, alternating
+    log_lines: int = 200  # metrics lines' worth of gradient bookkeeping timed
 
 
 FULL = Sizes((256, 512), None, None, 2.0, (2, 20), adamw_steps=100, adamw_looks=5)
-QUICK = Sizes((32,), 8, 32, 0.0, (3, 3), adamw_steps=3, adamw_looks=1)
+QUICK = Sizes((32,), 8, 32, 0.0, (3, 3), adamw_steps=3, adamw_looks=1, log_lines=3)
+GRADIENT_LOG_TARGET = 0.01  # of the step time
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,7 @@ def measure(bench: Bench) -> None:
             bench.cache[("train", cell, hidden)] = ours
             add_rows(bench, shape, ours, baseline, peak)
     measure_adamw(bench)
+    measure_gradient_log(bench)
 
 
 def adamw_steps_per_s(fused: bool, bf16: bool, steps: int) -> float:
@@ -285,5 +289,57 @@ def add_rows(bench: Bench, shape: Shape, ours: float, baseline: float, peak: flo
             f"peak {peak:.1f}",
             gflops / peak,
             numbers={"gflops": gflops, "flops_per_char": shape.train_flops_per_char()},
+        )
+    )
+
+
+def gradient_log_seconds_per_step(lines: int) -> float:
+    """Seconds per training step that the gradient log adds (issue 32), timed on its own: per
+    step, keeping the step's norm (a tensor, no sync); per metrics line (`log_every` steps of the
+    default preset), reading the norms off the device and summarising them (mean, max, clip
+    share, the explosion check). The best of three timings of `lines` lines."""
+    config = RunConfig()
+    every = config.train.log_every
+    torch.manual_seed(0)
+    norms = [torch.rand(()) + 0.5 for _ in range(every)]  # as clip_grad_norm_ returns them
+    loss = torch.ones(())
+
+    def timed() -> float:
+        window, watch = _LogWindow(torch.device("cpu")), GradientWatch(config.train, None, False)
+        start = time.perf_counter()
+        for line in range(lines):
+            for step, norm in enumerate(norms, line * every):
+                window.add(loss, 1, step, norm)
+            watch.summarize(*window.take_norms())
+        seconds = time.perf_counter() - start
+        # What the window did before it kept norms, timed the same way and taken off.
+        window, start = _LogWindow(torch.device("cpu")), time.perf_counter()
+        for _ in range(lines):
+            for _norm in norms:
+                window.loss_sum += loss
+                window.steps += 1
+                window.chars += 1
+        return (seconds - (time.perf_counter() - start)) / (lines * every)
+
+    return min(timed() for _ in range(3))
+
+
+def measure_gradient_log(bench: Bench) -> None:
+    """Row: the gradient log's time per step against the default preset's step (fp32, fused
+    AdamW, clip_grad_norm_), both measured here."""
+    sizes = bench.pick(FULL, QUICK)
+    step = 1.0 / max(adamw_steps_per_s(True, False, sizes.adamw_steps) for _ in range(2))
+    added = gradient_log_seconds_per_step(sizes.log_lines)
+    ratio = added / step
+    bench.add(
+        Row(
+            "train",
+            "gradient log (norm, clip share, explosion check) per step, lstm 1x256 B=32 T=32",
+            f"{added * 1e6:.2f} us",
+            f"{step * 1e3:.2f} ms (training step)",
+            ratio,
+            f"<= {GRADIENT_LOG_TARGET}",
+            ratio <= GRADIENT_LOG_TARGET,
+            {"seconds_per_step": added, "step_seconds": step},
         )
     )
