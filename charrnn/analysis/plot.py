@@ -116,15 +116,19 @@ def _draw_gradients(
     """The second row: each run's gradient norm (log scale; mean thick, max faint), its
     --grad-clip as a dashed line, the share of steps clipped (dotted, right axis, 0 to 100%),
     and each reported explosion as a red line through both rows."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter, PercentFormatter
 
     by_chars, by_time = panels[1]
+    by_time.sharey(by_chars)
+    by_time.tick_params(labelleft=False)
     shares = []
+    by_chars.set_yscale("log")
+    by_chars.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.1, 1
+    if _decades(runs) < 2:  # few powers of ten in view: label the 2s and 5s between them too
+        by_chars.yaxis.set_minor_formatter(FuncFormatter(_two_or_five))
+    else:
+        by_chars.yaxis.set_minor_formatter(NullFormatter())
     for axes in (by_chars, by_time):
-        axes.set_yscale("log")
-        axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.2, 1
-        axes.yaxis.set_minor_formatter(NullFormatter())
         share = axes.twinx()
         share.set_ylim(-0.03, 1.05)  # a share of 0 stays in view, above the axis
         share.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
@@ -153,6 +157,25 @@ def _draw_gradients(
                     panel.axvline(record[key] / unit, color="red", linewidth=0.8, alpha=0.6,
                                   label=explosion_label)  # fmt: skip
                     explosion_label = None  # one legend entry for all of them
+
+
+def _decades(runs: Sequence[RunHistory]) -> float:
+    """How many powers of ten the gradient panel spans (its norms and clip thresholds)."""
+    values = [
+        r[key]
+        for run in runs
+        for r in run.gradient_points()
+        for key in ("grad_norm", "grad_norm_max")
+    ]
+    values += [run.config.train.grad_clip for run in runs if run.gradient_points()]
+    values = [v for v in values if v > 0]
+    return math.log10(max(values) / min(values)) if values else 0.0
+
+
+def _two_or_five(value: float, _: Any) -> str:
+    """A minor tick's label on a log axis: 0.2, 0.5, 2, 5, ...; the others none."""
+    mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return f"{value:g}" if min(abs(mantissa - 2), abs(mantissa - 5)) < 1e-6 else ""
 
 
 START_SHARE = 0.1  # of each run's train-loss points, left above the view
