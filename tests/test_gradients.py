@@ -23,6 +23,7 @@ from charrnn.training.trainer import (
     EARLY_JUMP_FACTOR,
     JUMP_FACTOR,
     JUMP_MIN_HISTORY,
+    NORMS_KEPT_APART,
     GradientWatch,
 )
 
@@ -107,6 +108,17 @@ def test_a_moderate_clip_acts_on_the_steps_over_it_and_the_share_counts_them(
     assert len(set(shares)) > 1  # the lines differ: each counts its own steps
     for b, after in hand_norms:  # clipping acted exactly on the steps counted
         assert after == pytest.approx(min(b, clip), rel=1e-4)
+
+
+def test_a_long_log_window_reports_every_step_in_it(
+    write_corpus, tmp_path, tiny_config, hand_norms
+):
+    steps = NORMS_KEPT_APART + 44  # past the count where the window joins its norms
+    config = tiny_config(max_steps=steps, log_every=steps, eval_every=steps, grad_clip=0.3)
+    train_command([write_corpus()], config, out=tmp_path / "run")
+    before = [b for b, _ in hand_norms]
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [steps]
+    assert 0.0 < _assert_lines_match(tmp_path / "run", before, 0.3) < 1.0
 
 
 def test_every_kind_of_run_logs_the_gradient_norm_and_clip_share(

@@ -37,6 +37,7 @@ JUMP_FACTOR = 10.0  # a gradient norm this many times the recent median is a sud
 EARLY_JUMP_FACTOR = 100.0  # the same in warmup and the first steps, where norms move more
 JUMP_HISTORY = 200  # steps whose gradient norms make that median
 JUMP_MIN_HISTORY = 50  # steps (in this process) before JUMP_FACTOR applies
+NORMS_KEPT_APART = 256  # a window's per-step norm tensors joined into one beyond this many
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # MPS has a fused AdamW too; not measured here
 
 
@@ -206,16 +207,20 @@ class _LogWindow:
         self.loss_sum = torch.zeros((), device=device)
         self.steps, self.chars, self.start = 0, 0, time.perf_counter()
         self.norms: list[torch.Tensor] = []  # each step's gradient norm before clipping
-        self.first_step = 0  # the step of norms[0]
+        self.joined: list[torch.Tensor] = []  # earlier steps' norms, stacked in order
+        self.first_step = 0  # the window's first step
 
     def add(self, loss: torch.Tensor | None, chars: int, step: int, norm: torch.Tensor) -> None:
         if loss is not None:
             self.loss_sum += loss
             self.steps += 1
         self.chars += chars
-        if not self.norms:
+        if not self.norms and not self.joined:
             self.first_step = step
         self.norms.append(norm)
+        if len(self.norms) >= NORMS_KEPT_APART:  # a long window: 4 bytes a step, not a tensor
+            self.joined.append(torch.stack(self.norms))
+            self.norms = []
 
     def close(self, lr: float) -> dict[str, Any]:
         """The window's record; starts anew. train_loss is None when every step was skipped,
@@ -233,8 +238,9 @@ class _LogWindow:
 
     def take_norms(self) -> tuple[int, list[float]]:
         """The first step of the window and its steps' gradient norms, as floats; starts anew."""
-        norms = torch.stack(self.norms).float().tolist() if self.norms else []
-        self.norms = []
+        parts = self.joined + ([torch.stack(self.norms)] if self.norms else [])
+        norms = torch.cat(parts).float().tolist() if parts else []
+        self.norms, self.joined = [], []
         return self.first_step, norms
 
     def restart(self) -> None:
