@@ -200,8 +200,8 @@ def weights_are_finite(model: CharRNN) -> bool:
 
 
 class _LogWindow:
-    """Loss, gradient norms and speed since the last metrics line, kept on the device: the
-    one sync is at `close`."""
+    """Loss, gradient norms and speed since the last metrics line, kept on the device (no
+    per-step sync): they are read back once per line, by `close` and `take_norms`."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device)
@@ -248,6 +248,9 @@ class _LogWindow:
         self.start = time.perf_counter()
 
 
+PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 def helpful_options(train: TrainConfig, amp_dtype: torch.dtype | None) -> str:
     """The options that tame exploding gradients, as the end of a message: '--grad-clip 1
     (now off), a lower --lr (now 0.006), a longer --warmup-steps (now 20) or ...'."""
@@ -260,9 +263,6 @@ def helpful_options(train: TrainConfig, amp_dtype: torch.dtype | None) -> str:
     if amp_dtype is not None:
         options.append(f"--precision fp32 (now {PRECISION_NAMES[amp_dtype]})")
     return ", ".join(options[:-1]) + " or " + options[-1]
-
-
-PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 class GradientWatch:
