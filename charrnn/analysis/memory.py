@@ -272,10 +272,15 @@ def cut_losses(
             for at in range(0, span, STEP):
                 features, state = model.rnn(model.embed(inputs[:, at : at + STEP]), state)
                 kept.append(features[:, _local(picks, at, features.shape[1])])  # the picked only
-            logits = model.head(torch.cat(kept, dim=1)).float()
+            logits = _at_least_float32(model.head(torch.cat(kept, dim=1)))
             loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
             out[first : first + rows.shape[0]] = loss.double().cpu().numpy()
     return out
+
+
+def _at_least_float32(tensor: Tensor) -> Tensor:
+    """Half-precision values as float32; float32 and float64 as they are."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 def _local(picks: Tensor, at: int, width: int) -> Tensor:
@@ -300,7 +305,7 @@ def gradient_norms(model: CharRNN, ids: np.ndarray, ends: np.ndarray, max_lag: i
             window = window.to(device)
             embedded = model.embed(window[:, :-1]).detach().requires_grad_(True)
             features, _ = model.rnn(embedded)
-            log_p = torch.log_softmax(model.head(features[:, -1]).float(), dim=-1)
+            log_p = torch.log_softmax(_at_least_float32(model.head(features[:, -1])), dim=-1)
             chosen = log_p.gather(1, window[:, -1:]).sum()
             (grad,) = torch.autograd.grad(chosen, embedded)
             norms = grad.double().norm(dim=-1).flip(1)  # column k - 1: k characters before
