@@ -143,7 +143,7 @@ def memory_report(
     if ids.shape[0] < needed:
         raise CorpusError(
             f"the memory analysis needs a text of at least {needed} characters the model knows "
-            f"(contexts up to {max_context}), this one has {ids.shape[0]}"
+            f"(contexts up to {max_context} and as many before them); this one has {ids.shape[0]}"
         )
     rng = np.random.default_rng(seed)
     device = model.head.weight.device
