@@ -37,11 +37,12 @@ from charrnn.text.corpus import IGNORE_INDEX, eval_windows
 
 MAX_CONTEXT = 1024  # the largest k of the context-use curve (k = 1, 2, 4, ..., MAX_CONTEXT)
 MAX_LAG = 512  # the gradient flow's largest distance
-POSITIONS = 512  # sampled starts (context use) and predictions (gradient flow)
-GRADIENT_POSITIONS = 128
+POSITIONS = 256  # sampled starts of the context runs (each gives every k)
+GRADIENT_POSITIONS = 64  # sampled predictions of the gradient flow
 MAX_TEXT = 1 << 21  # characters of the text read at most (the first ones)
-GATE_CHARS = 1 << 15  # characters the gate timescales are averaged over (the first ones)
-MAX_STREAMS = 16  # the full-state pass: streams as `charrnn eval` cuts them, at most this many
+GATE_CHARS = 1 << 13  # characters the gate timescales are averaged over (the first ones)
+MAX_STREAMS = 64  # the full-state pass: streams as `charrnn eval` cuts them, at most this many
+STREAM_CONTEXTS = 4  # ... each at least this many times max_context long
 RELATIVE_TOLERANCE, ABSOLUTE_TOLERANCE = 0.01, 0.01  # "within 1% and within 0.01 nats"
 BATCH = 128  # windows per forward call
 STEP = 128  # characters per forward call of the context runs (bounds the activations kept)
@@ -211,10 +212,11 @@ def full_losses(
     model: CharRNN, ids: np.ndarray, max_context: int, threads: CpuThreads | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The loss of every prediction with the state carried (`loss[i]`: of ids[i]; NaN at 0),
-    in streams as `charrnn eval` cuts them (as many as leave each at least 8 * max_context
-    characters, at most MAX_STREAMS), and how many characters each had carried before it."""
+    in streams as `charrnn eval` cuts them (as many as leave each at least STREAM_CONTEXTS *
+    max_context characters, at most MAX_STREAMS), and how many characters each had carried
+    before it."""
     predictions = ids.shape[0] - 1
-    streams = max(1, min(MAX_STREAMS, predictions // (8 * max_context)))
+    streams = max(1, min(MAX_STREAMS, predictions // (STREAM_CONTEXTS * max_context)))
     length = math.ceil(predictions / streams)
     losses = np.full(ids.shape[0], np.nan, dtype=np.float64)
     offset = 0
