@@ -156,8 +156,8 @@ MemoryOption = Annotated[
 MemoryPlotOption = Annotated[
     Path | None,
     typer.Option(
-        help="Draw the --memory curves to this image (.png, .svg or .pdf; implies --memory; "
-        "needs 'charrnn[plot]').",
+        help="Draw the --memory curves to this image: .png, .svg or .pdf (implies --memory; "
+        "needs 'charrnn[plot]'; default: none).",
         show_default=False,
     ),
 ]
@@ -838,9 +838,7 @@ def compare(
         rows = [[summary[key] for key in COMPARE_COLUMNS] for summary in summaries]
         print_columns("runs (loss in nats/char)", list(COMPARE_COLUMNS.values()), rows)
         if memory or plot:
-            from charrnn.analysis.inspect_view import memory_compare_table
-
-            Console(highlight=False).print(memory_compare_table(summaries))
+            Console(highlight=False).print(commands.memory_compare_table(summaries))
     if plot is not None:
         notice_line(f"wrote {plot}")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from charrnn.analysis.inspect_view import memory_compare_table as memory_compare_table  # compare
 from charrnn.analysis.inspection import Inspection, InspectOptions
 from charrnn.analysis.memory import MAX_TEXT, MemoryReport, memory_report
 from charrnn.analysis.metrics import MetricsTally
