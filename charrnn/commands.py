@@ -53,7 +53,13 @@ from charrnn.generation.interactive import ReplyText as ReplyText
 from charrnn.generation.interactive import Session
 from charrnn.generation.interactive import Unreadable as Unreadable
 from charrnn.generation.sampling import generate
-from charrnn.model.checkpoint import Checkpoint, is_built_in, load_checkpoint, load_model
+from charrnn.model.checkpoint import (
+    Checkpoint,
+    is_built_in,
+    load_checkpoint,
+    load_model,
+    resolve_checkpoint_path,
+)
 from charrnn.model.export import export_command as export_command  # `charrnn export`, re-exported
 from charrnn.model.network import CharRNN
 from charrnn.run_dir import RunDir
@@ -395,14 +401,40 @@ def compare_command(
             path = RunDir(run.path).checkpoint()
             if path is None:
                 raise UsageError(f"{run.path} has no checkpoint yet: nothing to analyse")
-            model, checkpoint = load_model(path, device)
-            ids = _validation_ids(checkpoint, path)
-            summary["memory"] = memory_report(model, ids, threads=cpu_threads).to_dict()
+            summary["memory"] = validation_memory(path, device, cpu_threads)
     if plot is not None:
         from charrnn.analysis.plot import plot_memory
 
         plot_memory([(s["run"], s["memory"]) for s in summaries], plot)
     return summaries
+
+
+MEMORY_CACHE_VERSION = 1  # raise when the analysis changes what it reports
+
+
+def validation_memory(
+    checkpoint_path: Path, device: Any, threads: CpuThreads | None = None
+) -> dict[str, Any]:
+    """The memory analysis (default sizes) of a checkpoint's validation split (a checkpoint or
+    a run directory), as plain data; cached in its run directory (memory.json) for as long as
+    the checkpoint file is unchanged (not for the built-in models)."""
+    path = resolve_checkpoint_path(Path(checkpoint_path))
+    run = None if is_built_in(Path(checkpoint_path)) else RunDir.of(path)
+    stat = path.stat()
+    key = {
+        "version": MEMORY_CACHE_VERSION,
+        "checkpoint": path.name,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+    cached = None if run is None else run.read_memory(key)
+    if cached is not None:
+        return cached
+    model, checkpoint = load_model(path, device)
+    memory = memory_report(model, _validation_ids(checkpoint, path), threads=threads).to_dict()
+    if run is not None:
+        run.write_memory(key, memory)
+    return memory
 
 
 def _check_image_path(path: Path) -> None:
@@ -463,7 +495,7 @@ class InspectOutcome:
     report: Any
     data: dict[str, Any] | None
     html_path: Path | None
-    memory: MemoryReport | None = None
+    memory: dict[str, Any] | None = None  # `MemoryReport.to_dict()`
     plot_path: Path | None = None
 
 
@@ -525,18 +557,19 @@ def inspect_command(
         assert source is not None
         return symbol_chunks(source, checkpoint.vocab, encoding, checkpoint.config.data)
 
-    memory = None
+    memory_data = None
     with CpuThreads(threads, load_since) as cpu_threads:
-        if options.memory or options.plot:  # first: a text too short for it fails at once
+        if (options.memory or options.plot) and source is None:
+            memory_data = validation_memory(checkpoint_path, device, cpu_threads)
+        elif options.memory or options.plot:  # first: a text too short for it fails at once
             ids = _known_prefix(chunks(), checkpoint, MAX_TEXT)
-            memory = memory_report(model, ids, threads=cpu_threads)
+            memory_data = memory_report(model, ids, threads=cpu_threads).to_dict()
         inspection = inspect_symbols(
             model, checkpoint.vocab, chunks(), options.show, options.find, device, cpu_threads,
             options.find_top,
         )  # fmt: skip
     label = "stdin" if str(source) == "-" else str(source)
     label = "the validation split" if source is None else label
-    memory_data = None if memory is None else memory.to_dict()
     html_path = None
     if options.html is not None:
         page = inspect_view.html_report(inspection, label, unit, memory_data)
@@ -555,4 +588,4 @@ def inspect_command(
         if options.json
         else inspect_view.terminal_report(inspection, label, unit, options.plain, memory_data)
     )
-    return InspectOutcome(inspection, report, data, html_path, memory, options.plot)
+    return InspectOutcome(inspection, report, data, html_path, memory_data, options.plot)

@@ -518,7 +518,7 @@ def test_no_function_in_the_package_is_longer_than_100_lines():
     assert long_functions(PACKAGE) == []
 
 
-RUN_FILE_NAMES = {"best.pt", "last.pt", "config.json", "metrics.jsonl", ".lock"}
+RUN_FILE_NAMES = {"best.pt", "last.pt", "config.json", "metrics.jsonl", ".lock", "memory.json"}
 
 
 def test_a_run_directory_s_file_names_are_spelled_in_one_module():

@@ -238,6 +238,21 @@ def test_compare_memory_puts_the_runs_side_by_side(memory_run, tiny_config):
     assert table.stdout.count("▁") >= 2  # a sparkline per run
 
 
+def test_compare_memory_is_cached_in_the_run_until_its_checkpoint_changes(memory_run):
+    first = json.loads(invoke("compare", "run", "--memory", "--json", cwd=memory_run).stdout)
+    cache = memory_run / "run" / "memory.json"
+    saved = json.loads(cache.read_text("utf-8"))
+    assert saved["memory"] == first[0]["memory"]
+    saved["memory"]["effective_context"] = 12345  # what only the cache can say
+    cache.write_text(json.dumps(saved), "utf-8")
+    again = json.loads(invoke("compare", "run", "--memory", "--json", cwd=memory_run).stdout)
+    assert again[0]["memory"]["effective_context"] == 12345
+    best = memory_run / "run" / "best.pt"
+    best.write_bytes(best.read_bytes())  # a new checkpoint file: the cache no longer holds
+    fresh = json.loads(invoke("compare", "run", "--memory", "--json", cwd=memory_run).stdout)
+    assert fresh[0]["memory"] == first[0]["memory"]
+
+
 def test_memory_on_a_text_too_short_is_one_error_line(memory_run):
     result = invoke("inspect", "--checkpoint", "run", "short.txt", "--memory", cwd=memory_run)
     line = assert_one_error_line(result, 1)
