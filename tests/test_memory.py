@@ -268,3 +268,24 @@ def test_the_python_api_returns_the_report(memory_run):
     assert len(report.gradient_norms) == 8 and report.to_dict()["effective_context"] in (
         1, 2, 4, 8, 16, None,
     )  # fmt: skip
+
+
+def test_one_position_has_no_standard_error_and_every_view_still_draws(memory_run, tmp_path):
+    from rich.console import Console
+
+    import charrnn
+    from charrnn.analysis.inspect_view import memory_html, memory_tables
+
+    report = charrnn.load(memory_run / "run").memory(
+        max_context=8, max_lag=4, positions=1, gradient_positions=1
+    )
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))  # strict JSON
+    assert data["context"][0]["stderr"] is None
+    console = Console(width=100, record=True)
+    console.print(memory_tables(data))
+    assert "effective context" in console.export_text()
+    assert "Effective context" in memory_html(data)
+    pytest.importorskip("matplotlib")
+    from charrnn.analysis.plot import plot_memory
+
+    assert plot_memory([("one", data)], tmp_path / "one.svg").read_text().startswith("<?xml")

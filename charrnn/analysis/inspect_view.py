@@ -553,8 +553,8 @@ def memory_tables(memory: dict[str, Any]) -> RenderableType:
     for point, gap in zip(memory["context"], gaps, strict=True):
         bar = "█" * round(24 * gap / max(max(gaps), 1e-9))
         context.add_row(
-            str(point["k"]), f"{point['loss']:.4f}", f"{point['stderr']:.4f}",
-            f"{point['gap']:+.4f}", f"{point['gap_stderr']:.4f}", bar,
+            str(point["k"]), _fixed(point["loss"]), _fixed(point["stderr"]),
+            _fixed(point["gap"], "+.4f"), _fixed(point["gap_stderr"]), bar,
         )  # fmt: skip
     context.add_row("full", f"{memory['full_loss']:.4f}", "", "", "", "")
     norms = memory["gradient_norms"]
@@ -615,6 +615,12 @@ def memory_tables(memory: dict[str, Any]) -> RenderableType:
     median = float(np.median(scales)) if scales else math.nan
     lines += [gates, Text(f"median timescale: {median:.3g} characters", style="bold")]
     return Group(*lines)
+
+
+def _fixed(value: float | None, spec: str = ".4f") -> str:
+    """A number of the memory data (None where it is not finite, e.g. one position's standard
+    error) as text."""
+    return "-" if value is None else format(value, spec)
 
 
 def _factor(value: float | None) -> str:
@@ -684,8 +690,8 @@ def memory_html(memory: dict[str, Any] | None) -> str:
         return "<p>Run with <code>--memory</code> to measure how far back the model remembers.</p>"
     context = memory["context"]
     rows = "".join(
-        f"<tr><td>{p['k']}</td><td>{p['loss']:.4f} ± {p['stderr']:.4f}</td>"
-        f"<td>{p['gap']:+.4f} ± {p['gap_stderr']:.4f}</td></tr>"
+        f"<tr><td>{p['k']}</td><td>{_fixed(p['loss'])} ± {_fixed(p['stderr'])}</td>"
+        f"<td>{_fixed(p['gap'], '+.4f')} ± {_fixed(p['gap_stderr'])}</td></tr>"
         for p in context
     )
     log_norms = [

@@ -151,13 +151,13 @@ def draw_memory(runs: Sequence[tuple[str, dict[str, Any]]], width: int, height: 
         label = f"{name}: {memory['cell']}, context {effective or '>' + str(points[-1]['k'])}"
         context.errorbar(
             [p["k"] for p in points], [memory["full_loss"] + p["gap"] for p in points],
-            yerr=[p["gap_stderr"] for p in points], color=colour, marker="o", markersize=3,
+            yerr=[_or_nan(p["gap_stderr"]) for p in points], color=colour, marker="o", markersize=3,
             capsize=2, label=label,
         )  # fmt: skip
         context.axhline(memory["full_loss"], color=colour, linestyle="--", linewidth=0.8)
         if effective is not None:
             context.axvline(effective, color=colour, linestyle=":", linewidth=0.8)
-        norms = [math.nan if v is None else v for v in memory["gradient_norms"]]
+        norms = [_or_nan(v) for v in memory["gradient_norms"]]
         gradient.plot(
             range(1, len(norms) + 1), norms, color=colour,
             label=f"{name}: x{memory['decay_per_100']:.3g} per 100 chars"
@@ -185,6 +185,10 @@ def draw_memory(runs: Sequence[tuple[str, dict[str, Any]]], width: int, height: 
     if not any(memory["keep_gate"] for _, memory in runs):
         gates.text(0.5, 0.5, "no gated cell", ha="center", transform=gates.transAxes)
     return figure
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def plot_memory(runs: Sequence[tuple[str, dict[str, Any]]], output: Path) -> Path:
