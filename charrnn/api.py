@@ -12,8 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from charrnn.analysis.memory import MemoryReport
 from charrnn.analysis.scoring import TextScore, score_text
-from charrnn.commands import TrainHooks, TrainRequest, describe_checkpoint, train_or_resume
+from charrnn.commands import (
+    TrainHooks,
+    TrainRequest,
+    describe_checkpoint,
+    memory_of_model,
+    train_or_resume,
+)
 from charrnn.config import DEFAULT_DEVICE, SampleConfig, validate_sample_config
 from charrnn.console import ProgressBar
 from charrnn.generation.sampling import generate
@@ -62,6 +69,14 @@ class Model:
         """Loss (nats/char), bits per character and the loss of every character of `text`."""
         text = preprocess_text(text, self.checkpoint.config.data)  # as the corpus was read
         return score_text(self.network, self.vocab, text)
+
+    def memory(self, text: str | None = None, **sizes: Any) -> MemoryReport:
+        """How far back the model remembers, on `text` or (None) the validation split of its
+        corpus: the loss seeing only the last k characters and the effective context, the
+        gradient's decay with distance and the gates' timescales (docs/memory.md). `sizes`:
+        `max_context` (1024), `max_lag` (512), `positions` (512), `gradient_positions` (128),
+        `seed` (0)."""
+        return memory_of_model(self.network, self.checkpoint, self.path, text, **sizes)
 
 
 def load(path: str | Path, device: str = DEFAULT_DEVICE) -> Model:

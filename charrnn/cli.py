@@ -143,6 +143,24 @@ SamplingDeviceOption = Annotated[
     str, typer.Option(help=SAMPLING_DEVICE_HELP, **listed_choices(Device.values()))
 ]
 ThreadsOption = Annotated[int, typer.Option(help=THREADS_HELP)]
+# The memory analysis (`inspect`, `compare`): docs/memory.md.
+MemoryOption = Annotated[
+    bool,
+    typer.Option(
+        "--memory",
+        help="Also measure how far back the model remembers: the loss when it sees only the "
+        "last k characters (k = 1..1024) and its effective context, the gradient's decay with "
+        "distance (up to 512) and its gates' timescales.",
+    ),
+]
+MemoryPlotOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Draw the --memory curves to this image: .png, .svg or .pdf (implies --memory; "
+        "needs 'charrnn[plot]'; default: none).",
+        show_default=False,
+    ),
+]
 
 # The run options `train` and `distill` share.
 PresetOption = Annotated[
@@ -800,19 +818,29 @@ def compare(
         list[Path], typer.Argument(help="Run directories to compare.", show_default=False)
     ],
     json_output: JsonOption = False,
+    memory: MemoryOption = False,
+    plot: MemoryPlotOption = None,
+    device: DeviceOption = DEFAULT_DEVICE,
+    threads: ThreadsOption = 0,
 ) -> None:
-    """Compare runs in one table: model, parameters, steps, characters, best loss, time, speed.
+    """Compare runs in one table: model, parameters, steps, characters, best loss, time, speed;
+    with --memory, how far back each remembers (docs/memory.md).
 
-    Example: charrnn compare runs/*
+    Example: charrnn compare runs/* --memory --plot memory.png
     """
+    load_since = read_cpu_sample() if memory or plot else None
     from charrnn import commands
 
-    summaries = commands.compare_command(runs)
+    summaries = commands.compare_command(runs, memory, plot, device, threads, load_since)
     if json_output:
         print(json.dumps(summaries))
-        return
-    rows = [[summary[key] for key in COMPARE_COLUMNS] for summary in summaries]
-    print_columns("runs (loss in nats/char)", list(COMPARE_COLUMNS.values()), rows)
+    else:
+        rows = [[summary[key] for key in COMPARE_COLUMNS] for summary in summaries]
+        print_columns("runs (loss in nats/char)", list(COMPARE_COLUMNS.values()), rows)
+        if memory or plot:
+            Console(highlight=False).print(commands.memory_compare_table(summaries))
+    if plot is not None:
+        notice_line(f"wrote {plot}")
 
 
 @app.command("inspect")
@@ -820,8 +848,13 @@ def compare(
 def inspect_model(
     checkpoint: CheckpointOption,
     text: Annotated[
-        str, typer.Argument(help="The text to look at: a file, or - for stdin.", show_default=False)
-    ],
+        str | None,
+        typer.Argument(
+            help="The text to look at: a file, or - for stdin (default: the validation split "
+            "of the model's corpus).",
+            show_default=False,
+        ),
+    ] = None,
     cell_index: Annotated[
         str | None,
         typer.Option(
@@ -866,10 +899,13 @@ def inspect_model(
     encoding: Annotated[
         str | None, typer.Option(help="Encoding of TEXT (default: the training corpus').")
     ] = None,
+    memory: MemoryOption = False,
+    plot: MemoryPlotOption = None,
     device: DeviceOption = DEFAULT_DEVICE,
     threads: ThreadsOption = 0,
 ) -> None:
-    """Look inside a model: how surprised it is at each character, what its units and gates do.
+    """Look inside a model: how surprised it is at each character, what its units and gates do,
+    and with --memory how far back it remembers (docs/memory.md).
 
     Example: charrnn inspect --checkpoint runs/shakespeare-... play.txt --find --html view.html
     """
@@ -879,7 +915,8 @@ def inspect_model(
     console = Console(color_system=None if no_color else "auto", highlight=False)
     options = commands.InspectOptions(
         cell_index=cell_index, state=state, find=find, find_top=find_top, show=show, html=html,
-        json=json_output, encoding=encoding, plain=console.color_system is None,
+        json=json_output, encoding=encoding, plain=console.color_system is None, memory=memory,
+        plot=plot,
     )  # fmt: skip
     outcome = commands.inspect_command(checkpoint, text, options, device, threads, load_since)
     if outcome.data is not None:
@@ -888,6 +925,8 @@ def inspect_model(
         console.print(outcome.report)
     if outcome.html_path is not None:
         notice_line(f"wrote {outcome.html_path}")
+    if outcome.plot_path is not None:
+        notice_line(f"wrote {outcome.plot_path}")
 
 
 def _export_format(export: dict[str, Any]) -> str:

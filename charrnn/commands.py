@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from charrnn.analysis.inspect_view import memory_compare_table as memory_compare_table  # compare
 from charrnn.analysis.inspection import Inspection, InspectOptions
+from charrnn.analysis.memory import MAX_TEXT, MemoryReport, memory_report
 from charrnn.analysis.metrics import MetricsTally
 from charrnn.analysis.run_history import read_run, summarize
 from charrnn.analysis.scoring import (
@@ -49,7 +53,13 @@ from charrnn.generation.interactive import ReplyText as ReplyText
 from charrnn.generation.interactive import Session
 from charrnn.generation.interactive import Unreadable as Unreadable
 from charrnn.generation.sampling import generate
-from charrnn.model.checkpoint import Checkpoint, is_built_in, load_checkpoint, load_model
+from charrnn.model.checkpoint import (
+    Checkpoint,
+    is_built_in,
+    load_checkpoint,
+    load_model,
+    resolve_checkpoint_path,
+)
 from charrnn.model.export import export_command as export_command  # `charrnn export`, re-exported
 from charrnn.model.network import CharRNN
 from charrnn.run_dir import RunDir
@@ -367,13 +377,107 @@ def describe_checkpoint(
     }
 
 
-def compare_command(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Each run's key configuration, parameters, progress and best loss (see `runs.summarize`)."""
-    summaries = []
-    for run_dir in run_dirs:
-        run = read_run(run_dir)
-        summaries.append(summarize(run, _parameters_of(run.path)))
+def compare_command(
+    run_dirs: Sequence[Path],
+    memory: bool = False,
+    plot: Path | None = None,
+    device_name: str = DEFAULT_DEVICE,
+    threads: int = 0,
+    load_since: CpuSample | None = None,
+) -> list[dict[str, Any]]:
+    """Each run's key configuration, parameters, progress and best loss (see `runs.summarize`);
+    with `memory` (or `plot`, an image of the curves) each one's memory analysis of its
+    validation split under "memory" (`analysis.memory`)."""
+    validate_threads(threads)
+    runs = [read_run(run_dir) for run_dir in run_dirs]
+    summaries = [summarize(run, _parameters_of(run.path)) for run in runs]
+    if not (memory or plot):
+        return summaries
+    if plot is not None:
+        _check_image_path(plot)
+    with CpuThreads(threads, load_since) as cpu_threads:
+        device = select_device(device_name)
+        for run, summary in zip(runs, summaries, strict=True):
+            path = RunDir(run.path).checkpoint()
+            if path is None:
+                raise UsageError(f"{run.path} has no checkpoint yet: nothing to analyse")
+            summary["memory"] = validation_memory(path, device, cpu_threads)
+    if plot is not None:
+        from charrnn.analysis.plot import plot_memory
+
+        plot_memory([(s["run"], s["memory"]) for s in summaries], plot)
     return summaries
+
+
+MEMORY_CACHE_VERSION = 1  # raise when the analysis changes what it reports
+
+
+def validation_memory(
+    checkpoint_path: Path, device: Any, threads: CpuThreads | None = None
+) -> dict[str, Any]:
+    """The memory analysis (default sizes) of a checkpoint's validation split (a checkpoint or
+    a run directory), as plain data; cached in its run directory (memory.json) for as long as
+    the checkpoint file is unchanged (not for the built-in models)."""
+    path = resolve_checkpoint_path(Path(checkpoint_path))
+    run = None if is_built_in(Path(checkpoint_path)) else RunDir.of(path)
+    stat = path.stat()
+    key = {
+        "version": MEMORY_CACHE_VERSION,
+        "checkpoint": path.name,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+    cached = None if run is None else run.read_memory(key)
+    if cached is not None:
+        return cached
+    model, checkpoint = load_model(path, device)
+    memory = memory_report(model, _validation_ids(checkpoint, path), threads=threads).to_dict()
+    if run is not None:
+        run.write_memory(key, memory)
+    return memory
+
+
+def _check_image_path(path: Path) -> None:
+    """Refuse an image the memory plot cannot write, before the work."""
+    from charrnn.analysis.plot import image_format
+
+    image_format(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: no directory {path.parent}")
+
+
+def _validation_ids(checkpoint: Checkpoint, checkpoint_path: Path) -> np.ndarray:
+    """The validation split of the checkpoint's corpus (as `charrnn eval` finds it)."""
+    return validation_ids(checkpoint, default_cache_dir(RunDir.of(checkpoint_path).path))
+
+
+def _known_prefix(chunks: Iterable[np.ndarray], checkpoint: Checkpoint, limit: int) -> np.ndarray:
+    """The ids of the first `limit` symbols of a text the vocabulary knows."""
+    parts, count = [], 0
+    for chunk in chunks:
+        ids, _ = checkpoint.vocab.known_ids(np.asarray(chunk, dtype=np.int64))
+        parts.append(ids)
+        count += ids.shape[0]
+        if count >= limit:
+            break
+    return np.concatenate(parts)[:limit] if parts else np.zeros(0, dtype=np.int64)
+
+
+def memory_of_model(
+    model: CharRNN,
+    checkpoint: Checkpoint,
+    checkpoint_path: Path,
+    text: str | None = None,
+    threads: CpuThreads | None = None,
+    **sizes: Any,
+) -> MemoryReport:
+    """`Model.memory`: the memory analysis of `text` (read as the corpus was), or of the
+    validation split when None; `sizes` as `analysis.memory.memory_report` takes them."""
+    if text is None:
+        ids = _validation_ids(checkpoint, checkpoint_path)[:MAX_TEXT]
+    else:
+        ids, _ = checkpoint.vocab.encode_known(preprocess_text(text, checkpoint.config.data))
+    return memory_report(model, np.asarray(ids, dtype=np.int64), threads=threads, **sizes)
 
 
 def _parameters_of(run_dir: Path) -> int | None:
@@ -385,24 +489,28 @@ def _parameters_of(run_dir: Path) -> int | None:
 @dataclass
 class InspectOutcome:
     """What `charrnn inspect` found, and its renderings: `report` for the terminal (a rich
-    renderable), `data` for --json, and the HTML file written, if any."""
+    renderable), `data` for --json, the HTML file and the memory plot written, if any."""
 
     inspection: Inspection
     report: Any
     data: dict[str, Any] | None
     html_path: Path | None
+    memory: dict[str, Any] | None = None  # `MemoryReport.to_dict()`
+    plot_path: Path | None = None
 
 
 def inspect_command(
     checkpoint_path: Path,
-    source: Path | str,
+    source: Path | str | None,
     options: InspectOptions,
     device_name: str = DEFAULT_DEVICE,
     threads: int = 0,
     load_since: CpuSample | None = None,
 ) -> InspectOutcome:
-    """Stream a text (a file, or stdin for "-") through a model and show what it expected, what
-    its units did, and (with `options.find`) which units track simple features of the text."""
+    """Stream a text (a file, stdin for "-", or None: the validation split of the model's
+    corpus) through a model and show what it expected, what its units did, (with
+    `options.find`) which units track simple features of the text, and (with `options.memory`)
+    how far back it remembers."""
     from charrnn.analysis import inspect_view
     from charrnn.analysis.inspection import (
         UnitRef,
@@ -418,6 +526,8 @@ def inspect_command(
         raise UsageError(f"--find-top must be >= 1, got {options.find_top}")
     if options.html is not None and not options.html.parent.is_dir():  # say so before the work
         raise UsageError(f"cannot write {options.html}: no directory {options.html.parent}")
+    if options.plot is not None:
+        _check_image_path(options.plot)
     device = select_device(device_name)
     model, checkpoint = load_model(checkpoint_path, device)
     config = checkpoint.config.model
@@ -432,27 +542,50 @@ def inspect_command(
     if options.cell_index is not None:
         layer, index = parse_cell_index(options.cell_index, config.layers, config.hidden)
         unit = UnitRef(layer, index, state)
-    chunks = symbol_chunks(
-        source, checkpoint.vocab, options.encoding or checkpoint.config.data.encoding,
-        checkpoint.config.data,
-    )  # fmt: skip
+    encoding = options.encoding or checkpoint.config.data.encoding
+    if source is None:
+        symbols = np.asarray(checkpoint.vocab.symbols, dtype=np.int64)
+        pieces = [symbols[np.asarray(_validation_ids(checkpoint, Path(checkpoint_path)))]]
+    elif str(source) == "-" and (options.memory or options.plot):  # stdin is read once
+        pieces = list(symbol_chunks(source, checkpoint.vocab, encoding, checkpoint.config.data))
+    else:
+        pieces = None
+
+    def chunks() -> Iterable[np.ndarray]:
+        if pieces is not None:
+            return iter(pieces)
+        assert source is not None
+        return symbol_chunks(source, checkpoint.vocab, encoding, checkpoint.config.data)
+
+    memory_data = None
     with CpuThreads(threads, load_since) as cpu_threads:
+        if (options.memory or options.plot) and source is None:
+            memory_data = validation_memory(checkpoint_path, device, cpu_threads)
+        elif options.memory or options.plot:  # first: a text too short for it fails at once
+            ids = _known_prefix(chunks(), checkpoint, MAX_TEXT)
+            memory_data = memory_report(model, ids, threads=cpu_threads).to_dict()
         inspection = inspect_symbols(
-            model, checkpoint.vocab, chunks, options.show, options.find, device, cpu_threads,
+            model, checkpoint.vocab, chunks(), options.show, options.find, device, cpu_threads,
             options.find_top,
         )  # fmt: skip
     label = "stdin" if str(source) == "-" else str(source)
+    label = "the validation split" if source is None else label
     html_path = None
     if options.html is not None:
+        page = inspect_view.html_report(inspection, label, unit, memory_data)
         try:
-            atomic_write_text(options.html, inspect_view.html_report(inspection, label, unit))
+            atomic_write_text(options.html, page)
         except WriteError as exc:
             raise UsageError(str(exc)) from None
         html_path = options.html
-    data = inspect_view.json_report(inspection, unit) if options.json else None
+    if options.plot is not None and memory_data is not None:
+        from charrnn.analysis.plot import plot_memory
+
+        plot_memory([(label, memory_data)], options.plot)
+    data = inspect_view.json_report(inspection, unit, memory_data) if options.json else None
     report = (
         None
         if options.json
-        else inspect_view.terminal_report(inspection, label, unit, options.plain)
+        else inspect_view.terminal_report(inspection, label, unit, options.plain, memory_data)
     )
-    return InspectOutcome(inspection, report, data, html_path)
+    return InspectOutcome(inspection, report, data, html_path, memory_data, options.plot)

@@ -4,6 +4,7 @@
     last.pt        the latest checkpoint, with everything resuming needs
     config.json    the run's settings and corpus, for people and tools
     metrics.jsonl  one JSON object per log line, appended as training goes
+    memory.json    the last `--memory` analysis of the validation split, with what it was of
     .lock          held (flock) by the one process training there
 
 Training writes through `RunDir`; `resume`, `eval`, `compare`, `plot` and every command that takes
@@ -27,6 +28,7 @@ from charrnn.system.atomic import atomic_write_json, atomic_write_text, stale_te
 BEST_NAME, LAST_NAME = "best.pt", "last.pt"
 CONFIG_NAME, METRICS_NAME = "config.json", "metrics.jsonl"
 LOCK_NAME = ".lock"
+MEMORY_NAME = "memory.json"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,22 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.path / METRICS_NAME
+
+    def read_memory(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The cached memory analysis made under `key` (its checkpoint and sizes), else None."""
+        try:
+            saved = json.loads((self.path / MEMORY_NAME).read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("key") != key:
+            return None
+        return saved.get("memory")
+
+    def write_memory(self, key: dict[str, Any], memory: dict[str, Any]) -> None:
+        """Cache a memory analysis made under `key`; a directory that cannot take it is left
+        as it was (it is only a cache)."""
+        with contextlib.suppress(WriteError):
+            atomic_write_json(self.path / MEMORY_NAME, {"key": key, "memory": memory})
 
     def checkpoint(self) -> Path | None:
         """Its best.pt, else its last.pt, else None (no evaluation yet)."""

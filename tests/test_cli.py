@@ -417,7 +417,8 @@ LAYERS = [
     ["serve.app"],  # charrnn serve: routes and the server's life
     ["serve.engine", "serve.protocol"],
     ["training.distill", "training.autosize"],  # an objective; the probe runs the trainer's step
-    ["training.trainer", "analysis.inspect_view"],  # the loop scores validation text
+    # the loop scores validation text; memory: inspection's tracer, scoring's windows
+    ["training.trainer", "analysis.inspect_view", "analysis.memory"],
     ["generation.interactive", "analysis.inspection"],  # inspection: scoring's windows
     ["generation.sampling", "analysis.scoring", "analysis.plot", "model.export"],
     ["generation.beam", "generation.streams", "model.onnx_graph"],  # streams: batched text
@@ -517,7 +518,7 @@ def test_no_function_in_the_package_is_longer_than_100_lines():
     assert long_functions(PACKAGE) == []
 
 
-RUN_FILE_NAMES = {"best.pt", "last.pt", "config.json", "metrics.jsonl", ".lock"}
+RUN_FILE_NAMES = {"best.pt", "last.pt", "config.json", "metrics.jsonl", ".lock", "memory.json"}
 
 
 def test_a_run_directory_s_file_names_are_spelled_in_one_module():

@@ -243,10 +243,15 @@ def sparkline(fractions: list[float]) -> str:
 
 
 def terminal_report(
-    inspection: Inspection, source: str, unit: UnitRef | None, plain: bool = False
+    inspection: Inspection,
+    source: str,
+    unit: UnitRef | None,
+    plain: bool = False,
+    memory: dict[str, Any] | None = None,
 ) -> RenderableType:
     """Everything for the terminal: the coloured text and legend, totals, spans, trackers with an
-    excerpt coloured by each, and the gate table (`plain`: bars under the text, no colour)."""
+    excerpt coloured by each, the gate table (`plain`: bars under the text, no colour) and the
+    memory analysis (`MemoryReport.to_dict()`), when given."""
     parts: list[RenderableType] = [
         legend(unit, inspection, plain),
         coloured_text(inspection, unit, plain=plain),
@@ -266,6 +271,8 @@ def terminal_report(
             parts.append(coloured_text(inspection, tracker.unit, EXCERPT_CHARS, plain))
     if inspection.gates:
         parts.append(gates_table(inspection))
+    if memory is not None:
+        parts.append(memory_tables(memory))
     return Group(*parts)
 
 
@@ -283,9 +290,12 @@ def _num(value: float, digits: int = 5) -> float | None:
     return None if math.isnan(value) else round(float(value), digits)
 
 
-def json_report(inspection: Inspection, unit: UnitRef | None) -> dict[str, Any]:
+def json_report(
+    inspection: Inspection, unit: UnitRef | None, memory: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Plain data: totals, and per shown position the character, its loss in bits, the top-5
-    the model expected there, and the chosen unit's value; spans, trackers and gates."""
+    the model expected there, and the chosen unit's value; spans, trackers and gates; the
+    memory analysis under "memory" when given."""
     vocab = inspection.vocab
     values = inspection.unit_values(unit) if unit is not None else None
     positions = []
@@ -321,6 +331,7 @@ def json_report(inspection: Inspection, unit: UnitRef | None) -> dict[str, Any]:
         "gates": [
             {k: v for k, v in row.items() if not k.startswith("unit_")} for row in inspection.gates
         ],
+        **({} if memory is None else {"memory": memory}),
     }
 
 
@@ -351,9 +362,14 @@ def _quantised_units(inspection: Inspection) -> tuple[dict[str, str], dict[str, 
     return data, scales
 
 
-def html_report(inspection: Inspection, source: str, unit: UnitRef | None) -> str:
+def html_report(
+    inspection: Inspection,
+    source: str,
+    unit: UnitRef | None,
+    memory: dict[str, Any] | None = None,
+) -> str:
     """One self-contained page: the surprisal view, a unit picker that recolours the text, the
-    top-5 on hover, the --find table, spans and gates."""
+    top-5 on hover, the --find table, spans, gates and the memory panel."""
     vocab = inspection.vocab
     units_data, units_scale = _quantised_units(inspection)
     bits = inspection.bits.astype(float).tolist()
@@ -398,6 +414,7 @@ def html_report(inspection: Inspection, source: str, unit: UnitRef | None) -> st
         .replace("%FIND%", _find_html(inspection))
         .replace("%SPANS%", _spans_html(inspection))
         .replace("%GATES%", _gates_html(inspection))
+        .replace("%MEMORY%", memory_html(memory))
         .replace("%DATA%", data)
     )
 
@@ -464,3 +481,248 @@ def _scatter_svg(row: dict[str, Any]) -> str:
         f'<line x1="5" y1="5" x2="{size - 5}" y2="{size - 5}" class="diag"/>'
         f'<rect x="5" y="5" width="{size - 10}" height="{size - 10}" class="frame"/>{dots}</svg>'
     )
+
+
+# ----------------------------------------------------------------------------- memory
+
+SPARK_WIDTH = 64  # columns of the gradient curve's sparkline
+
+
+def _curve_points(values: list[float | None], width: int, log: bool) -> list[float]:
+    """At most `width` means of equal groups of `values` (None, and with `log` a value <= 0,
+    is missing: NaN), by log10 with `log`."""
+    points = np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            points = np.where(points > 0, np.log10(np.where(points > 0, points, 1.0)), math.nan)
+    groups = [g for g in np.array_split(points, min(width, max(1, points.shape[0]))) if g.size]
+    return [float(np.nanmean(g)) if np.isfinite(g).any() else math.nan for g in groups]
+
+
+def curve_sparkline(
+    values: list[float | None],
+    width: int = SPARK_WIDTH,
+    log: bool = False,
+    scale: tuple[float, float] | None = None,
+) -> str:
+    """`values` as a line of blocks from the lowest (▁) to the highest (█), at most `width`
+    columns (`_curve_points`); `scale`: the (low, high) of the blocks, else the values' own."""
+    means = _curve_points(values, width, log)
+    finite = [m for m in means if math.isfinite(m)]
+    if not finite:
+        return " " * len(means)
+    low, high = scale or (min(finite), max(finite))
+    span = (high - low) or 1.0
+    return "".join(
+        " " if not math.isfinite(m) else BLOCKS[1 + max(0, min(7, int(8 * (m - low) / span)))]
+        for m in means
+    )
+
+
+def _common_scale(curves: list[list[float | None]], width: int, log: bool) -> tuple[float, float]:
+    """The (low, high) over several curves, so that their sparklines compare."""
+    finite = [m for c in curves for m in _curve_points(c, width, log) if math.isfinite(m)]
+    return (min(finite), max(finite)) if finite else (0.0, 1.0)
+
+
+def _context_words(memory: dict[str, Any]) -> str:
+    k = memory["effective_context"]
+    last = memory["context"][-1]["k"]
+    return f"{k} characters" if k is not None else f"more than {last} characters"
+
+
+def _timescale_bins(memory: dict[str, Any]) -> list[str]:
+    edges = memory["timescale_edges"]
+    labels = [f"< {edges[1]:g}"]
+    labels += [f"{a:g}-{b:g}" for a, b in zip(edges[1:-2], edges[2:-1], strict=True)]
+    return labels + [f">= {edges[-2]:g}"]
+
+
+def memory_tables(memory: dict[str, Any]) -> RenderableType:
+    """The memory analysis for the terminal: the context-use table and its effective context,
+    the gradient flow (sparkline, decay per 100 characters) and the gate timescales."""
+    context = Table(
+        title=f"context use: loss (nats/char) when the model sees only the last k characters "
+        f"({memory['positions']:,} positions of {memory['text_chars']:,} characters)",
+        title_justify="left",
+    )
+    for name in ("k", "loss", "± s.e.", "gap to full", "± s.e."):
+        context.add_column(name, justify="right")
+    context.add_column("")
+    gaps = [max(0.0, p["gap"] or 0.0) for p in memory["context"]]
+    for point, gap in zip(memory["context"], gaps, strict=True):
+        bar = "█" * round(24 * gap / max(max(gaps), 1e-9))
+        context.add_row(
+            str(point["k"]), _fixed(point["loss"]), _fixed(point["stderr"]),
+            _fixed(point["gap"], "+.4f"), _fixed(point["gap_stderr"]), bar,
+        )  # fmt: skip
+    context.add_row("full", f"{memory['full_loss']:.4f}", "", "", "", "")
+    norms = memory["gradient_norms"]
+    errors = memory["gradient_stderr"]
+    probes = [k for k in (2**j for j in range(len(norms).bit_length())) if k <= len(norms)]
+    gradient = Table(
+        title=f"gradient flow: mean |d log p(x_t) / d e(t-k)| over "
+        f"{memory['gradient_positions']:,} predictions (BPTT from a zero state {len(norms)} back)",
+        title_justify="left",
+    )
+    for name in ("k", "mean |gradient|", "± s.e."):
+        gradient.add_column(name, justify="right")
+    gradient.add_column("log10")
+    logs = [math.log10(norms[k - 1]) if norms[k - 1] else math.nan for k in probes]
+    low = min((v for v in logs if math.isfinite(v)), default=0.0)
+    high = max((v for v in logs if math.isfinite(v)), default=0.0)
+    for k, value in zip(probes, logs, strict=True):
+        width = 1 + round(23 * (value - low) / ((high - low) or 1)) if math.isfinite(value) else 0
+        gradient.add_row(
+            str(k), f"{norms[k - 1] or 0:.3g}", f"{errors[k - 1] or 0:.2g}",
+            f"{value:+.1f} " + "█" * width if math.isfinite(value) else "-",
+        )  # fmt: skip
+    lines = [
+        context,
+        Text(
+            f"effective context: {_context_words(memory)} (the smallest k within 1% and 0.01 "
+            "nats of the full-state loss)",
+            style="bold",
+        ),
+        gradient,
+        Text(f"log10 |gradient| for k = 1..{len(norms)}:"),
+        Text(curve_sparkline(norms, log=True)),
+        Text(
+            f"gradient decay per 100 characters: x{_factor(memory['decay_per_100'])}",
+            style="bold",
+        ),
+    ]
+    if memory["keep_gate"] is None:
+        lines.append(
+            Text(
+                f"gate timescales: a vanilla {memory['cell'].upper()} has no gate; what it keeps "
+                "is up to its recurrent weights alone"
+            )
+        )
+        return Group(*lines)
+    counts = memory["timescale_histogram"]
+    gates = Table(
+        title=f"memory timescales -1/mean(ln a) of the {memory['keep_gate']}, per unit, over "
+        f"{memory['gate_chars']:,} characters",
+        title_justify="left",
+    )
+    for name in ("characters", "units"):
+        gates.add_column(name, justify="right")
+    gates.add_column("")
+    for label, count in zip(_timescale_bins(memory), counts, strict=True):
+        gates.add_row(label, str(count), "█" * round(24 * count / max(max(counts), 1)))
+    scales = [t for t in memory["timescales"] if t is not None]
+    median = float(np.median(scales)) if scales else math.nan
+    lines += [gates, Text(f"median timescale: {median:.3g} characters", style="bold")]
+    return Group(*lines)
+
+
+def _fixed(value: float | None, spec: str = ".4f") -> str:
+    """A number of the memory data (None where it is not finite, e.g. one position's standard
+    error) as text."""
+    return "-" if value is None else format(value, spec)
+
+
+def _factor(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def memory_compare_table(summaries: list[dict[str, Any]]) -> RenderableType:
+    """`compare --memory`: one row per run (its effective context, decay per 100 characters
+    and median gate timescale), then each run's context-use and gradient curves as sparklines."""
+    table = Table(
+        title="memory, on each run's validation split (docs/memory.md)", title_justify="left"
+    )
+    for name in ("run", "cell", "full loss", "context (chars)", "decay /100 chars",
+                 "median timescale"):  # fmt: skip
+        table.add_column(name, justify="left" if name in ("run", "cell") else "right")
+    lines: list[RenderableType] = [table]
+    for summary in summaries:
+        memory = summary["memory"]
+        scales = [t for t in memory["timescales"] if t is not None]
+        table.add_row(
+            str(summary["run"]),
+            memory["cell"],
+            f"{memory['full_loss']:.4f}",
+            _context_words(memory).replace(" characters", ""),
+            f"x{_factor(memory['decay_per_100'])}",
+            f"{float(np.median(scales)):.3g}" if scales else "-",
+        )
+    ks = [p["k"] for p in summaries[0]["memory"]["context"]] if summaries else []
+    gaps = [[max(p["gap"] or 0.0, 0.0) for p in s["memory"]["context"]] for s in summaries]
+    norms = [s["memory"]["gradient_norms"] for s in summaries]
+    gap_scale, norm_scale = _common_scale(gaps, 64, False), _common_scale(norms, 48, True)
+    lines.append(Text(f"loss gap to the full state, k = {', '.join(map(str, ks))}:"))
+    lines += [
+        Text(f"  {curve_sparkline(g, scale=gap_scale)}  {s['run']}")
+        for g, s in zip(gaps, summaries, strict=True)
+    ]
+    lines.append(Text("log10 |gradient| by distance k = 1, 2, ..., max (one scale for all runs):"))
+    lines += [
+        Text(f"  {curve_sparkline(n, width=48, log=True, scale=norm_scale)}  {s['run']}")
+        for n, s in zip(norms, summaries, strict=True)
+    ]
+    return Group(*lines)
+
+
+def _polyline(xs: list[float], ys: list[float], width: int, height: int) -> str:
+    """An SVG polyline of the finite points, scaled into the box (y up)."""
+    points = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    if not points:
+        return ""
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    sx, sy = (width - 20) / ((x1 - x0) or 1), (height - 20) / ((y1 - y0) or 1)
+    coords = " ".join(
+        f"{10 + (x - x0) * sx:.1f},{height - 10 - (y - y0) * sy:.1f}" for x, y in points
+    )
+    return (
+        f'<svg width="{width}" height="{height}" class="curve">'
+        f'<rect x="1" y="1" width="{width - 2}" height="{height - 2}" class="frame"/>'
+        f'<polyline points="{coords}"/></svg>'
+    )
+
+
+def memory_html(memory: dict[str, Any] | None) -> str:
+    """The page's memory panel: the context-use curve and table, the gradient flow on a log
+    scale, and the gate timescales' histogram."""
+    if memory is None:
+        return "<p>Run with <code>--memory</code> to measure how far back the model remembers.</p>"
+    context = memory["context"]
+    rows = "".join(
+        f"<tr><td>{p['k']}</td><td>{_fixed(p['loss'])} ± {_fixed(p['stderr'])}</td>"
+        f"<td>{_fixed(p['gap'], '+.4f')} ± {_fixed(p['gap_stderr'])}</td></tr>"
+        for p in context
+    )
+    log_norms = [
+        math.log10(v) if v is not None and v > 0 else math.nan for v in memory["gradient_norms"]
+    ]
+    curve_k = [math.log2(p["k"]) for p in context]
+    parts = [
+        f"<p>Effective context: <b>{_context_words(memory)}</b> (the smallest k whose loss is "
+        f"within 1% and 0.01 nats of the full-state loss, {memory['full_loss']:.4f}); "
+        f"{memory['positions']:,} sampled positions of {memory['text_chars']:,} characters.</p>",
+        "<p>Loss against k (log<sub>2</sub> k across; the full-state loss plus the gap at "
+        "each k, all on the same predictions):</p>",
+        _polyline(curve_k, [memory["full_loss"] + p["gap"] for p in context], 420, 160),
+        f"<table><tr><th>k</th><th>loss</th><th>gap to full</th></tr>{rows}</table>",
+        f"<p>Gradient flow: log<sub>10</sub> of the mean |d log p(x<sub>t</sub>) / "
+        f"d e(t-k)| for k = 1..{len(log_norms)} ({memory['gradient_positions']:,} predictions); "
+        f"decay per 100 characters: <b>x{_factor(memory['decay_per_100'])}</b>.</p>",
+        _polyline([float(k) for k in range(1, len(log_norms) + 1)], log_norms, 420, 160),
+    ]
+    if memory["keep_gate"] is None:
+        parts.append(f"<p>A vanilla {memory['cell'].upper()} has no gate: no timescales.</p>")
+    else:
+        counts = memory["timescale_histogram"]
+        bars = "".join(
+            f'<span class="bar" style="height:{max(1, round(60 * c / max(max(counts), 1)))}px" '
+            f'title="{html.escape(label)} characters: {c} units"></span>'
+            for label, c in zip(_timescale_bins(memory), counts, strict=True)
+        )
+        parts.append(
+            f"<p>Memory timescales of the {memory['keep_gate']}, -1/mean(ln a) per unit over "
+            f"{memory['gate_chars']:,} characters (bins &lt;1, 1-2, 2-4, ..., &ge;1024):</p>"
+            f'<div class="hist">{bars}</div>'
+        )
+    return "".join(parts)

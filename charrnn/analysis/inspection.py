@@ -74,6 +74,8 @@ class InspectOptions:
     json: bool = False
     encoding: str | None = None
     plain: bool = False  # the terminal shows no colours: bars under the text instead
+    memory: bool = False  # also how far back the model remembers (analysis.memory)
+    plot: Path | None = None  # draw the memory curves to this image (implies memory)
 
 
 # ----------------------------------------------------------------------------- reading the text

@@ -212,3 +212,77 @@ def plot_runs(runs: Sequence[RunHistory], output: Path, width: int, height: int)
         import_pyplot().close(figure)
     atomic_write(output, lambda handle: handle.write(buffer.getvalue()))
     return output
+
+
+MEMORY_SIZE = (1500, 450)  # pixels of `plot_memory`'s three panels
+
+
+def draw_memory(runs: Sequence[tuple[str, dict[str, Any]]], width: int, height: int) -> Any:
+    """A figure of three panels for one or more models' memory analyses (`MemoryReport.to_dict`,
+    by name): the context-use loss against k (log2 axis; the full-state loss plus the paired
+    gap of each k, so that every point is on the same predictions; the full-state loss dashed,
+    the effective context dotted), the gradient norm against distance on a log scale, and the
+    gate timescales' histogram."""
+    pyplot = import_pyplot()
+    figure, (context, gradient, gates) = pyplot.subplots(
+        1, 3, figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained"
+    )
+    colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, memory) in enumerate(runs):
+        colour = colours[index % len(colours)]
+        points = memory["context"]
+        effective = memory["effective_context"]
+        label = f"{name}: {memory['cell']}, context {effective or '>' + str(points[-1]['k'])}"
+        context.errorbar(
+            [p["k"] for p in points], [memory["full_loss"] + p["gap"] for p in points],
+            yerr=[_or_nan(p["gap_stderr"]) for p in points], color=colour, marker="o", markersize=3,
+            capsize=2, label=label,
+        )  # fmt: skip
+        context.axhline(memory["full_loss"], color=colour, linestyle="--", linewidth=0.8)
+        if effective is not None:
+            context.axvline(effective, color=colour, linestyle=":", linewidth=0.8)
+        norms = [_or_nan(v) for v in memory["gradient_norms"]]
+        gradient.plot(
+            range(1, len(norms) + 1), norms, color=colour,
+            label=f"{name}: x{memory['decay_per_100']:.3g} per 100 chars"
+            if memory["decay_per_100"] is not None else name,
+        )  # fmt: skip
+        if memory["keep_gate"] is not None:
+            counts = memory["timescale_histogram"]
+            gates.stairs(counts, range(len(counts) + 1), color=colour, label=name, linewidth=1.5)
+    context.set_xscale("log", base=2)
+    context.set_xlabel("k: characters the model may see")
+    context.set_ylabel("loss seeing k chars (nats/char); dashed: full state")
+    gradient.set_yscale("log")
+    gradient.set_xlabel("k: distance of the input (characters)")
+    gradient.set_ylabel("mean |d log p(x_t) / d e(t-k)|")
+    bins = len(runs[0][1]["timescale_histogram"]) if runs else 12
+    gates.set_xticks([b + 0.5 for b in range(bins)])
+    gates.set_xticklabels(["<1"] + [str(2**j) for j in range(bins - 2)] + [f">={2 ** (bins - 2)}"],
+                          rotation=60, size="small")  # fmt: skip
+    gates.set_xlabel("gate timescale -1/mean(ln keep), characters (bin start)")
+    gates.set_ylabel("units")
+    for axes in (context, gradient, gates):
+        axes.grid(True, alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize="small")
+    if not any(memory["keep_gate"] for _, memory in runs):
+        gates.text(0.5, 0.5, "no gated cell", ha="center", transform=gates.transAxes)
+    return figure
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def plot_memory(runs: Sequence[tuple[str, dict[str, Any]]], output: Path) -> Path:
+    """Draw the memory analyses (`draw_memory`) and write the image to `output` atomically."""
+    fmt = image_format(output)
+    figure = draw_memory(runs, *MEMORY_SIZE)
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format=fmt, dpi=DPI)
+    finally:
+        import_pyplot().close(figure)
+    atomic_write(output, lambda handle: handle.write(buffer.getvalue()))
+    return output
