@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,11 +107,10 @@ def test_info_and_init_from_read_an_int8_export(run, tmp_path, tiny_config):
     assert tuned.progress.step == 2 and tuned.config.model.hidden == 32
 
 
-def test_a_bfloat16_export_samples_one_stream_from_16_bit_weights_with_the_same_text(
-    run, tmp_path, monkeypatch
+def test_a_bfloat16_export_samples_from_16_bit_weights_the_same_text_alone_and_batched(
+    run, tmp_path
 ):
     pytest.importorskip("numba")
-    from charrnn.generation import streams
     from charrnn.model.network import Stepper
 
     out = tmp_path / "half.pt"
@@ -118,13 +118,8 @@ def test_a_bfloat16_export_samples_one_stream_from_16_bit_weights_with_the_same_
                   cwd=tmp_path).returncode == 0  # fmt: skip
     model, checkpoint = load_model(out)
     stepper = Stepper(model, model.initial_state(1))
-    assert stepper.use_kernels() and stepper._kernel_weights.bfloat16
+    assert stepper.compiled is not None and stepper._kernel_weights.bfloat16
     config = SampleConfig(length=300, seed=4, temperature=1.2)
-
-    def text(kernels: bool) -> str:
-        with monkeypatch.context() as patch:
-            patch.setattr(streams, "kernels_loaded", lambda: kernels)
-            patch.setattr(streams, "KERNEL_MIN_CHARS", 1 if kernels else 10**9)
-            return collect(generate(model, checkpoint.vocab, "the ", config), 1)[0]
-
-    assert text(kernels=True) == text(kernels=False)
+    [one] = collect(generate(model, checkpoint.vocab, "the ", config), 1)
+    many = collect(generate(model, checkpoint.vocab, "the ", replace(config, num_samples=3)), 3)
+    assert one == many[0]
