@@ -340,12 +340,14 @@ def test_precision_auto_on_a_cpu_follows_the_rule_and_says_why(tiny_config):
     config = tiny_config(precision="auto", hidden=256, batch_size=32, max_time=600.0)
     chosen, choice = choose_run_precision(config, bf16_support=lambda: None)
     assert chosen.train.precision == "fp32" and choice.precision == "fp32"
-    assert choice.notice() == "precision auto: fp32 (this CPU has no bf16 instructions)"
+    assert choice.reason == "this CPU has no bf16 instructions"
+    assert choice.notice() is None  # plain fp32: nothing to say at the start (config.json says)
     assert choice.to_dict()["bf16_instructions"] is None
     if bf16_failure() is None:  # this CPU can train an LSTM in bf16: the rule's answer stands
         chosen, choice = choose_run_precision(config, bf16_support=lambda: "AVX512-BF16")
         assert chosen.train.precision == "bf16"
         assert choice.to_dict()["reason"] == "AVX512-BF16 and a lstm 256 units x batch 32"
+        assert choice.notice() == f"precision auto: bf16 ({choice.reason})"
     # A short run is judged as a long one (nothing is timed); a small model stays fp32.
     small = tiny_config(precision="auto")
     assert choose_run_precision(small, bf16_support=lambda: "AVX512-BF16")[0] == small.replace(

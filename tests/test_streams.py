@@ -3,6 +3,7 @@ joins or leaves, and generation yields as it draws."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -220,3 +221,52 @@ def test_streams_join_and_leave_a_lone_stream_drawing_runs():
         if not batch.active:
             break
     assert [texts[ident] for ident in idents] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("cell", "nonlinearity"), CELLS)
+def test_fifty_thousand_characters_from_the_server_are_the_api_and_batched_text(
+    cell, nonlinearity, tmp_path, tiny_config
+):
+    """The server (a real `charrnn serve` process) and the Python API draw a seed's text of an
+    undertrained 1 x 256 model as `charrnn sample --num-samples 3` draws its first sample."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("numba")
+    import subprocess
+
+    from child import CHILD_ENV, charrnn_argv
+
+    from charrnn.api import load
+    from charrnn.commands import train_command
+
+    (tmp_path / "corpus.txt").write_text(ALPHABET * 400, "utf-8")
+    config = tiny_config(cell=cell, nonlinearity=nonlinearity, layers=1, hidden=256,
+                         max_steps=1, eval_every=1)  # fmt: skip
+    train_command([tmp_path / "corpus.txt"], config, out=tmp_path / "run")
+    length, seed = 50_000, 11
+    model = load(tmp_path / "run")
+    api = model.sample("ab", length=length, seed=seed)
+    batched = collect(
+        generate(model.network, model.checkpoint.vocab, "ab",
+                 SampleConfig(length=length, seed=seed, num_samples=3)), 3,
+    )[0]  # fmt: skip
+    assert api == batched
+    server = subprocess.Popen(
+        charrnn_argv("serve", "--checkpoint", tmp_path / "run", "--port", "0", "--name", "m",
+                     "--threads", "1", "--max-tokens", str(length)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+    )  # fmt: skip
+    try:
+        line = server.stdout.readline()
+        url = line.split(" at ")[1].split()[0]
+        for _ in range(600):  # the model loads in the background: 60 s at most
+            if httpx.get(url + "/health").status_code == 200:
+                break
+            time.sleep(0.1)
+        body = {"model": "m", "prompt": "ab", "max_tokens": length, "seed": seed}
+        answer = httpx.post(url + "/v1/completions", json=body, timeout=300).json()
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
+    assert "ab" + answer["choices"][0]["text"] == api

@@ -416,11 +416,6 @@ def load_kernels(model: CharRNN) -> bool:
     return _kernels_for(model.head.weight.device) is not None
 
 
-def kernels_loaded() -> bool:
-    """Whether this process has loaded the compiled kernels already (they then cost nothing)."""
-    return _compiled_kernels.cache_info().currsize > 0 and _compiled_kernels() is not None
-
-
 class _KernelWeights:
     """A `Stepper`'s matrices as model/kernels.py reads them: one output a row (torch's own
     layout), a copy in C order, since the kernels read each row from start to end. A part the

@@ -567,8 +567,11 @@ class PrecisionChoice:
             "min_hidden_x_batch": BF16_MIN_WORK,
         }
 
-    def notice(self) -> str:
-        """One line for the user."""
+    def notice(self) -> str | None:
+        """One line for the user where the run trains in bf16, or would have but cannot here;
+        None for plain fp32 (config.json says why all the same)."""
+        if self.precision == "fp32" and self.bf16_failure is None:
+            return None
         return f"precision auto: {self.precision} ({self.reason})"
 
 
