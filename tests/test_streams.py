@@ -244,12 +244,13 @@ def test_fifty_thousand_characters_from_the_server_are_the_api_and_batched_text(
     config = tiny_config(cell=cell, nonlinearity=nonlinearity, layers=1, hidden=256,
                          max_steps=1, eval_every=1)  # fmt: skip
     train_command([tmp_path / "corpus.txt"], config, out=tmp_path / "run")
-    length, seed = 50_000, 11
+    length, seed, temperature = 50_000, 11, 1.0  # the server's default temperature
     model = load(tmp_path / "run")
-    api = model.sample("ab", length=length, seed=seed)
+    api = model.sample("ab", length=length, seed=seed, temperature=temperature)
     batched = collect(
         generate(model.network, model.checkpoint.vocab, "ab",
-                 SampleConfig(length=length, seed=seed, num_samples=3)), 3,
+                 SampleConfig(length=length, seed=seed, num_samples=3, temperature=temperature)),
+        3,
     )[0]  # fmt: skip
     assert api == batched
     server = subprocess.Popen(
