@@ -3,7 +3,7 @@ under onnxruntime, each against `charrnn sample`'s (PyTorch, one thread) in the 
 
 The model is the built-in starter (`--checkpoint shakespeare`, a 1 x 256 LSTM), exported with
 `--quantize int8`. Each speed is of the sampling loop alone (the page times itself with
-performance.now(); loading is left out of all three). The ONNX row needs 'charrnn[onnx]'.
+performance.now(); loading is left out of all three). The ONNX row needs 'charrnn-cli[onnx]'.
 """
 
 from __future__ import annotations

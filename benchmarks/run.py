@@ -29,7 +29,7 @@ from charrnn.system.device import use_cpu_threads
 SECTIONS = (
     "matmul", "train", "sample", "eval", "prepare", "quality", "contention", "evalshare", "preview",
     "distributed", "inspection", "export", "distill", "textprep", "dynamic",
-    "autosize", "page", "mingru", "serve",
+    "autosize", "page", "mingru", "serve", "precision",
 )  # fmt: skip
 
 

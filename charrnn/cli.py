@@ -795,7 +795,7 @@ def plot(
 ) -> None:
     """Draw learning curves: train and validation loss against characters seen and time.
 
-    Example: charrnn plot runs/small runs/medium -o curves.png (needs 'charrnn[plot]')
+    Example: charrnn plot runs/small runs/medium -o curves.png (needs 'charrnn-cli[plot]')
     """
     from charrnn.analysis.plot import plot_runs
     from charrnn.analysis.run_history import read_run
@@ -978,7 +978,7 @@ def export(
         typer.Option(
             "--format",
             help="pt: a checkpoint; html: one web page that runs the model offline; "
-            "onnx: a graph for onnxruntime (needs 'charrnn[onnx]').",
+            "onnx: a graph for onnxruntime (needs 'charrnn-cli[onnx]').",
             **listed_choices(ExportFormat.values()),
         ),
     ] = ExportFormat.PT.value,

@@ -79,6 +79,7 @@ from charrnn.training.plan import (
     plan_resume,
 )
 from charrnn.training.plan import write_run_config as write_run_config  # re-exported
+from charrnn.version import install_hint
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ def _reply_to(session: Session, line: str, data_config: DataConfig) -> Reply:
     yield from session.turn(preprocess_text(line, data_config))
 
 
-SERVE_HINT = "charrnn serve needs starlette and uvicorn: pip install 'charrnn[serve]'"
+SERVE_HINT = f"charrnn serve needs starlette and uvicorn: {install_hint('serve')}"
 
 
 def serve_command(

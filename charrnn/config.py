@@ -356,8 +356,8 @@ class TrainConfig:
     threads: int = setting(0, THREADS_HELP, RUN_PANEL, resumable=True)
     precision: str = setting(
         Precision.AUTO.value,
-        "auto: bf16 on CUDA; on a CPU bf16 where a short probe of the run's shape trains 1.1x "
-        "faster in it, else fp32 (a resume keeps the choice).",
+        "auto: bf16 on CUDA; on a CPU, by rule: bf16 where the CPU has bf16 instructions and the "
+        "model is large enough for them to pay, else fp32 (a resume keeps the choice).",
         RUN_PANEL,
         resumable=True,
         choices=Precision,

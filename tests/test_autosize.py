@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,9 +16,10 @@ from charrnn.config import ModelConfig, RunConfig
 from charrnn.errors import TrainingError, UsageError
 from charrnn.model.checkpoint import load_checkpoint
 from charrnn.model.network import CharRNN, autocast_failure
+from charrnn.system.device import cpu_bf16_support
 from charrnn.text.corpus import Vocab
 from charrnn.training.autosize import (
-    BF16_GAIN,
+    BF16_MIN_WORK,
     CANDIDATE_SHAPES,
     CHARS_PER_PARAMETER,
     DATA_PARAMETER_RATIO,
@@ -25,14 +28,13 @@ from charrnn.training.autosize import (
     SpeedProbe,
     batch_and_window,
     candidate_shapes,
-    choose_precision,
     choose_run_precision,
     choose_shape,
     count_parameters,
     dropout_for,
     first_guess,
     learning_rate,
-    precision_shape,
+    precision_by_rule,
 )
 
 VOCAB = 65
@@ -142,57 +144,41 @@ def test_the_first_guess_extrapolates_from_the_measured_shape():
     assert first_guess(shapes(), anchor, 1e-6, 600, flops) == 0  # nothing passes
 
 
-def test_bf16_is_chosen_on_a_cpu_only_when_the_probe_finds_it_faster():
-    shape = precision_shape(shapes(), VOCAB)
-    assert (shape.layers, shape.hidden) == (1, 256)  # the size of the `small` preset
-    cpu = torch.device("cpu")
+def test_bf16_is_chosen_by_the_cpus_instructions_and_the_shape_only():
+    """The rule read from the measured table (benchmarks/RESULTS.md): bf16 only on a CPU with
+    its own bf16 instructions, and only for shapes where it paid there."""
+    lstm, gru = ModelConfig(cell="lstm", hidden=256), ModelConfig(cell="gru", hidden=256)
+    assert precision_by_rule(lstm, 32, "AVX512-BF16")[0] == "bf16"
+    assert precision_by_rule(lstm, 32, "AMX-BF16")[0] == "bf16"
+    precision, reason = precision_by_rule(lstm, 32, None)  # AVX2, or AVX512 without BF16
+    assert precision == "fp32" and reason == "this CPU has no bf16 instructions"
+    assert precision_by_rule(gru, 32, "AVX512-BF16")[0] == "fp32"  # 0.7-1.06x measured
+    assert precision_by_rule(gru, 128, "AVX512-BF16")[0] == "bf16"  # 1.6-2.0x
+    assert precision_by_rule(ModelConfig(cell="rnn", hidden=128), 32, "AVX512-BF16")[0] == "fp32"
+    small = ModelConfig(cell="lstm", hidden=16)
+    precision, reason = precision_by_rule(small, 32, "AVX512-BF16")
+    assert precision == "fp32" and "below the 2,048 where bf16 pays" in reason
+    for cell, least in BF16_MIN_WORK.items():  # the boundary is the table's smallest win
+        model = ModelConfig(cell=cell, hidden=least // 32)
+        assert precision_by_rule(model, 32, "AVX512-BF16")[0] == "bf16"
+        assert precision_by_rule(model, 31, "AVX512-BF16")[0] == "fp32"
 
-    def speeds(fp32, bf16):
-        asked = []
 
-        def speed(s, precision):
-            asked.append((s, precision))
-            return {"fp32": fp32, "bf16": bf16}[precision]
-
-        return speed, asked
-
-    speed, asked = speeds(40_000, 64_000)
-    assert choose_precision(shape, cpu, "auto", (), speed) == (
-        "bf16", {"fp32": 40_000, "bf16": 64_000},
-    )  # fmt: skip
-    assert asked == [(shape, "fp32"), (shape, "bf16")]  # clear at the first look
-    speed, asked = speeds(40_000, 40_000 * BF16_GAIN * 0.99)  # not enough faster
-    assert choose_precision(shape, cpu, "auto", (), speed)[0] == "fp32"
-    assert len(asked) == 4  # not clear at the first look: a second
-    speed, _ = speeds(40_000, 9_000)  # a CPU without native bf16
-    assert choose_precision(shape, cpu, "auto", (), speed)[0] == "fp32"
-    for device, given, kept in [
-        (cpu, "fp32", {"precision"}),  # the user's --precision
-        (torch.device("cuda"), "auto", ()),  # auto is bf16 there already
-    ]:
-        speed, asked = speeds(40_000, 64_000)
-        assert choose_precision(shape, device, given, kept, speed) == (given, {})
-        assert asked == []
-    # A first look spoilt by a busy moment (bf16 measured slow), then the real speeds.
-    answers = iter([40_000, 41_000, 39_000, 64_000])
-    assert choose_precision(shape, cpu, "auto", (), lambda s, p: next(answers)) == (
-        "bf16", {"fp32": 40_000, "bf16": 64_000},
-    )  # fmt: skip
-    answers = iter([40_000, None])  # the probe's time ran out: fp32
-    assert choose_precision(shape, cpu, "auto", (), lambda s, p: next(answers)) == (
-        "fp32", {"fp32": 40_000},
-    )  # fmt: skip
-    # Out of time in the second look: the first look's clear enough gain still counts.
-    answers = iter([40_000, 48_000, None])
-    assert choose_precision(shape, cpu, "auto", (), lambda s, p: next(answers)) == (
-        "bf16", {"fp32": 40_000, "bf16": 48_000},
-    )  # fmt: skip
-    # A CPU that cannot train the cell in bf16 at all (no oneDNN bf16 LSTM without AVX512):
-    # fp32 at once, nothing measured.
-    speed, asked = speeds(40_000, 64_000)
-    failure = "could not create a primitive descriptor"
-    assert choose_precision(shape, cpu, "auto", (), speed, failure) == ("fp32", {})
-    assert asked == []
+@pytest.mark.parametrize(
+    ("flags", "capability", "expected"),
+    [
+        ({"avx512f", "avx512_bf16"}, "AVX512", "AVX512-BF16"),
+        ({"avx512f", "amx_bf16", "avx512_bf16"}, "AVX512", "AMX-BF16"),
+        ({"avx512f", "avx512_bf16"}, "AVX2", None),  # torch told not to use AVX512
+        ({"avx512f"}, "AVX512", None),  # Zen 3, Skylake-X: no bf16 arithmetic
+        ({"avx2"}, "AVX2", None),
+        (set(), "DEFAULT", None),  # not an x86 Linux
+    ],
+)
+def test_the_cpus_bf16_instructions_come_from_its_flags_and_torchs_dispatch(
+    flags, capability, expected
+):
+    assert cpu_bf16_support(frozenset(flags), capability) == expected
 
 
 def test_a_busy_moment_during_the_probe_is_looked_at_again():
@@ -302,18 +288,12 @@ def test_train_auto_records_its_choice_and_keeps_given_flags(tmp_path, repetitiv
     assert auto["hidden"] == 64  # the corpus is far too small for more: the smallest width
     assert f"1 x {auto['hidden']}" in notices[0]
     assert auto["probe"][0]["measured"] and auto["probe"][0]["chars_per_s"] > 0
-    # On a CPU the probe compared fp32 and bf16 and the run trains in the one it chose; where
-    # bf16 cannot train an LSTM at all, it is fp32 and the notice says why.
-    if auto["bf16_failure"] is None:
-        assert set(auto["precision_probe"]) == {"fp32", "bf16"}
-        assert saved["train"]["precision"] == auto["precision"] in {"fp32", "bf16"}
-        said = "bf16 (" if auto["precision"] == "bf16" else "fp32 (bf16 at "
-    else:
-        assert auto["precision_probe"] == {}
-        assert saved["train"]["precision"] == auto["precision"] == "fp32"
-        said = "fp32 (this CPU cannot train the model in bf16)"
-    assert auto["bf16_failure"] == bf16_failure()
-    assert said in notices[0]
+    # On a CPU the rule chose the precision (for the 1 x 256 anchor at batch 32), and the run
+    # trains in it; the notice says why.
+    rule = auto["precision_rule"]
+    assert saved["train"]["precision"] == auto["precision"] == rule["precision"]
+    assert rule["bf16_instructions"] == cpu_bf16_support()
+    assert f", {rule['precision']} ({rule['reason']})" in notices[0]
     # Training got the budget less the probe.
     assert saved["train"]["max_time"] == pytest.approx(4.0 - auto["probe_s"], abs=1e-3)
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
@@ -356,65 +336,44 @@ def test_auto_from_a_config_file_keeps_that_files_keys_and_the_flags(
     assert not seen["config"].train.auto and seen["kept"] == set()  # no --auto: nothing kept
 
 
-def test_precision_auto_keeps_fp32_where_the_probe_finds_bf16_slower(tmp_path, tiny_config):
-    """A CPU without fast bf16 (the probe's answer stood in): the run stays fp32, as before."""
-    ids = np.arange(4000, dtype=np.int64) % 20
-    vocab = Vocab(tuple(range(97, 117)))
-    config = tiny_config(precision="auto", max_steps=None, max_time=600.0)
-
-    def slow_bf16(shape, precision):
-        return {"fp32": 40_000.0, "bf16": 9_000.0}[precision]
-
-    chosen, choice = choose_run_precision(config, vocab, ids, tmp_path, speed=slow_bf16)
-    assert chosen.train.precision == "fp32"
-    assert choice.to_dict()["bf16_ratio"] == pytest.approx(9 / 40, abs=1e-3)
-    assert "fp32 (bf16 at 0.23x its speed here)" in choice.notice()
-    # Where bf16 is clearly faster it is kept; just under the gain it is not.
-    chosen, _ = choose_run_precision(config, vocab, ids, tmp_path, speed=lambda s, p: {
-        "fp32": 40_000.0, "bf16": 64_000.0}[p])  # fmt: skip
-    assert chosen.train.precision == "bf16"
-    chosen, _ = choose_run_precision(config, vocab, ids, tmp_path, speed=lambda s, p: {
-        "fp32": 40_000.0, "bf16": 40_000.0 * BF16_GAIN * 0.99}[p])  # fmt: skip
-    assert chosen.train.precision == "fp32"
-    # A fixed --precision is not probed; a run too short to pay for the probe is fp32.
+def test_precision_auto_on_a_cpu_follows_the_rule_and_says_why(tiny_config):
+    config = tiny_config(precision="auto", hidden=256, batch_size=32, max_time=600.0)
+    chosen, choice = choose_run_precision(config, bf16_support=lambda: None)
+    assert chosen.train.precision == "fp32" and choice.precision == "fp32"
+    assert choice.reason == "this CPU has no bf16 instructions"
+    assert choice.notice() is None  # plain fp32: nothing to say at the start (config.json says)
+    assert choice.to_dict()["bf16_instructions"] is None
+    if bf16_failure() is None:  # this CPU can train an LSTM in bf16: the rule's answer stands
+        chosen, choice = choose_run_precision(config, bf16_support=lambda: "AVX512-BF16")
+        assert chosen.train.precision == "bf16"
+        assert choice.to_dict()["reason"] == "AVX512-BF16 and a lstm 256 units x batch 32"
+        assert choice.notice() == f"precision auto: bf16 ({choice.reason})"
+    # A short run is judged as a long one (nothing is timed); a small model stays fp32.
+    small = tiny_config(precision="auto")
+    assert choose_run_precision(small, bf16_support=lambda: "AVX512-BF16")[0] == small.replace(
+        precision="fp32"
+    )
+    # A fixed --precision is left alone.
     for given in ("fp32", "bf16"):
         fixed = config.replace(precision=given)
-        assert choose_run_precision(fixed, vocab, ids, tmp_path, speed=slow_bf16) == (fixed, None)
-    short = tiny_config(precision="auto")  # 20 steps
-    chosen, choice = choose_run_precision(short, vocab, ids, tmp_path)
-    assert chosen.train.precision == "fp32" and choice.speeds == {} and choice.notice() is None
-    assert list(tmp_path.iterdir()) == []
+        assert choose_run_precision(fixed, bf16_support=lambda: "AVX512-BF16") == (fixed, None)
 
 
-@pytest.mark.slow  # ~1 minute on a busy 2-core machine: a run long enough to be probed
-def test_train_precision_auto_probes_records_and_a_resume_keeps_it(tmp_path):
-    """The real probe on this machine: the choice follows the measured ratio, is written to
-    config.json and the start line, and a resumed run trains in the precision recorded."""
-    rng = np.random.default_rng(0)
-    text = "".join(rng.choice(list("abcdefgh \n"), size=300_000))
-    (tmp_path / "corpus.txt").write_text(text, "utf-8")
-    common = ("--device", "cpu", "--threads", "1", "--quiet", "--eval-every", "100")
-    result = run_charrnn(
-        "train", "corpus.txt", "--hidden", "16", "--embed", "8", "--batch-size", "64",
-        "--seq-len", "32", "--max-steps", "1000", "--max-time", "30s", "--out", "run",
-        *common, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+def test_train_precision_auto_records_the_rule_and_a_resume_keeps_it(
+    tmp_path, write_corpus, tiny_config
+):
+    """The rule on this machine: the choice and why are written to config.json, and a resumed
+    run trains in the precision recorded."""
+    config = tiny_config(precision="auto", hidden=128, batch_size=16, max_steps=2, eval_every=2)
+    train_command([write_corpus()], config, out=tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "config.json").read_text("utf-8"))
-    probe = saved["precision_probe"]
-    if bf16_failure() is None:
-        assert probe["probed"] and set(probe["chars_per_s"]) == {"fp32", "bf16"}
-        expected = "bf16" if probe["bf16_ratio"] >= BF16_GAIN else "fp32"
-    else:  # nothing to measure: bf16 cannot train the LSTM on this CPU
-        assert not probe["probed"] and probe["bf16_failure"] == bf16_failure()
+    rule = saved["precision_rule"]
+    expected, reason = precision_by_rule(config.model, 16, cpu_bf16_support())
+    if bf16_failure() is not None:
         expected = "fp32"
-    assert saved["train"]["precision"] == probe["precision"] == expected
-    assert f"charrnn: precision auto: {expected} (" in result.stderr
-    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert checkpoint.config.train.precision == expected
-    result = run_charrnn("train", "--resume", "run", "--max-steps", "1010", *common, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "precision auto" not in result.stderr  # not probed again
+    assert saved["train"]["precision"] == rule["precision"] == expected
+    assert rule["bf16_instructions"] == cpu_bf16_support() and rule["reason"]
+    resume_command(tmp_path / "run", {"max_steps": 4})
     assert load_checkpoint(tmp_path / "run" / "last.pt").config.train.precision == expected
 
 
@@ -469,21 +428,19 @@ def test_auto_is_refused_under_torchrun(tmp_path, tiny_config, write_corpus, mon
     assert not (tmp_path / "run").exists()
 
 
-def test_precision_auto_is_fp32_at_once_where_bf16_cannot_train(tmp_path, tiny_config):
-    """The real machine, no probe stood in: where bf16 cannot train the LSTM (no AVX512) the
-    run is fp32 before anything is timed, and says why; elsewhere the probe measures both."""
-    ids = np.arange(300_000, dtype=np.int64) % 20  # ten passes: long enough to be probed
-    vocab = Vocab(tuple(range(97, 117)))
-    config = tiny_config(precision="auto", max_steps=None, max_time=600.0, threads=1)
-    chosen, choice = choose_run_precision(config, vocab, ids, tmp_path)
+def test_precision_auto_is_fp32_where_bf16_cannot_train_whatever_the_rule(tiny_config):
+    """The real machine, with the rule told this CPU has bf16 instructions: where bf16 cannot
+    train the LSTM here after all (no oneDNN kernel: one tiny step tried for real) the run is
+    fp32 and says why."""
+    config = tiny_config(precision="auto", hidden=256, batch_size=32)
+    chosen, choice = choose_run_precision(config, bf16_support=lambda: "AVX512-BF16")
     failure = bf16_failure()
     if failure is None:
-        assert set(choice.speeds) == {"fp32", "bf16"} and choice.bf16_failure is None
+        assert chosen.train.precision == "bf16" and choice.bf16_failure is None
     else:
-        assert chosen.train.precision == "fp32" and choice.speeds == {}
-        assert choice.probe_seconds == 0.0 and choice.to_dict()["bf16_failure"] == failure
+        assert chosen.train.precision == "fp32" and choice.to_dict()["bf16_failure"] == failure
         assert choice.notice() == (
-            f"precision auto: fp32 (this CPU cannot train the model in bf16: {failure})"
+            f"precision auto: fp32 (this CPU cannot train the lstm in bf16: {failure})"
         )
 
 
@@ -535,3 +492,35 @@ def test_a_precision_the_cpu_cannot_train_in_is_one_line_and_no_run(
     resumed = resume_command(tmp_path / "run", {"max_steps": 8, "precision": "fp32"})
     assert resumed.progress.step == 8
     assert load_checkpoint(last).config.train.precision == "fp32"
+
+
+def test_the_same_command_and_seed_train_the_same_run_beside_a_busy_core(
+    tmp_path, write_corpus, tiny_config
+):
+    """`--precision auto` decides by rule, so a busy program during the first run cannot flip
+    it: the two runs' weights and metrics are the same to the bit (a 1 x 256 at batch 32: bf16
+    by the rule on a CPU with bf16 instructions, fp32 elsewhere)."""
+    corpus = write_corpus()
+    config = tiny_config(precision="auto", hidden=256, batch_size=32, max_steps=4, eval_every=2)
+    spin = "import time\nend = time.time() + 60\nwhile time.time() < end: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])  # bounded: 60 s at most
+    try:
+        train_command([corpus], config, out=tmp_path / "busy")
+    finally:
+        busy.kill()
+        busy.wait()
+    train_command([corpus], config, out=tmp_path / "quiet")
+    runs = [tmp_path / "busy", tmp_path / "quiet"]
+    configs = [json.loads((run / "config.json").read_text("utf-8")) for run in runs]
+    assert configs[0]["train"]["precision"] == configs[1]["train"]["precision"]
+    assert configs[0]["precision_rule"] == configs[1]["precision_rule"]
+    weights = [load_checkpoint(run / "last.pt").model_state for run in runs]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    timing = {"elapsed_s", "chars_per_s", "eval_s", "threads"}
+
+    def untimed(run):
+        lines = (run / "metrics.jsonl").read_text("utf-8").splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+    assert untimed(runs[0]) == untimed(runs[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,11 +107,10 @@ def test_info_and_init_from_read_an_int8_export(run, tmp_path, tiny_config):
     assert tuned.progress.step == 2 and tuned.config.model.hidden == 32
 
 
-def test_a_bfloat16_export_samples_one_stream_from_16_bit_weights_with_the_same_text(
-    run, tmp_path, monkeypatch
+def test_a_bfloat16_export_samples_from_16_bit_weights_the_same_text_alone_and_batched(
+    run, tmp_path
 ):
     pytest.importorskip("numba")
-    from charrnn.generation import streams
     from charrnn.model.network import Stepper
 
     out = tmp_path / "half.pt"
@@ -118,13 +118,42 @@ def test_a_bfloat16_export_samples_one_stream_from_16_bit_weights_with_the_same_
                   cwd=tmp_path).returncode == 0  # fmt: skip
     model, checkpoint = load_model(out)
     stepper = Stepper(model, model.initial_state(1))
-    assert stepper.use_kernels() and stepper._kernel_weights.bfloat16
+    assert stepper.compiled is not None and stepper._kernel_weights.bfloat16
     config = SampleConfig(length=300, seed=4, temperature=1.2)
+    [one] = collect(generate(model, checkpoint.vocab, "the ", config), 1)
+    many = collect(generate(model, checkpoint.vocab, "the ", replace(config, num_samples=3)), 3)
+    assert one == many[0]
 
-    def text(kernels: bool) -> str:
-        with monkeypatch.context() as patch:
-            patch.setattr(streams, "kernels_loaded", lambda: kernels)
-            patch.setattr(streams, "KERNEL_MIN_CHARS", 1 if kernels else 10**9)
-            return collect(generate(model, checkpoint.vocab, "the ", config), 1)[0]
 
-    assert text(kernels=True) == text(kernels=False)
+@pytest.mark.parametrize(
+    ("flags", "dtypes", "pt_flags"),
+    [
+        ([], {"float16"}, ["--dtype", "float16"]),  # the default: float16 from float32
+        # int8 matrices with float32 row scales, float16 vectors
+        (
+            ["--quantize", "int8"],
+            {"int8", "float32", "float16"},
+            ["--quantize", "int8", "--dtype", "float16"],
+        ),
+        (["--dtype", "float32"], {"float32"}, []),  # full precision on request
+    ],
+)
+def test_a_page_stores_compact_weights_the_size_of_the_matching_export(
+    run, tmp_path, flags, dtypes, pt_flags
+):
+    """A page of a float32 checkpoint holds float16 weights unless told otherwise (int8 with
+    float16 vectors on request): its size is the matching `.pt` export's and a fixed page."""
+    page, exported = tmp_path / "m.html", tmp_path / "m.pt"
+    result = invoke("export", "--checkpoint", run, "-o", page, "--format", "html", *flags,
+                    "--json", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert invoke("export", "--checkpoint", run, "-o", exported, *pt_flags,
+                  cwd=tmp_path).returncode == 0  # fmt: skip
+    text = page.read_bytes().decode("latin-1")  # the JSON is ASCII; the weights any byte
+    described = json.loads(text.split('<script type="application/json" id="model">')[1]
+                           .split("</script>")[0])  # fmt: skip
+    assert {tensor["dtype"] for tensor in described["tensors"]} == dtypes
+    assert json.loads(result.stdout)["dtype"] == ("float32" if "float32" in flags else "float16")
+    fixed = 30_000  # the script and the layout
+    assert page.stat().st_size < 1.03 * exported.stat().st_size + fixed
+    assert page.stat().st_size > 0.97 * exported.stat().st_size

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from charrnn.commands import eval_command, sample_command, train_command
+from charrnn.commands import eval_command, resume_command, sample_command, train_command
 from charrnn.config import SampleConfig
 from charrnn.generation.sampling import collect
-from charrnn.model.checkpoint import load_checkpoint
+from charrnn.model.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.model.network import Stepper
 from charrnn.system.device import autocast_dtype, select_device
 from charrnn.training.plan import TrainHooks
@@ -82,3 +82,21 @@ def test_accuracy_and_dynamic_evaluation_on_cuda_match_the_cpu(tmp_path, write_c
     on_cpu = eval_command(tmp_path / "run", [], device_name="cpu", dynamic=True)
     assert on_gpu.metrics.accuracy == pytest.approx(on_cpu.metrics.accuracy, abs=0.01)
     assert on_gpu.dynamic.loss == pytest.approx(on_cpu.dynamic.loss, abs=1e-3)
+
+
+@needs_cuda
+def test_fp16_on_cuda_resumes_from_the_scale_it_had_reached(write_corpus, tmp_path, tiny_config):
+    config = tiny_config(device="cuda", precision="fp16", max_steps=8, eval_every=4)
+    corpus = write_corpus()
+    stopped = train_command(
+        [corpus], config, out=tmp_path / "run", hooks=TrainHooks(should_stop=lambda: True)
+    )
+    saved = load_checkpoint(tmp_path / "run" / "last.pt").resume["scaler"]
+    assert saved and saved["scale"] > 0 and stopped.progress.step >= 1
+    # A scale the run could not have started from: the resumed run must go on from it.
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    checkpoint.resume["scaler"]["scale"] = 512.0
+    save_checkpoint(checkpoint, tmp_path / "run" / "last.pt")
+    resume_command(tmp_path / "run", {})
+    scale = load_checkpoint(tmp_path / "run" / "last.pt").resume["scaler"]["scale"]
+    assert scale <= 512.0  # growth needs 2,000 clean steps; an overflow halves it

@@ -145,29 +145,38 @@ def test_detach_state_cuts_the_graph_and_keeps_values():
 
 @pytest.mark.parametrize("bfloat16", [False, True], ids=["float32", "bfloat16-weights"])
 @pytest.mark.parametrize("layers", [1, 2, 3])
-def test_compiled_kernels_step_and_draw_as_the_torch_stepper(layers, bfloat16):
+@pytest.mark.parametrize(
+    ("cell", "nonlinearity"),
+    [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu"), ("mingru", "tanh")],
+)
+def test_compiled_kernels_step_and_draw_as_the_torch_stepper(cell, nonlinearity, layers, bfloat16):
     pytest.importorskip("numba")
     torch.manual_seed(layers)
-    model = CharRNN(ModelConfig(cell="lstm", layers=layers, hidden=30, embed=10), VOCAB).eval()
+    config = ModelConfig(cell=cell, nonlinearity=nonlinearity, layers=layers, hidden=30, embed=10)
+    model = CharRNN(config, VOCAB).eval()
     if bfloat16:  # as `export --dtype bfloat16` leaves them: the kernels then read 16 bits
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.copy_(parameter.to(torch.bfloat16).float())
-    start = random_state(model, 1)
+    start = random_state(model, 3)
     plain, compiled = Stepper(model, start), Stepper(model, start)
-    assert compiled.use_kernels() and plain.compiled is None
+    plain.compiled = None  # torch's operations, as on a GPU or without numba
+    assert compiled.compiled is not None
     assert compiled._kernel_weights.bfloat16 == bfloat16
-    assert (compiled.compiled.first_weight.dtype == np.uint16) == bfloat16
-    ids = torch.randint(0, VOCAB, (40,))
+    assert (compiled._kernel_weights.head.dtype == np.uint16) == bfloat16
+    ids = torch.randint(0, VOCAB, (40, 3))
     with torch.no_grad():
         for t in range(40):
-            expected = plain.step(ids[t : t + 1])
-            assert (compiled.step(ids[t : t + 1]) - expected).abs().max().item() < 1e-5
+            expected = plain.step(ids[t])
+            assert (compiled.step(ids[t]) - expected).abs().max().item() < 1e-5
         assert max_diff(compiled.state, plain.state) < 1e-5
         for scale in (1.0, 0.5, 2.0):
-            extra = torch.randn(VOCAB) * 3
-            logits = torch.addmm(extra, compiled.top * scale, compiled.head_weight)
-            assert compiled.compiled.draw(scale, extra) == int(logits.argmax())
+            extras = torch.randn(3, VOCAB) * 3
+            logits = torch.addmm(extras, compiled.top * scale, compiled.head_weight)
+            scales = np.full(3, scale, dtype=np.float32)
+            drawn, kernel_logits = compiled.compiled.draw(scales, extras)
+            assert torch.equal(drawn, logits.argmax(dim=-1))
+            assert (kernel_logits - logits).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("bfloat16", [False, True], ids=["float32", "bfloat16-weights"])
@@ -195,9 +204,9 @@ def test_split_products_on_two_threads_give_the_same_text_to_the_bit(bfloat16):
             torch.set_num_threads(1)  # the stepper's own tables, made by torch, alike
             stepper = Stepper(model, start)
             torch.set_num_threads(count)
-            assert stepper.use_kernels() and stepper.compiled._split() == (count == 2)
+            assert stepper.compiled._split() == (count == 2)
             with torch.no_grad():
-                texts.append(stepper.compiled.sample(3, 0.8, extras))
+                texts.append(stepper.compiled.sample(3, np.float32([0.8]), extras))
             states.append(stepper.state)
     finally:
         torch.set_num_threads(threads)
@@ -209,8 +218,8 @@ def test_split_products_on_two_threads_give_the_same_text_to_the_bit(bfloat16):
     weight = rng.standard_normal((1024, 512), dtype=np.float32)
     if bfloat16:
         weight = (weight.view(np.uint32) >> 16).astype(np.uint16)
-    x = rng.standard_normal(512, dtype=np.float32)
-    one, two = np.zeros(1024, np.float32), np.zeros(1024, np.float32)
+    x = rng.standard_normal((3, 512), dtype=np.float32)
+    one, two = np.zeros((3, 1024), np.float32), np.zeros((3, 1024), np.float32)
     kernels.add_row_products(weight, x, one)
     kernels.use_threads(2)
     kernels.add_row_products_split(weight, x, two)
@@ -236,13 +245,11 @@ def test_the_kernels_exp_is_within_two_ulp_of_the_true_one():
     assert np.max(np.abs(got - true) / true) < 2 * 2.0**-23
 
 
-def test_compiled_kernels_serve_one_lstm_stream_only():
+def test_compiled_kernels_serve_every_cell_and_any_rows_on_the_cpu():
     pytest.importorskip("numba")
-    gru = make_model("gru")
-    assert not Stepper(gru, gru.initial_state(1)).use_kernels()
-    lstm = make_model("lstm")
-    assert not Stepper(lstm, lstm.initial_state(2)).use_kernels()
-    stepper = Stepper(lstm, lstm.initial_state(1))
-    assert stepper.use_kernels()
-    stepper.append_rows(lstm.initial_state(1))  # a second stream joins: torch's operations again
-    assert stepper.compiled is None and stepper.rows == 2
+    for cell in ("lstm", "gru", "rnn", "mingru"):
+        model = make_model(cell)
+        stepper = Stepper(model, model.initial_state(1))
+        assert stepper.compiled is not None
+        stepper.append_rows(model.initial_state(2))  # streams join: still compiled
+        assert stepper.compiled is not None and stepper.rows == 3

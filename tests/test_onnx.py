@@ -17,8 +17,9 @@ from test_cli import invoke
 from charrnn.commands import train_command
 from charrnn.model.checkpoint import load_model
 
-ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'charrnn[onnx]'")
-pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'charrnn[onnx]'")
+NEEDS = "needs the onnx extra: pip install 'charrnn-cli[onnx]'"
+ort = pytest.importorskip("onnxruntime", reason=NEEDS)
+pytest.importorskip("onnx", reason=NEEDS)
 
 WALK = 500
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "export.md"
@@ -96,5 +97,6 @@ def test_without_the_onnx_package_the_export_is_one_line(corpus, tiny_config, tm
     )
     assert result.returncode == 1 and not (tmp_path / "m.onnx").exists()
     assert result.stderr.strip().splitlines() == [
-        "charrnn: error: export --format onnx needs the onnx package: pip install 'charrnn[onnx]'"
+        "charrnn: error: export --format onnx needs the onnx package: "
+        "pip install 'charrnn-cli[onnx]'"
     ]

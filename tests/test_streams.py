@@ -3,14 +3,17 @@ joins or leaves, and generation yields as it draws."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import pytest
 import torch
 
 from charrnn.config import ModelConfig, SampleConfig
 from charrnn.errors import UsageError
 from charrnn.generation.sampling import collect, generate
-from charrnn.generation.streams import StreamBatch
-from charrnn.model.network import CharRNN
+from charrnn.generation.streams import StreamBatch, run_streams
+from charrnn.model.network import CharRNN, state_parts
 from charrnn.text.corpus import Vocab
 
 ALPHABET = "\n .,abcdefghijklmnop"
@@ -105,53 +108,106 @@ def test_logprobs_are_the_models_and_rank_the_alternatives():
     assert values[0] == pytest.approx(float(expected.max()), abs=1e-5)
 
 
-def torch_only(model: CharRNN, prime: str, config: SampleConfig, monkeypatch) -> str:
-    """The stream's text alone through torch's operations, whatever this process has loaded."""
-    from charrnn.generation import streams
-
-    with monkeypatch.context() as patch:
-        patch.setattr(streams, "kernels_loaded", lambda: False)
-        patch.setattr(streams, "KERNEL_MIN_CHARS", 10**9)
-        return alone(model, prime, config)
-
-
 @pytest.mark.parametrize(("prime", "config"), OPTIONS)
-def test_a_long_lstm_stream_through_the_compiled_kernels_draws_the_same_text(
-    prime, config, monkeypatch
-):
+def test_a_lone_stream_drawing_runs_on_the_kernels_gets_its_batched_text(prime, config):
     pytest.importorskip("numba")
     from charrnn.generation import streams
 
     model = make_model("lstm")
-    expected = torch_only(model, prime, config, monkeypatch)
-    monkeypatch.setattr(streams, "KERNEL_MIN_CHARS", 1)
     batch = StreamBatch(model, VOCAB)
     ident = batch.join(prime, config)
-    text, used_kernels, steps = "", [], 0
+    text, compiled, steps = "", [], 0
     while batch.active:
         for piece in batch.step():
             assert piece.stream == ident
             text += piece.text
-        used_kernels.append(batch.stepper.compiled is not None)
+        compiled.append(batch.stepper.compiled is not None)
         steps += 1
-    assert all(used_kernels) and text == expected
+    assert all(compiled) and text == in_a_batch(model, prime, config)
     # A stream that only samples draws up to RUN_CHARS characters a step; the others one.
     runs = not (config.greedy or config.top_k or config.top_p or config.stop)
     assert steps == 1 + -(-(len(text) - 1) // streams.RUN_CHARS) if runs else steps >= len(text)
 
 
-def test_streams_join_and_leave_a_lone_stream_drawing_runs(monkeypatch):
-    pytest.importorskip("numba")
-    from charrnn.generation import streams
+def in_a_batch(model: CharRNN, prime: str, config: SampleConfig) -> str:
+    """The stream's text as the second of three streams of other primes and seeds."""
+    batch = StreamBatch(model, VOCAB)
+    others = SampleConfig(length=config.length + 5, seed=99, temperature=0.9)
+    batch.join("p", others)
+    ident = batch.join(prime, config)
+    batch.join("", replace(others, seed=98))
+    return "".join(piece.text for piece in run_streams(batch) if piece.stream == ident)
 
+
+# Every cell the model has; each at 1 x 256, where the products are blocked as at the default.
+CELLS = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu"), ("mingru", "tanh")]
+
+
+def undertrained(cell: str, nonlinearity: str) -> CharRNN:
+    """A 1 x 256 model as training starts: its distributions are nearly flat, so a draw's two
+    best characters are often within a few 1e-7 of each other, where a sum in another order
+    would pick the other one."""
+    torch.manual_seed(0)
+    config = ModelConfig(cell=cell, nonlinearity=nonlinearity, layers=1, hidden=256)
+    return CharRNN(config, VOCAB.size).eval()
+
+
+def stream_on(model: CharRNN, config: SampleConfig, path: str) -> tuple[str, list[torch.Tensor]]:
+    """One stream's text and its state after its last character, drawn on `path`: "alone"
+    (runs of characters per call), "steps" (one character a call: log-probabilities asked),
+    "batched" (the second of three rows, the others of other primes and seeds, one leaving
+    early)."""
+    batch = StreamBatch(model, VOCAB)
+    others = SampleConfig(length=config.length + 5, seed=99, temperature=0.9)
+    if path == "batched":
+        batch.join("p", replace(others, length=config.length // 3))
+    ident = batch.join("ab", config, logprobs=1 if path == "steps" else 0)
+    if path == "batched":
+        batch.join("", replace(others, seed=98))
+    text, state = "", None
+    while batch.active:
+        for piece in batch.step():
+            if piece.stream == ident:
+                text += piece.text
+                if piece.finish:
+                    state = batch.final_state(ident)
+    return text, state_parts(state)
+
+
+def assert_every_path_draws_the_same(model: CharRNN, length: int) -> None:
+    config = SampleConfig(length=length, seed=11)
+    text, state = stream_on(model, config, "alone")
+    assert len(text) == length
+    for path in ("steps", "batched"):
+        other_text, other_state = stream_on(model, config, path)
+        assert other_text == text, path
+        assert all(torch.equal(a, b) for a, b in zip(other_state, state, strict=True)), path
+    # The sample command and the Python API: sample 0 of three is the seed's own text.
+    samples = collect(generate(model, VOCAB, "ab", replace(config, num_samples=3)), 3)
+    assert samples[0] == "ab" + text
+
+
+@pytest.mark.parametrize(("cell", "nonlinearity"), CELLS)
+def test_a_seed_draws_the_same_bits_alone_step_by_step_and_batched(cell, nonlinearity):
+    """Not only the text: the state after it, to the bit, so that a sum in another order on
+    one path fails here even where no draw happened to meet a near-tie."""
+    pytest.importorskip("numba")
+    assert_every_path_draws_the_same(undertrained(cell, nonlinearity), 2_000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("cell", "nonlinearity"), CELLS)
+def test_fifty_thousand_characters_are_the_same_on_every_path(cell, nonlinearity):
+    pytest.importorskip("numba")
+    assert_every_path_draws_the_same(undertrained(cell, nonlinearity), 50_000)
+
+
+def test_streams_join_and_leave_a_lone_stream_drawing_runs():
+    pytest.importorskip("numba")
     model = make_model("lstm")
     first = SampleConfig(length=400, seed=7, temperature=1.1)
     second = SampleConfig(length=90, seed=8)
-    expected = [
-        torch_only(model, "ab", first, monkeypatch),
-        torch_only(model, "", second, monkeypatch),
-    ]
-    monkeypatch.setattr(streams, "KERNEL_MIN_CHARS", 1)
+    expected = [in_a_batch(model, "ab", first), in_a_batch(model, "", second)]
     batch = StreamBatch(model, VOCAB)
     idents = [batch.join("ab", first)]
     texts = {idents[0]: ""}
@@ -165,3 +221,53 @@ def test_streams_join_and_leave_a_lone_stream_drawing_runs(monkeypatch):
         if not batch.active:
             break
     assert [texts[ident] for ident in idents] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("cell", "nonlinearity"), CELLS)
+def test_fifty_thousand_characters_from_the_server_are_the_api_and_batched_text(
+    cell, nonlinearity, tmp_path, tiny_config
+):
+    """The server (a real `charrnn serve` process) and the Python API draw a seed's text of an
+    undertrained 1 x 256 model as `charrnn sample --num-samples 3` draws its first sample."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("numba")
+    import subprocess
+
+    from child import CHILD_ENV, charrnn_argv
+
+    from charrnn.api import load
+    from charrnn.commands import train_command
+
+    (tmp_path / "corpus.txt").write_text(ALPHABET * 400, "utf-8")
+    config = tiny_config(cell=cell, nonlinearity=nonlinearity, layers=1, hidden=256,
+                         max_steps=1, eval_every=1)  # fmt: skip
+    train_command([tmp_path / "corpus.txt"], config, out=tmp_path / "run")
+    length, seed, temperature = 50_000, 11, 1.0  # the server's default temperature
+    model = load(tmp_path / "run")
+    api = model.sample("ab", length=length, seed=seed, temperature=temperature)
+    batched = collect(
+        generate(model.network, model.checkpoint.vocab, "ab",
+                 SampleConfig(length=length, seed=seed, num_samples=3, temperature=temperature)),
+        3,
+    )[0]  # fmt: skip
+    assert api == batched
+    server = subprocess.Popen(
+        charrnn_argv("serve", "--checkpoint", tmp_path / "run", "--port", "0", "--name", "m",
+                     "--threads", "1", "--max-tokens", str(length)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+    )  # fmt: skip
+    try:
+        line = server.stdout.readline()
+        url = line.split(" at ")[1].split()[0]
+        for _ in range(600):  # the model loads in the background: 60 s at most
+            if httpx.get(url + "/health").status_code == 200:
+                break
+            time.sleep(0.1)
+        body = {"model": "m", "prompt": "ab", "max_tokens": length, "seed": seed}
+        answer = httpx.post(url + "/v1/completions", json=body, timeout=300).json()
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
+    assert "ab" + answer["choices"][0]["text"] == api

@@ -80,6 +80,7 @@ def python_view(checkpoint: Path, prime_file: Path) -> tuple[list[dict], str]:
     ("cell", "flags"),
     [
         ("lstm", ["--quantize", "int8"]),
+        ("lstm", []),  # the default: float16 weights from a float32 checkpoint
         pytest.param("gru", ["--dtype", "float16"], marks=pytest.mark.slow),
         pytest.param("rnn", [], marks=pytest.mark.slow),
         pytest.param("rnn-relu", ["--quantize", "int8", "--dtype", "bfloat16"],
@@ -92,13 +93,17 @@ def test_the_page_matches_inspect_probabilities_and_greedy_sample(
     extra = {"nonlinearity": "relu"} if cell == "rnn-relu" else {}
     run = train_small(corpus, tiny_config, cell.split("-")[0], tmp_path, **extra)
     page, exported = tmp_path / "model.html", tmp_path / "model.pt"
-    for output, fmt in ((page, "html"), (exported, "pt")):
+    # Without flags the page holds float16 weights: the .pt export that matches it is float16.
+    pt_flags = flags or ["--dtype", "float16"]
+    for output, fmt, given in ((page, "html", flags), (exported, "pt", pt_flags)):
         result = invoke(
-            "export", "--checkpoint", run, "-o", output, "--format", fmt, *flags, "--json",
+            "export", "--checkpoint", run, "-o", output, "--format", fmt, *given, "--json",
             cwd=tmp_path,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["output_bytes"] == exported.stat().st_size
+    # The weights as bytes: the page is the matching export's size and a fixed page.
+    assert page.stat().st_size < 1.03 * exported.stat().st_size + 30_000
     prime_file = tmp_path / "prime.txt"
     prime_file.write_text(PRIME, "utf-8")
     positions, greedy = python_view(exported, prime_file)  # the same dequantized weights

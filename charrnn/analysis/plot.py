@@ -1,6 +1,6 @@
 """Learning curves of one or more runs as an image: loss against characters seen and against time.
 
-matplotlib is an optional extra (`pip install 'charrnn[plot]'`), imported only here and only
+matplotlib is an optional extra (`pip install 'charrnn-cli[plot]'`), imported only here and only
 when a plot is drawn, so the rest of charrnn neither needs it nor pays for its import.
 """
 
@@ -15,8 +15,9 @@ from typing import Any
 from charrnn.analysis.run_history import RunHistory, model_label
 from charrnn.errors import MissingExtraError, UsageError
 from charrnn.system.atomic import atomic_write
+from charrnn.version import install_hint
 
-PLOT_HINT = "charrnn plot needs matplotlib: pip install 'charrnn[plot]'"
+PLOT_HINT = f"charrnn plot needs matplotlib: {install_hint('plot')}"
 DPI = 100
 FORMATS = ("png", "svg", "pdf")
 

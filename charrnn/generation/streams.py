@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 
 from charrnn.config import SampleConfig
 from charrnn.errors import UsageError
-from charrnn.model.network import CharRNN, State, Stepper, kernels_loaded, repeat_rows
+from charrnn.model.network import CharRNN, State, Stepper, repeat_rows
 from charrnn.text.corpus import Vocab
 
 FinishReason = Literal["stop", "length"]
@@ -32,9 +33,6 @@ SEED_RANGE = 2**64  # what torch.Generator.manual_seed takes
 
 # Noise is drawn this many floats at a time per stream (a few hundred positions).
 STREAM_NOISE = 1 << 14
-# A lone stream with at least this many characters to draw loads the compiled LSTM kernels
-# (model/kernels.py): loading them costs ~0.5 s, which ~40 us saved a character repays by then.
-KERNEL_MIN_CHARS = 10_000
 # A lone stream on the compiled kernels draws up to this many characters per step (one call):
 # a few milliseconds, so streams still join and leave promptly, and Ctrl-C stops it at once.
 RUN_CHARS = 32
@@ -215,6 +213,7 @@ class StreamBatch:
         self.fed: torch.Tensor | None = None  # the ids drawn last, not yet fed to the rows
         self.next_ident = 0
         self._scale: float | torch.Tensor = 1.0
+        self._scales = np.ones(0, dtype=np.float32)  # each row's, for the compiled draw
         self._filtered: list[_Stream] = []
         self.unstepped: dict[int, State] = {}  # streams of length 0: the state after the prime
 
@@ -356,11 +355,8 @@ class StreamBatch:
             self._scale = scales[0] if scales else 1.0
         else:
             self._scale = torch.tensor(scales, device=self.device).unsqueeze(1)
+        self._scales = np.array(scales, dtype=np.float32)
         self._filtered = [s for s in streams if s.filtered]
-        if len(streams) == 1:
-            left = streams[0].config.length - streams[0].drawn
-            if kernels_loaded() or left >= KERNEL_MIN_CHARS:
-                self.stepper.use_kernels()
 
     def _runs(self) -> bool:
         """Whether this step may draw several symbols: one stream, on the compiled kernels, that
@@ -371,7 +367,7 @@ class StreamBatch:
         """Feed the lone stream its last symbol and draw up to `RUN_CHARS` more in one call."""
         stream = self.streams[0]
         extras = stream.noise_rows(min(RUN_CHARS, stream.config.length - stream.drawn))
-        symbols = self.stepper.compiled.sample(int(self.fed), self._scale, extras)
+        symbols = self.stepper.compiled.sample(int(self.fed), self._scales, extras)
         self.fed = torch.tensor(symbols[-1:])
         stream.drawn += len(symbols)
         text = "".join(map(stream.decode, symbols))
@@ -382,18 +378,19 @@ class StreamBatch:
 
     def _draw(self) -> torch.Tensor:
         """The next id of every row: argmax of scaled logits plus each stream's noise."""
-        compiled = self.stepper.compiled
-        if compiled is not None and not self._filtered:  # one stream: one compiled call
-            return torch.tensor([compiled.draw(self._scale, self.streams[0].extra())])
-        top = self.stepper.top
-        scaled = top if isinstance(self._scale, float) and self._scale == 1.0 else top * self._scale
         streams = self.streams
         if len(streams) == 1:
-            extra = streams[0].extra()
+            extra = streams[0].extra().unsqueeze(0)
         else:
             extra = torch.stack([s.extra() for s in streams])
-        logits = torch.addmm(extra, scaled, self.stepper.head_weight)
-        ids = logits.argmax(dim=-1)
+        compiled = self.stepper.compiled
+        if compiled is not None:  # every row's sums the same loop: the same bits at any size
+            ids, logits = compiled.draw(self._scales, extra)
+        else:
+            top = self.stepper.top
+            one = isinstance(self._scale, float) and self._scale == 1.0
+            logits = torch.addmm(extra, top if one else top * self._scale, self.stepper.head_weight)
+            ids = logits.argmax(dim=-1)
         for stream in self._filtered:
             ids[stream.row] = stream.redraw(logits[stream.row : stream.row + 1])
         return ids

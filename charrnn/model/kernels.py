@@ -1,17 +1,22 @@
-"""Compiled kernels (numba) for one stream of an LSTM: a step, a draw, and runs of both.
+"""Compiled kernels (numba): a recurrent step of every cell for any number of streams, a draw,
+and runs of both for a lone stream.
 
-At one stream a step is three matrix-vector products that stream the weights from memory and
-~20 tiny operations whose dispatch costs more than their arithmetic (model/network.py's
-`Stepper`). Here the whole step is one compiled call and the draw (the output layer, the
-temperature, the noise and the argmax) another; `lstm_sample` does both for a run of characters
-without coming back to Python. The cell is the one `Stepper` steps: gates reordered (i, f, o, g)
-with the candidate's rows doubled, so g = 2 sigmoid(2x) - 1; its exponentials are `exp32`, a
-polynomial the compiler vectorises, where `math.exp` is one call per number.
+A step is a few matrix products that stream the weights from memory and ~20 tiny operations
+whose dispatch in torch costs more than their arithmetic (model/network.py's `Stepper`). Here the
+whole step is one compiled call and the draw (the output layer, the temperature, the noise and
+the argmax) another; `sample` does both for a run of characters without coming back to Python.
 
-Imported only where numba is installed (the `fast` extra) and a generation is long enough to
-repay loading it (about half a second); the products sum in another order than torch's and the
-exponential is another, so the numbers differ from the torch path by a few 1e-7
-(tests/test_model.py compares them)."""
+A seed means one text: every sum of a stream's products is `row_dot` over one row, the same loop
+whether the stream is alone or one of many rows, split among threads or not, so a stream steps
+and draws to the same bits on every path (torch's matrix product picks another kernel, with
+another order of summing, from four rows up). The cells are the ones `Stepper` steps (an LSTM's
+gates reordered (i, f, o, g) with the candidate's rows doubled, so g = 2 sigmoid(2x) - 1); their
+exponentials are `exp32`, a polynomial the compiler vectorises, where `math.exp` is one call per
+number. The numbers differ from torch's operations (a GPU, or no numba) by a few 1e-7
+(tests/test_model.py compares them).
+
+Imported only where numba is installed (the `fast` extra); loading costs about half a second
+once per process."""
 
 from __future__ import annotations
 
@@ -81,20 +86,26 @@ def row_dot(row: np.ndarray, x: np.ndarray) -> float:
 
 @njit(cache=True, boundscheck=False, fastmath=_SUMS)
 def add_row_products(weight: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """out += weight @ x: one dot product per row of `weight` (rows, width) (7-10% faster at
-    512 units than adding x[i] times row i of the transpose, which reads and writes `out` once
-    per pass)."""
+    """out += x @ weight.T for x (rows, width), out (rows, outputs): one `row_dot` per row of
+    `weight` and row of `x`, each the same loop whatever the number of rows, so a stream's sums
+    are the same alone and in a batch. A row of `weight` is read once for every row of `x`
+    while it is in the cache."""
     for j in range(weight.shape[0]):
-        out[j] += row_dot(weight[j], x)
+        row = weight[j]
+        for b in range(x.shape[0]):
+            out[b, j] += row_dot(row, x[b])
 
 
 @njit(cache=True, boundscheck=False, fastmath=_SUMS, parallel=True)
 def add_row_products_split(weight: np.ndarray, x: np.ndarray, out: np.ndarray) -> None:
-    """`add_row_products` with the rows shared among numba's threads (`use_threads`): each row's
-    sum is the same loop, so the numbers are the same to the bit. One core streams the weights
-    at its own bandwidth; two read a 2 x 512's 12.6 MB about twice as fast."""
+    """`add_row_products` with the rows of `weight` shared among numba's threads
+    (`use_threads`): each sum is the same loop, so the numbers are the same to the bit. One
+    core streams the weights at its own bandwidth; two read a 2 x 512's 12.6 MB about twice as
+    fast."""
     for j in prange(weight.shape[0]):
-        out[j] += row_dot(weight[j], x)
+        row = weight[j]
+        for b in range(x.shape[0]):
+            out[b, j] += row_dot(row, x[b])
 
 
 # Below this many weights a product is not split: waking the other threads costs ~5-10 us,
@@ -125,80 +136,150 @@ def use_threads(count: int) -> bool:
     return count > 1
 
 
+# The cells, as `cell` codes (model/network.py's `Stepper` passes them).
+LSTM, GRU, RNN_TANH, RNN_RELU, MINGRU = 0, 1, 2, 3, 4
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def sigmoid32(x: float) -> float:
+    """1 / (1 + e**-x) in float32."""
+    return _F(1.0) / (_F(1.0) + exp32(-x))
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def tanh32(x: float) -> float:
+    """tanh(x) = 1 - 2 / (1 + e**2x) in float32."""
+    return _F(1.0) - _F(2.0) / (_F(1.0) + exp32(_F(2.0) * x))
+
+
 # error_model "numpy": a division by zero gives inf, not an exception to check for, which is
-# what lets the loop run eight or sixteen units at a time (10x here).
+# what lets the loops run eight or sixteen units at a time (10x here).
 @njit(cache=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
 def lstm_cell(gates: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-    """c' = f c + i g, h' = o tanh(c') from the pre-activations (i, f, o, 2g) in `gates`,
-    with tanh(c') = 1 - 2 / (1 + e**2c')."""
+    """c' = f c + i g, h' = o tanh(c') from the pre-activations (i, f, o, 2g) in `gates`."""
     hidden, one, two = h.shape[0], _F(1.0), _F(2.0)  # float32 throughout
     for k in range(hidden):
-        input_gate = one / (one + exp32(-gates[k]))
-        forget = one / (one + exp32(-gates[hidden + k]))
-        output = one / (one + exp32(-gates[2 * hidden + k]))
-        half = one / (one + exp32(-gates[3 * hidden + k]))
+        input_gate = sigmoid32(gates[k])
+        forget = sigmoid32(gates[hidden + k])
+        output = sigmoid32(gates[2 * hidden + k])
+        half = sigmoid32(gates[3 * hidden + k])
         cell = forget * c[k] - input_gate + two * input_gate * half
         c[k] = cell
         h[k] = output * (one - two / (one + exp32(two * cell)))
 
 
-@njit(cache=True, boundscheck=False)
-def lstm_advance(symbol: int, model: tuple, split: bool) -> None:
-    """Feed `symbol` to every layer; the state in `model` is updated in place.
+@njit(cache=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
+def gru_cell(hidden_part: np.ndarray, input_part: np.ndarray, h: np.ndarray) -> None:
+    """r, z = sigmoid(hidden + input) of their rows; n = tanh(input_n + r hidden_n);
+    h' = n + z (h - n). Each part holds the reset, update and candidate rows, biases added."""
+    size = h.shape[0]
+    for k in range(size):
+        reset = sigmoid32(hidden_part[k] + input_part[k])
+        update = sigmoid32(hidden_part[size + k] + input_part[size + k])
+        candidate = tanh32(input_part[2 * size + k] + reset * hidden_part[2 * size + k])
+        h[k] = candidate + update * (h[k] - candidate)
 
-    `model` is (table, first_weight, upper_weight, bias, h, c, gates, inputs): `table` (vocab,
-    4H), the first layer's input projection per symbol; `first_weight` (4H, H), its recurrent
-    matrix; `upper_weight` (layers - 1, 4H, 2H), each layer above's input and recurrent
-    matrices side by side, which multiply [h below, own h]; `bias` (layers, 4H), both biases;
-    h and c (layers, H), the state; `gates` (layers, 4H) and `inputs` (2H), scratch. `split`:
-    the large products are shared among the threads (`add_products`)."""
-    table, first_weight, upper_weight, bias, h, c, gates, inputs = model
-    hidden = h.shape[1]
+
+@njit(cache=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
+def simple_cell(cell: int, gates: np.ndarray, h: np.ndarray) -> None:
+    """An RNN's h' = tanh(gates) or relu(gates); a minGRU's h' = h + z (c - h) from its
+    input part (z, c), the update gate before its sigmoid."""
+    size = h.shape[0]
+    for k in range(size):
+        if cell == RNN_TANH:
+            h[k] = tanh32(gates[k])
+        elif cell == RNN_RELU:
+            h[k] = max(gates[k], _F(0.0))
+        else:
+            update = sigmoid32(gates[k])
+            h[k] = h[k] + update * (gates[size + k] - h[k])
+
+
+@njit(inline="always")
+def fill_rows(out: np.ndarray, row: np.ndarray) -> None:
+    """Every row of `out` (rows, width) set to `row`."""
+    for b in range(out.shape[0]):
+        out[b, :] = row
+
+
+@njit(cache=True, boundscheck=False)
+def advance(cell: int, symbols: np.ndarray, model: tuple, split: bool) -> None:
+    """Feed `symbols` (one per row) to every layer; the state in `model` is updated in place.
+
+    `model` is (table, hidden_weight, hidden_bias, input_weight, input_bias, h, c, gates,
+    inputs): `table` (vocab, G), the first layer's input projection per symbol; `hidden_weight`
+    (layers, G, H), the recurrent matrices; `hidden_bias` (layers, G); `input_weight`
+    (layers - 1, G, H) and `input_bias` (layers - 1, G), the layers above the first; h and c
+    (layers, rows, H), the state; `gates` and `inputs` (layers, rows, G), scratch. G is the
+    gates' width (4H, 3H, H or 2H). An LSTM's and RNN's biases are all in `hidden_bias`, and
+    their input part is added to the gates; a GRU keeps the two parts apart (`gru_cell`); a
+    minGRU has only the input part. `split`: share the large products among the threads."""
+    table, hidden_weight, hidden_bias, input_weight, input_bias, h, c, gates, inputs = model
+    together = cell in (LSTM, RNN_TANH, RNN_RELU)
+    rows = h.shape[1]
     for layer in range(h.shape[0]):
         pre = gates[layer]
-        pre[:] = bias[layer]
+        if cell != MINGRU:
+            fill_rows(pre, hidden_bias[layer])
+            add_products(hidden_weight[layer], h[layer], pre, split)
+        part = pre if together else inputs[layer]
         if layer == 0:
-            pre += table[symbol]
-            add_products(first_weight, h[0], pre, split)
+            for b in range(rows):
+                if together:
+                    part[b] += table[symbols[b]]
+                else:
+                    part[b] = table[symbols[b]]
         else:
-            inputs[:hidden] = h[layer - 1]
-            inputs[hidden:] = h[layer]
-            add_products(upper_weight[layer - 1], inputs, pre, split)
-        lstm_cell(pre, h[layer], c[layer])
+            if not together:
+                fill_rows(part, input_bias[layer - 1])
+            add_products(input_weight[layer - 1], h[layer - 1], part, split)
+        for b in range(rows):
+            if cell == LSTM:
+                lstm_cell(pre[b], h[layer, b], c[layer, b])
+            elif cell == GRU:
+                gru_cell(pre[b], part[b], h[layer, b])
+            else:
+                simple_cell(cell, part[b], h[layer, b])
 
 
 @njit(cache=True, boundscheck=False, fastmath=_SUMS)
 def draw(
-    top: np.ndarray, scale: float, head_rows: np.ndarray, extra: np.ndarray, logits: np.ndarray
-) -> int:
-    """argmax of (top * scale) @ head_rows.T + extra: the next symbol, with the noise and the
-    bias at this temperature in `extra` (as generation/streams.py draws); `head_rows` (vocab,
-    H) is the output layer's matrix as torch keeps it; `logits` is scratch."""
+    top: np.ndarray, scales: np.ndarray, head_rows: np.ndarray, extras: np.ndarray,
+    logits: np.ndarray, drawn: np.ndarray,
+) -> None:  # fmt: skip
+    """For each row b: logits[b] = (top[b] @ head_rows.T) * scales[b] + extras[b] and
+    drawn[b] = its argmax, the next symbol, with the noise and the bias at this temperature in
+    `extras` (as generation/streams.py draws); `head_rows` (vocab, H) is the output layer's
+    matrix as torch keeps it."""
     logits[:] = 0.0
     add_row_products(head_rows, top, logits)
-    scale32 = _F(scale)
-    for j in range(logits.shape[0]):
-        logits[j] = logits[j] * scale32 + extra[j]
-    return np.argmax(logits)
+    for b in range(logits.shape[0]):
+        scale = scales[b]
+        row = logits[b]
+        for j in range(row.shape[0]):
+            row[j] = row[j] * scale + extras[b, j]
+        drawn[b] = np.argmax(row)
 
 
 @njit(cache=True, boundscheck=False)
-def lstm_sample(
-    symbol: int,
+def sample(
+    cell: int,
+    symbols: np.ndarray,
     model: tuple,
-    scale: float,
+    scales: np.ndarray,
     head_rows: np.ndarray,
     extras: np.ndarray,
     logits: np.ndarray,
     drawn: np.ndarray,
     split: bool,
 ) -> None:
-    """One stream's next `len(extras)` symbols into `drawn`: feed `symbol`, draw with row t of
-    `extras` (`draw`'s extra), feed that, and so on; the last symbol drawn is not fed. The same
-    calls as `lstm_advance` then `draw` once per symbol, without returning to Python between."""
-    h = model[4]
+    """One stream's next `len(extras)` symbols into `drawn`: feed `symbols` (one), draw with
+    row t of `extras` (`draw`'s extras), feed that, and so on; the last symbol drawn is not
+    fed. The same calls as `advance` then `draw` once per symbol, without returning to Python
+    between."""
+    h = model[5]
     top = h.shape[0] - 1
     for t in range(extras.shape[0]):
-        lstm_advance(symbol, model, split)
-        symbol = draw(h[top], scale, head_rows, extras[t], logits)
-        drawn[t] = symbol
+        advance(cell, symbols, model, split)
+        draw(h[top], scales, head_rows, extras[t : t + 1], logits, symbols)
+        drawn[t] = symbols[0]

@@ -3,7 +3,9 @@
 Training uses PyTorch's fused recurrent layers, and `MinGRU` (below) for the minGRU. Generation
 uses `Stepper`, which writes the cell equations out with the model's own weights: at batch size 1
 the fused layers' per-call overhead dominates, and one step of hand-written equations is several
-times cheaper. The tests check the two against each other.
+times cheaper. On the CPU with numba installed, its steps and draws are model/kernels.py's
+compiled calls, whose sums are the same loop for every row: a stream gets the same bits alone
+and batched. The tests check the paths against each other.
 """
 
 from __future__ import annotations
@@ -277,16 +279,13 @@ class Stepper:
     def advance(self, ids: Tensor) -> Tensor:
         """Feed `ids` (batch,) and return `top`, a view that the next call overwrites."""
         if self.compiled is not None:
-            self.compiled.advance(int(ids))
+            self.compiled.advance(ids)
             return self._h[-1]
         if self.cell == "mingru":
             for layer in range(self.layers):
                 self._mingru(layer, ids)
             return self._h[-1]
-        if self._blas is not None:
-            self._blas.hidden_products()
-        else:
-            torch.baddbmm(self.hidden_bias, self.h, self.hidden_weight, out=self.gates)
+        torch.baddbmm(self.hidden_bias, self.h, self.hidden_weight, out=self.gates)
         for layer in range(self.layers):
             if self.cell == "gru":
                 self._gru(layer, ids)
@@ -294,8 +293,6 @@ class Stepper:
             gates = self._gates[layer]
             if layer == 0:
                 gates.add_(self.input_table.index_select(0, ids))
-            elif self._blas is not None:
-                self._blas.add_input_product(layer, gates)
             else:
                 gates.addmm_(self._h[layer - 1], self.input_weights[layer - 1])
             if self.cell == "lstm":
@@ -319,8 +316,6 @@ class Stepper:
         from_input = self._from_input[layer]
         if layer == 0:
             torch.index_select(self.input_table, 0, ids, out=from_input)
-        elif self._blas is not None:
-            self._blas.input_product(layer, from_input)
         else:
             below, weight, bias = (
                 self._h[layer - 1],
@@ -369,19 +364,12 @@ class Stepper:
         # minGRU: the update gate and the candidate, from the input.
         if self.cell == "mingru":
             self._zc = [part.view(batch, 2, width // 2).unbind(1) for part in self._from_input]
-        self._blas = _NumpyProducts(self) if _numpy_blas_fits(self.h) else None
-        self.compiled: _CompiledLstm | None = None  # see use_kernels
-
-    def use_kernels(self) -> bool:
-        """Step and draw with model/kernels.py's compiled calls from now until the rows change;
-        False where they cannot serve: another cell, more than one row, not the CPU, or no
-        numba (the `fast` extra). Loading them costs about half a second once per process."""
-        kernels = _kernels_for(self.cell, self.h.device) if self.rows == 1 else None
-        if kernels is not None and self.compiled is None:
-            if self._kernel_weights is None:  # once: a lone stream may come and go many times
+        self.compiled: _Compiled | None = None
+        kernels = _kernels_for(self.h.device)
+        if kernels is not None:
+            if self._kernel_weights is None:  # once: the rows change as streams come and go
                 self._kernel_weights = _KernelWeights(self)
-            self.compiled = _CompiledLstm(self, self._kernel_weights, kernels)
-        return self.compiled is not None
+            self.compiled = _Compiled(self, self._kernel_weights, kernels)
 
     @property
     def rows(self) -> int:
@@ -407,67 +395,6 @@ class Stepper:
 
 
 @functools.cache
-def _single_threaded_numpy_blas() -> bool:
-    """Set numpy's BLAS to one thread (once per process); False when that cannot be done.
-
-    A product of one row by a few megabytes of weights is bound by memory, not arithmetic: a
-    second thread only adds a hand-over, and on a busy machine it made the product 5x slower.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return False
-    threadpool_limits(limits=1, user_api="blas")
-    return True
-
-
-def _numpy_blas_fits(h: Tensor) -> bool:
-    """One stream of fp32 on the CPU, with numpy's BLAS held to one thread."""
-    return h.shape[1] == 1 and h.device.type == "cpu" and _single_threaded_numpy_blas()
-
-
-class _NumpyProducts:
-    """A one-stream `Stepper`'s matrix products through numpy's BLAS, on its own buffers.
-
-    At one row, torch's CPU matrix product (MKL) measured 2.7-3.8x slower than numpy's
-    (OpenBLAS) on this AMD machine for 256-512 units (benchmarks/sample.py), and the products
-    are ~80% of a step. The views share memory with the stepper's tensors, so the torch
-    operations around them see every result.
-    """
-
-    def __init__(self, stepper: Stepper) -> None:
-        # One row as a vector: numpy then calls the matrix-vector kernel, not the matrix one.
-        self.h = [part.numpy()[0] for part in stepper._h]
-        self.gates = [part.numpy()[0] for part in stepper._gates]
-        self.recurrent = stepper.cell != "mingru"
-        if self.recurrent:
-            self.hidden_weight = [w.numpy() for w in stepper.hidden_weight.unbind(0)]
-            self.hidden_bias = [b.numpy()[0] for b in stepper.hidden_bias.unbind(0)]
-        self.input_weight = [w.numpy() for w in stepper.input_weights]
-        self.input_bias = [b.numpy()[0] for b in stepper.input_biases]
-        self.scratch = np.empty_like(self.gates[0])
-
-    def hidden_products(self) -> None:
-        """gates[l] = h[l] W_hh[l] + bias[l], every layer from the state before the step."""
-        for h, weight, bias, gates in zip(
-            self.h, self.hidden_weight, self.hidden_bias, self.gates, strict=True
-        ):
-            np.dot(h, weight, out=gates)
-            np.add(gates, bias, out=gates)
-
-    def add_input_product(self, layer: int, gates: Tensor) -> None:
-        """gates += h[layer - 1] W_ih[layer] (an LSTM's or RNN's layers above the first)."""
-        np.dot(self.h[layer - 1], self.input_weight[layer - 1], out=self.scratch)
-        np.add(self.gates[layer], self.scratch, out=self.gates[layer])
-
-    def input_product(self, layer: int, out: Tensor) -> None:
-        """out = h[layer - 1] W_ih[layer] + b_ih[layer] (a GRU's or minGRU's upper layers)."""
-        target = out.numpy()[0]
-        np.dot(self.h[layer - 1], self.input_weight[layer - 1], out=target)
-        np.add(target, self.input_bias[layer - 1], out=target)
-
-
-@functools.cache
 def _compiled_kernels() -> ModuleType | None:
     """model/kernels.py, or None without numba."""
     try:
@@ -477,46 +404,57 @@ def _compiled_kernels() -> ModuleType | None:
     return kernels
 
 
-def _kernels_for(cell: str, device: torch.device) -> ModuleType | None:
-    """The compiled kernels where they serve (an LSTM on the CPU) and numba is installed."""
-    return _compiled_kernels() if cell == "lstm" and device.type == "cpu" else None
+def _kernels_for(device: torch.device) -> ModuleType | None:
+    """The compiled kernels where they serve (the CPU) and numba is installed."""
+    return _compiled_kernels() if device.type == "cpu" else None
 
 
 def load_kernels(model: CharRNN) -> bool:
-    """Load the compiled kernels now where they could serve `model` (an LSTM on the CPU): for a
-    long-lived process, which then pays their ~0.5 s at its start, not in its first long
-    generation. False where they cannot serve it or numba is not installed."""
-    return _kernels_for(model.config.cell, model.head.weight.device) is not None
-
-
-def kernels_loaded() -> bool:
-    """Whether this process has loaded the compiled kernels already (they then cost nothing)."""
-    return _compiled_kernels.cache_info().currsize > 0 and _compiled_kernels() is not None
+    """Load the compiled kernels now where they serve `model` (on the CPU): a `Stepper` loads
+    them anyway; this lets a long-lived process pay their ~0.5 s at its start. False where they
+    cannot serve it or numba is not installed."""
+    return _kernels_for(model.head.weight.device) is not None
 
 
 class _KernelWeights:
-    """An LSTM `Stepper`'s matrices as model/kernels.py reads them: one output a row (torch's own
-    layout), each layer above the first with its input and recurrent matrices side by side. A
-    copy, in C order, since the kernels read each row from start to end.
+    """A `Stepper`'s matrices as model/kernels.py reads them: one output a row (torch's own
+    layout), a copy in C order, since the kernels read each row from start to end. A part the
+    cell lacks (a single layer's upper matrices, a minGRU's recurrent ones) is a small zero
+    array of the same shape's rank.
 
     When every matrix holds bfloat16 values (a model exported with `--dtype bfloat16`), they are
     kept as their 16 bits: a one-stream step reads half the bytes for the same numbers."""
 
     def __init__(self, stepper: Stepper) -> None:
-        recurrent = [w.numpy().T for w in stepper.hidden_weight.unbind(0)]
-        upper = [
-            np.concatenate([below.numpy().T, own], axis=1)
-            for below, own in zip(stepper.input_weights, recurrent[1:], strict=True)
-        ]
-        matrices = [  # C order (a concatenation of transposes keeps F order)
-            np.ascontiguousarray(recurrent[0]),
-            np.ascontiguousarray(np.stack(upper) if upper else np.zeros((1, 1, 1), np.float32)),
+        def rows(matrices: list[Tensor], width: int) -> np.ndarray:
+            if not matrices:
+                return np.zeros((1, 1, width), np.float32)
+            return np.ascontiguousarray(np.stack([m.numpy().T for m in matrices]))
+
+        def biases(vectors: list[Tensor], width: int) -> np.ndarray:
+            if not vectors:
+                return np.zeros((1, width), np.float32)
+            return np.ascontiguousarray(np.stack([v.reshape(-1).numpy() for v in vectors]))
+
+        recurrent = stepper.cell != "mingru"
+        hidden = stepper._hidden
+        self.cell = _CELL_CODES[stepper.cell] + (1 if stepper.relu else 0)
+        self.table = np.ascontiguousarray(stepper.input_table.numpy())
+        self.hidden_bias = biases(list(stepper.hidden_bias.unbind(0)) if recurrent else [], hidden)
+        self.input_bias = biases(stepper.input_biases, hidden)
+        matrices = [
+            rows(list(stepper.hidden_weight.unbind(0)) if recurrent else [], hidden),
+            rows(stepper.input_weights, hidden),
             np.ascontiguousarray(stepper.head_weight.numpy().T),
         ]
         self.bfloat16 = all(_bfloat16_values(matrix) for matrix in matrices)
         if self.bfloat16:
             matrices = [(matrix.view(np.uint32) >> 16).astype(np.uint16) for matrix in matrices]
-        self.first, self.upper, self.head = matrices
+        self.hidden_weight, self.input_weight, self.head = matrices
+
+
+# model/kernels.py's cell codes (an RNN with relu is the next code after tanh).
+_CELL_CODES = {"lstm": 0, "gru": 1, "rnn": 2, "mingru": 4}
 
 
 def _bfloat16_values(matrix: np.ndarray) -> bool:
@@ -524,25 +462,26 @@ def _bfloat16_values(matrix: np.ndarray) -> bool:
     return not np.any(matrix.view(np.uint32) & np.uint32(0xFFFF))
 
 
-class _CompiledLstm:
-    """A one-stream LSTM `Stepper`'s step and draw through model/kernels.py: the state and the
-    scratch are views of the stepper's buffers, the matrices its `_KernelWeights`."""
+class _Compiled:
+    """A CPU `Stepper`'s step and draw through model/kernels.py, for any number of rows: the
+    state and the scratch are views of the stepper's buffers, the matrices its
+    `_KernelWeights`. Each row's sums are one loop whatever the rows, so a stream steps and
+    draws to the same bits alone and in a batch."""
 
     def __init__(self, stepper: Stepper, weights: _KernelWeights, kernels: ModuleType) -> None:
-        self.kernels = kernels
-        self.h, self.c = stepper.h.numpy()[:, 0], stepper.c.numpy()[:, 0]  # views
-        self.gates = stepper.gates.numpy()[:, 0]
-        self.table = stepper.input_table.numpy()
-        self.first_weight, self.upper_weight = weights.first, weights.upper
-        self.bias = stepper.hidden_bias.numpy()[:, 0]
-        self.inputs = np.empty(2 * self.h.shape[1], dtype=np.float32)
+        self.kernels, self.cell = kernels, weights.cell
+        self.h = stepper.h.numpy()  # views (layers, rows, hidden)
+        self.c = self.h if stepper.c is None else stepper.c.numpy()
         self.top = self.h[-1]
         self.head_rows = weights.head
-        self.logits = np.empty(self.head_rows.shape[0], dtype=np.float32)
-        # The model and state `lstm_advance` steps, as one tuple, made once (all views/buffers).
+        rows = self.h.shape[1]
+        self.logits = np.empty((rows, self.head_rows.shape[0]), dtype=np.float32)
+        self.drawn = np.empty(rows, dtype=np.int64)
+        # The model and state `advance` steps, as one tuple, made once (all views/buffers).
         self.model = (
-            self.table, self.first_weight, self.upper_weight, self.bias,
-            self.h, self.c, self.gates, self.inputs,
+            weights.table, weights.hidden_weight, weights.hidden_bias, weights.input_weight,
+            weights.input_bias, self.h, self.c, stepper.gates.numpy(),
+            stepper.from_input.numpy(),
         )  # fmt: skip
         self._threads_applied: tuple[int, int] | None = None  # (thread, count) `_split` set
         self._split_now = False
@@ -558,21 +497,26 @@ class _CompiledLstm:
             self._threads_applied = applied
         return self._split_now
 
-    def advance(self, symbol: int) -> None:
-        """Feed `symbol`; the stepper's h and c change in place."""
-        self.kernels.lstm_advance(symbol, self.model, self._split())
+    def advance(self, ids: Tensor) -> None:
+        """Feed `ids` (one per row); the stepper's h and c change in place."""
+        self.kernels.advance(self.cell, ids.numpy(), self.model, self._split())
 
-    def draw(self, scale: float, extra: Tensor) -> int:
-        """argmax of (top * scale) @ head_weight + extra (generation/streams.py's draw)."""
-        return int(self.kernels.draw(self.top, scale, self.head_rows, extra.numpy(), self.logits))
+    def draw(self, scales: np.ndarray, extras: Tensor) -> tuple[Tensor, Tensor]:
+        """The next id of every row, the argmax of (top * scale) @ head_weight + extra
+        (generation/streams.py's draw), and the logits it took it from (a buffer the next call
+        overwrites). `scales` (rows,) float32, `extras` (rows, vocab)."""
+        self.kernels.draw(self.top, scales, self.head_rows, extras.numpy(), self.logits, self.drawn)
+        return torch.from_numpy(self.drawn.copy()), torch.from_numpy(self.logits)
 
-    def sample(self, symbol: int, scale: float, extras: Tensor) -> list[int]:
-        """Feed `symbol`, then draw and feed one symbol per row of `extras` (the last drawn is
-        not fed): `advance` and `draw` in turn, in one compiled call. Returns the symbols."""
+    def sample(self, symbol: int, scale: np.ndarray, extras: Tensor) -> list[int]:
+        """One row only: feed `symbol`, then draw and feed one symbol per row of `extras` (the
+        last drawn is not fed): `advance` and `draw` in turn, in one compiled call. Returns the
+        symbols."""
         drawn = np.empty(extras.shape[0], dtype=np.int64)
-        self.kernels.lstm_sample(
-            symbol, self.model, scale, self.head_rows, extras.numpy(), self.logits, drawn,
-            self._split(),
+        symbols = np.array([symbol], dtype=np.int64)
+        self.kernels.sample(
+            self.cell, symbols, self.model, scale, self.head_rows, extras.numpy(), self.logits,
+            drawn, self._split(),
         )  # fmt: skip
         return drawn.tolist()
 

@@ -29,8 +29,9 @@ from charrnn.model.checkpoint import Checkpoint
 from charrnn.model.quantize import dequantize_state
 from charrnn.model.web_page import check_cell, training_summary
 from charrnn.system.atomic import atomic_write
+from charrnn.version import install_hint
 
-ONNX_HINT = "export --format onnx needs the onnx package: pip install 'charrnn[onnx]'"
+ONNX_HINT = f"export --format onnx needs the onnx package: {install_hint('onnx')}"
 OPSET = 17
 METADATA_KEY = "charrnn"
 

@@ -28,6 +28,34 @@ def mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags of this CPU as Linux lists them; empty where it does not."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_bf16_support(
+    flags: frozenset[str] | None = None, capability: str | None = None
+) -> str | None:
+    """The CPU's own bfloat16 instructions that torch's kernels use here ("AMX-BF16" or
+    "AVX512-BF16"), or None: bf16 is then converted to and from fp32 around every operation,
+    which costs more than it saves. Both the CPU (its flags) and torch (the vector code it
+    dispatches to, `torch.backends.cpu.get_cpu_capability()`) must have them."""
+    flags = cpu_flags() if flags is None else flags
+    capability = torch.backends.cpu.get_cpu_capability() if capability is None else capability
+    if not capability.startswith(("AVX512", "AMX")):
+        return None
+    if "amx_bf16" in flags:
+        return "AMX-BF16"
+    return "AVX512-BF16" if "avx512_bf16" in flags else None
+
+
 def select_device(name: str) -> torch.device:
     """The device for `name`; `auto` picks CUDA, then MPS, then the CPU."""
     if name == "auto":

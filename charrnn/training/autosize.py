@@ -1,9 +1,11 @@
 """`--auto`: choose the network, batch and window for a corpus, a time budget and this machine.
 
 The rule, after char-rnn's advice and the compute-optimal studies of language models:
-- **precision**: on a CPU the probe first trains one shape in fp32 and with bf16 autocast and
-  keeps bf16 when it is at least `BF16_GAIN` times faster (CPUs with AVX512-BF16 or AMX run it
-  ~1.5x faster; on others it is slower). Elsewhere the run's own `--precision` stands.
+- **precision**: on a CPU, by rule (`precision_by_rule`, the same for `--precision auto`
+  without `--auto`): bf16 autocast where the CPU has its own bf16 instructions (AVX512-BF16 or
+  AMX) and the shape is one a measured table found at least `BF16_GAIN` times faster with it;
+  nothing is timed, so the same command on the same machine makes the same choice. Elsewhere
+  the run's own `--precision` stands.
 - **time**: a model is worth its size only if the run can show it enough text. The run will see
   `speed x seconds` characters, where `speed` is measured, not guessed: a short probe trains each
   candidate shape for a fraction of a second on the corpus itself, in this process, with the
@@ -40,15 +42,14 @@ from charrnn.config import (
     AUTO_KEYS,
     ModelConfig,
     RunConfig,
-    TrainConfig,
     count_parameters,
     recurrent_parameters,
 )
 from charrnn.errors import UsageError
 from charrnn.model.network import CharRNN, autocast_failure
-from charrnn.system.device import CpuThreads, select_device
+from charrnn.system.device import CpuThreads, cpu_bf16_support, select_device
 from charrnn.text.corpus import StreamBatches, Vocab
-from charrnn.training.trainer import Trainer, planned_steps
+from charrnn.training.trainer import Trainer
 
 # Shapes tried, from small to large (layers, hidden). One layer while the model is small: in a
 # short run on a CPU a second layer costs steps that a wider single layer uses better.
@@ -76,12 +77,7 @@ PROBE_SHARE, MIN_PROBE_S, MAX_PROBE_S = 0.03, 1.5, 30.0
 MIN_SHAPE_S = 0.2  # each measured shape trains at least this long (after its warm-up steps)
 SHARE_PER_SHAPE = 1 / 10  # and at least this share of the probe's budget
 BF16_GAIN = 1.1  # bf16 autocast is chosen on a CPU only when this much faster than fp32
-BF16_CLEAR = 1.3  # a first look at the two precisions closer than this gets a second look
 WARMUP_STEPS, MIN_TIMED_STEPS = 2, 2
-# `--precision auto` without --auto: the run's own shape is probed for a second or two, in runs
-# long enough for a bf16 gain to pay that second back many times (at ~100k chars/s, ~20 s).
-RUN_PROBE_S = 2.0
-MIN_PROBED_CHARS, MIN_PROBED_SECONDS = 2_000_000, 20.0
 
 
 @dataclass(frozen=True)
@@ -120,8 +116,7 @@ class AutoChoice:
     limit: str  # what stopped the model growing: time, data, largest (none did) or kept
     kept: list[str] = field(default_factory=list)  # settings the user gave, left alone
     measurements: list[Measurement] = field(default_factory=list)
-    precision_speeds: dict[str, float] = field(default_factory=dict)  # chars/s, when probed
-    bf16_failure: str | None = None  # why this CPU cannot train the cell in bf16
+    precision_choice: PrecisionChoice | None = None  # on a CPU under precision auto: why
 
     @property
     def expected_chars(self) -> float:
@@ -148,8 +143,9 @@ class AutoChoice:
             "lr": self.lr,
             "dropout": self.dropout,
             "precision": self.precision,
-            "precision_probe": {k: round(v, 1) for k, v in self.precision_speeds.items()},
-            "bf16_failure": self.bf16_failure,
+            "precision_rule": None
+            if self.precision_choice is None
+            else self.precision_choice.to_dict(),
             "limit": self.limit,
             "kept": sorted(self.kept),
             "chars_per_s": round(self.chars_per_s, 1),
@@ -188,17 +184,8 @@ class AutoChoice:
                 "characters per parameter in the time"
             )
         kept = f"; kept {', '.join('--' + k.replace('_', '-') for k in sorted(self.kept))}"
-        speeds = self.precision_speeds
-        precision = ""
-        if {"fp32", "bf16"} <= speeds.keys():  # on a CPU, where precision auto is fp32
-            gain = speeds["bf16"] / speeds["fp32"]
-            precision = (
-                f", bf16 ({gain:.2f}x fp32's speed here)"
-                if self.precision == "bf16"
-                else f", fp32 (bf16 at {gain:.2f}x its speed here)"
-            )
-        elif self.bf16_failure is not None:
-            precision = ", fp32 (this CPU cannot train the model in bf16)"
+        choice = self.precision_choice
+        precision = "" if choice is None else f", {choice.precision} ({choice.reason})"
         return (
             f"auto: {s.layers} x {s.hidden} ({s.parameters:,} parameters), batch "
             f"{self.batch_size} x {self.seq_len}, lr {self.lr:.2g}, dropout {self.dropout:g}"
@@ -447,41 +434,30 @@ def precision_shape(shapes: Sequence[Shape], vocab_size: int) -> Shape:
     return min(shapes, key=lambda shape: abs(math.log(shape.parameters / base)))
 
 
-def choose_precision(
-    shape: Shape,
-    device: torch.device,
-    given: str,
-    kept: Collection[str],
-    speed: Callable[[Shape, str], float | None],
-    bf16_failure: str | None = None,
-) -> tuple[str, dict[str, float]]:
-    """On a CPU, bf16 autocast when the probe trains `shape` at least `BF16_GAIN` times faster
-    with it than in fp32, else `given`; and the speeds measured. When the first look is not
-    clear (the two within `BF16_CLEAR` of each other), both are measured again, interleaved,
-    and each keeps its faster figure: a busy moment of another program slows one measurement.
-    A kept `--precision`, or another device (where `auto` already means bf16 on CUDA), is left
-    alone. On a CPU `auto` becomes the precision chosen (fp32 when the probe could not finish), so
-    the run records what it trains in and a resume keeps it. With `bf16_failure` (why this
-    CPU cannot train the cell in bf16) it is fp32, unmeasured."""
-    if "precision" in kept or device.type != "cpu" or given != "auto":
-        return given, {}
-    if bf16_failure is not None:
-        return "fp32", {}
-    speeds: dict[str, float] = {}
-    for _look in range(2):  # a second look only when the first is not clear
-        for precision in ("fp32", "bf16"):
-            measured = speed(shape, precision)
-            if measured is None:  # the probe's time ran out: judge by the looks taken
-                break
-            speeds[precision] = max(measured, speeds.get(precision, 0.0))
-        if measured is None or len(speeds) < 2:
-            break
-        ratio = speeds["bf16"] / speeds["fp32"]
-        if not 1 / BF16_CLEAR < ratio < BF16_CLEAR:
-            break
-    if len(speeds) < 2:
-        return "fp32", speeds
-    return ("bf16" if speeds["bf16"] >= BF16_GAIN * speeds["fp32"] else "fp32"), speeds
+# `--precision auto` on a CPU, by rule: bf16 autocast only on a CPU with its own bf16
+# instructions, and only where a training step's products are large enough for bf16 to make it
+# at least `BF16_GAIN` times faster: hidden x batch (the rows and width of each recurrent
+# product) at least this, per cell. Read from `python -m benchmarks.run --only precision` on a
+# Zen 4 with AVX512-BF16 (benchmarks/RESULTS.md, "--precision auto by rule"; window 32, one
+# thread): an LSTM gained 1.2-1.7x from 1 x 128 at batch 32 and 1 x 256 at batch 8 up; a GRU
+# only from 512 units at 32 (1 x 256 at 128: 1.6-2.0x, at 32: 0.7-1.06x); an RNN from 256
+# units (1.2-1.3x; 128: 0.9x); a minGRU 1.1-1.4x from 128. Smaller than measured: fp32.
+BF16_MIN_WORK = {"lstm": 256 * 8, "gru": 512 * 32, "rnn": 256 * 32, "mingru": 128 * 32}
+
+
+def precision_by_rule(
+    model: ModelConfig, batch_size: int, bf16_support: str | None
+) -> tuple[str, str]:
+    """fp32 or bf16 for training `model` at `batch_size` on a CPU whose own bf16 instructions
+    are `bf16_support` (system/device.py `cpu_bf16_support`), and why, in a few words. The same
+    answer every time for the same CPU and shape: nothing is timed."""
+    if bf16_support is None:
+        return "fp32", "this CPU has no bf16 instructions"
+    work, least = model.hidden * batch_size, BF16_MIN_WORK[model.cell]
+    shape = f"{model.cell} {model.hidden} units x batch {batch_size}"
+    if work < least:
+        return "fp32", f"{bf16_support}, but a {shape} is below the {least:,} where bf16 pays"
+    return "bf16", f"{bf16_support} and a {shape}"
 
 
 def auto_size(
@@ -525,15 +501,15 @@ def auto_size(
         return flops_per_char(_with_shape(config.model, shape.layers, shape.hidden), vocab.size)
 
     anchor = precision_shape(shapes, vocab.size)
-    on_cpu = probe.device.type == "cpu"
-    bf16_failure = autocast_failure(config.model, torch.bfloat16, probe.device) if on_cpu else None
-    precision, precision_speeds = choose_precision(
-        anchor, probe.device, config.train.precision, kept, timed, bf16_failure
-    )
-    mode = "bf16" if precision == "bf16" else "fp32"
+    precision, precision_choice = config.train.precision, None
+    if "precision" not in kept and precision == "auto" and probe.device.type == "cpu":
+        anchor_model = _with_shape(config.model, anchor.layers, anchor.hidden)
+        precision_choice = precision_by_rule_here(anchor_model, base_batch, probe.device)
+        precision = precision_choice.precision
+    anchor_speed = timed(anchor, precision)
     first = (
-        first_guess(shapes, anchor, precision_speeds[mode], seconds_left, flops)
-        if mode in precision_speeds
+        first_guess(shapes, anchor, anchor_speed, seconds_left, flops)
+        if anchor_speed is not None
         else 0
     )
 
@@ -567,103 +543,65 @@ def auto_size(
         limit=limit,
         kept=list(kept),
         measurements=measurements,
-        precision_speeds=precision_speeds,
-        bf16_failure=bf16_failure,
+        precision_choice=precision_choice,
     )
     return config.replace(**choice.settings()), choice
 
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    """What `--precision auto` chose on a CPU for the run's own shape, and why."""
+    """What `--precision auto` chose on a CPU, and why: by `precision_by_rule`, nothing timed."""
 
     precision: str  # fp32 or bf16
-    speeds: dict[str, float]  # training chars/s in each precision; empty when not probed
-    probe_seconds: float = 0.0
+    reason: str
+    bf16_support: str | None = None  # the CPU's own bf16 instructions, if any
     bf16_failure: str | None = None  # why this CPU cannot train the cell in bf16, if it cannot
 
-    @property
-    def ratio(self) -> float | None:
-        """bf16's speed over fp32's, when both were measured."""
-        if {"fp32", "bf16"} <= self.speeds.keys():
-            return self.speeds["bf16"] / self.speeds["fp32"]
-        return None
-
     def to_dict(self) -> dict[str, Any]:
-        """The record in config.json (`precision_probe`)."""
-        ratio = self.ratio
+        """The record in config.json (`precision_rule`)."""
         return {
             "precision": self.precision,
-            "chars_per_s": {k: round(v, 1) for k, v in self.speeds.items()},
-            "bf16_ratio": None if ratio is None else round(ratio, 3),
-            "probe_s": round(self.probe_seconds, 3),
-            "probed": bool(self.speeds),
+            "reason": self.reason,
+            "bf16_instructions": self.bf16_support,
             "bf16_failure": self.bf16_failure,
+            "min_hidden_x_batch": BF16_MIN_WORK,
         }
 
     def notice(self) -> str | None:
-        """One line for the user, or None when the run was too short to probe."""
-        if self.bf16_failure is not None:
-            cannot = f"this CPU cannot train the model in bf16: {self.bf16_failure}"
-            return f"precision auto: fp32 ({cannot})"
-        ratio = self.ratio
-        if ratio is None:
+        """One line for the user where the run trains in bf16, or would have but cannot here;
+        None for plain fp32 (config.json says why all the same)."""
+        if self.precision == "fp32" and self.bf16_failure is None:
             return None
-        said = (
-            f"bf16 ({ratio:.2f}x fp32's speed here)"
-            if self.precision == "bf16"
-            else f"fp32 (bf16 at {ratio:.2f}x its speed here)"
-        )
-        return f"precision auto: {said}, measured on this run's shape in {self.probe_seconds:.1f} s"
+        return f"precision auto: {self.precision} ({self.reason})"
 
 
-def worth_probing(train: TrainConfig, train_chars: int) -> bool:
-    """True when a run is long enough for the precision probe's second to pay: at least
-    `MIN_PROBED_SECONDS` of time limit and `MIN_PROBED_CHARS` characters of step limit."""
-    if train.max_time is not None and train.max_time < MIN_PROBED_SECONDS:
-        return False
-    per_step = train.batch_size * train.seq_len
-    steps = planned_steps(train, max(1, train_chars // per_step))
-    return steps is None or steps * per_step >= MIN_PROBED_CHARS
+def precision_by_rule_here(
+    model: ModelConfig,
+    batch_size: int,
+    device: torch.device,
+    bf16_support: Callable[[], str | None] = cpu_bf16_support,
+) -> PrecisionChoice:
+    """`precision_by_rule` for this CPU; where it says bf16 but the CPU cannot train the cell in
+    it at all (one tiny step tried for real), fp32 and why."""
+    support = bf16_support()
+    precision, reason = precision_by_rule(model, batch_size, support)
+    if precision == "bf16":
+        failure = autocast_failure(model, torch.bfloat16, device)
+        if failure is not None:
+            reason = f"this CPU cannot train the {model.cell} in bf16: {failure}"
+            return PrecisionChoice("fp32", reason, support, failure)
+    return PrecisionChoice(precision, reason, support)
 
 
 def choose_run_precision(
-    config: RunConfig,
-    vocab: Vocab,
-    train_ids: np.ndarray,
-    run_dir: Path,
-    threads: CpuThreads | None = None,
-    speed: Callable[[Shape, str], float | None] | None = None,
+    config: RunConfig, bf16_support: Callable[[], str | None] = cpu_bf16_support
 ) -> tuple[RunConfig, PrecisionChoice | None]:
-    """`config` with `--precision auto` made fp32 or bf16 on a CPU (`choose_precision` on the
-    run's own shape, batch and window), and the choice; unchanged with None elsewhere (another
-    precision, another device, or --auto, whose probe chooses it). A run too short to pay for
-    the probe is fp32. `speed(shape, precision)` stands in for the probe (a test's CPU)."""
+    """`config` with `--precision auto` made fp32 or bf16 on a CPU by `precision_by_rule` for
+    the run's own cell, width and batch, and the choice; unchanged with None elsewhere (another
+    precision, another device, or --auto, which applies the same rule). `bf16_support` stands
+    in for this CPU's instructions (a test's other CPU)."""
     device = select_device(config.train.device)
     if config.train.precision != "auto" or device.type != "cpu" or config.train.auto:
         return config, None
-    if speed is None and not worth_probing(config.train, int(train_ids.shape[0])):
-        return config.replace(precision="fp32"), PrecisionChoice("fp32", {})
-    # Tried for real before anything is timed: where bf16 fails (no oneDNN LSTM in it on a CPU
-    # without AVX512) the run is fp32 at once and the probe's second is not spent.
-    failure = autocast_failure(config.model, torch.bfloat16, device) if speed is None else None
-    if failure is not None:
-        return config.replace(precision="fp32"), PrecisionChoice("fp32", {}, 0.0, failure)
-    if speed is None:
-        # Made before the clock starts: it imports what the run's own optimizer imports anyway.
-        probe = SpeedProbe(
-            config, vocab, train_ids, config.train.batch_size, config.train.seq_len,
-            RUN_PROBE_S, device, run_dir,
-        )  # fmt: skip
-
-        def speed(shape: Shape, precision: str) -> float | None:
-            if threads is not None:
-                threads.tick()
-            return probe(shape, precision)
-
-    started = time.perf_counter()
-    model = config.model
-    shape = Shape(model.layers, model.hidden, count_parameters(model, vocab.size))
-    precision, speeds = choose_precision(shape, device, "auto", (), speed)
-    choice = PrecisionChoice(precision, speeds, time.perf_counter() - started)
-    return config.replace(precision=precision), choice
+    choice = precision_by_rule_here(config.model, config.train.batch_size, device, bf16_support)
+    return config.replace(precision=choice.precision), choice

@@ -255,7 +255,7 @@ def _plan_start(
     # Ranks probing apart could choose apart, and a distillation's steps are not the probe's:
     # both keep auto as fp32.
     if not placement.distributed and start.objective is None:
-        config, precision = _choose_precision(config, start.vocab, start.ids, run, load_since)
+        config, precision = _choose_precision(config)
     config = _fix_evaluation_chars(config, start.ids)
     if placement.is_writer:  # the other ranks of a torchrun job write nothing
         run.create()
@@ -354,22 +354,14 @@ def _auto_size(
         return auto_size(config, vocab, np.asarray(train_ids), kept, run.path, threads)
 
 
-def _choose_precision(
-    config: RunConfig,
-    vocab: Vocab,
-    ids: np.ndarray,
-    run: RunDir,
-    load_since: CpuSample | None,
-) -> tuple[RunConfig, PrecisionChoice | None]:
-    """`autosize.choose_run_precision` on the training split, with the run's threads; before
-    the run's seed is set, so the weights do not depend on the probe."""
+def _choose_precision(config: RunConfig) -> tuple[RunConfig, PrecisionChoice | None]:
+    """`autosize.choose_run_precision`: `--precision auto` on a CPU by rule (its instructions and
+    the run's shape), nothing timed."""
     if config.train.precision != "auto" or config.train.auto:
         return config, None  # not loading the training loop for nothing
     from charrnn.training.autosize import choose_run_precision
 
-    train_ids = np.asarray(split_train_val(ids, config.data.val_frac)[0])
-    with CpuThreads(config.train.threads, load_since) as threads:
-        return choose_run_precision(config, vocab, train_ids, run.path, threads)
+    return choose_run_precision(config)
 
 
 def _fit_batches(config: RunConfig, ids: np.ndarray, warnings: list[str]) -> RunConfig:
@@ -497,7 +489,7 @@ def write_run_config(
     if auto:
         extra["auto"] = auto
     if precision:
-        extra["precision_probe"] = precision
+        extra["precision_rule"] = precision
     RunDir(run_dir).write_config({**config.to_dict(), "corpus": corpus_info, **extra})
 
 

@@ -379,6 +379,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, config.train, device)
         self.amp_dtype = autocast_dtype(config.train.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
+        self.overflowed = False  # the last skipped step was the fp16 scaler's overflow
         trained = self.world.wrap(self.model)  # DistributedDataParallel averages the gradients
         self.forward = torch.compile(trained) if config.train.compile else trained
         self.progress = Progress()
@@ -400,6 +401,8 @@ class Trainer:
         _restore_rng(rank_rng[self.world.rank], self.device)
         self.state = _state_from_saved(resume.get("hidden"), self.device, self.batches.rows)
         self.objective.restore(resume.get("objective", {}))
+        if resume.get("scaler") and self.scaler.is_enabled():  # fp16: the scale it had reached
+            self.scaler.load_state_dict(resume["scaler"])
 
     # ------------------------------------------------------------------ schedule
 
@@ -444,6 +447,9 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.grad_norm = grad_norm  # before clipping; the metrics line reads it (GradientWatch)
         if not bool(torch.isfinite(grad_norm)):  # the one host sync per step; free on the CPU
+            # fp16: a finite loss whose scaled gradients overflowed is the scaler's own skip
+            # (it lowers the scale), not a sign of divergence.
+            self.overflowed = self.scaler.is_enabled() and bool(torch.isfinite(loss))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.update()
             self.state = None
@@ -468,7 +474,7 @@ class Trainer:
                 self.threads.tick()
             with self.world.collective(f"training step {self.progress.step:,}"):
                 loss = self.train_step(*next(batches), lr)
-            bad_in_a_row = 0 if loss is not None else bad_in_a_row + 1
+            bad_in_a_row = 0 if loss is not None or self.overflowed else bad_in_a_row + 1
             if loss is None:
                 self.progress.skipped_steps += 1
                 if bad_in_a_row >= MAX_BAD_STEPS:
@@ -576,6 +582,7 @@ class Trainer:
                 "rng": ranks[0][0],
                 "hidden": _join_states([hidden for _, hidden in ranks]),
                 "objective": self.objective.resume_state(),
+                "scaler": self.scaler.state_dict(),  # {} unless fp16
             }
             if self.world.size > 1:
                 resume["rank_rng"] = [rng for rng, _ in ranks]
