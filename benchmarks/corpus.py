@@ -40,3 +40,23 @@ def training_data(bench: Bench) -> tuple[Vocab, np.ndarray]:
         vocab = Vocab(tuple(sorted(set(map(ord, text)))))
         bench.cache["data"] = (vocab, vocab.encode(text).astype(vocab.dtype))
     return bench.cache["data"]
+
+
+def probed_train_speed(
+    bench: Bench, cell: str, shape: tuple[int, int, int, int], precision: str, probe_s: float,
+    section: str,
+) -> float:  # fmt: skip
+    """Trainer chars/s of `cell` at (layers, hidden, batch, window) in `precision`, measured
+    for `probe_s` seconds by the `--auto` probe (0.0 when the step fails)."""
+    import torch
+
+    from charrnn.config import RunConfig
+    from charrnn.training.autosize import Shape, SpeedProbe
+
+    layers, hidden, batch, window = shape
+    vocab, ids = training_data(bench)
+    config = RunConfig().replace(cell=cell, device="cpu", max_steps=10)
+    probe = SpeedProbe(
+        config, vocab, ids, batch, window, probe_s, torch.device("cpu"), bench.scratch(section)
+    )
+    return probe(Shape(layers, hidden, 0), precision) or 0.0

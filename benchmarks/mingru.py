@@ -24,12 +24,11 @@ from functools import partial
 import torch
 
 from benchmarks.common import Bench, Row, best_alternating, log, skipped_bf16
-from benchmarks.corpus import training_data
+from benchmarks.corpus import probed_train_speed, training_data
 from benchmarks.matmul import bf16_peak_gflops, peak_gflops
 from charrnn.analysis.inspection import linear_scan
 from charrnn.config import RunConfig
 from charrnn.model.network import linear_recurrence
-from charrnn.training.autosize import Shape, SpeedProbe
 
 
 @dataclass(frozen=True)
@@ -81,14 +80,8 @@ def train_flops_per_char(cell: str, layers: int, hidden: int, embed: int, vocab:
 
 def train_speed(bench: Bench, cell: str, shape: tuple[int, int, int, int], precision: str) -> float:
     """Trainer chars/s of `cell` at (layers, hidden, batch, window), by the `--auto` probe."""
-    layers, hidden, batch, window = shape
-    vocab, ids = training_data(bench)
-    config = RunConfig().replace(cell=cell, device="cpu", max_steps=10)
-    probe = SpeedProbe(
-        config, vocab, ids, batch, window, bench.pick(FULL, QUICK).probe_s, torch.device("cpu"),
-        bench.scratch("mingru"),
-    )  # fmt: skip
-    return probe(Shape(layers, hidden, 0), precision) or 0.0
+    probe_s = bench.pick(FULL, QUICK).probe_s
+    return probed_train_speed(bench, cell, shape, precision, probe_s, "mingru")
 
 
 def measure(bench: Bench) -> None:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from benchmarks.common import Bench, Row, best_alternating, log, skipped_bf16
-from benchmarks.corpus import training_data
-from charrnn.config import ModelConfig, RunConfig
+from benchmarks.corpus import probed_train_speed
+from charrnn.config import ModelConfig
 from charrnn.system.device import cpu_bf16_support
-from charrnn.training.autosize import BF16_GAIN, Shape, SpeedProbe, precision_by_rule
+from charrnn.training.autosize import BF16_GAIN, precision_by_rule
 
 # (cell, layers, hidden, batch), window 32 (the default), 1 thread.
 SHAPES = (
@@ -48,13 +46,10 @@ WINDOW = 32
 def train_speed(bench: Bench, shape: tuple[str, int, int, int], precision: str) -> float:
     """Trainer chars/s of (cell, layers, hidden, batch) in `precision`, by the `--auto` probe."""
     cell, layers, hidden, batch = shape
-    vocab, ids = training_data(bench)
-    config = RunConfig().replace(cell=cell, device="cpu", max_steps=10)
-    probe = SpeedProbe(
-        config, vocab, ids, batch, WINDOW, bench.pick(FULL, QUICK).probe_s, torch.device("cpu"),
-        bench.scratch("precision"),
-    )  # fmt: skip
-    return probe(Shape(layers, hidden, 0), precision) or 0.0
+    probe_s = bench.pick(FULL, QUICK).probe_s
+    return probed_train_speed(
+        bench, cell, (layers, hidden, batch, WINDOW), precision, probe_s, "precision"
+    )
 
 
 def measure(bench: Bench) -> None:

@@ -205,7 +205,11 @@ def plot_runs(runs: Sequence[RunHistory], output: Path, width: int, height: int)
     empty = [run.name for run in runs if not run.records]
     if empty:
         raise UsageError(f"no metrics yet in {', '.join(empty)}: nothing to plot")
-    figure = draw_curves(runs, width, height)
+    return save_figure(draw_curves(runs, width, height), output, fmt)
+
+
+def save_figure(figure: Any, output: Path, fmt: str) -> Path:
+    """Write `figure` to `output` in `fmt` atomically and close it."""
     buffer = io.BytesIO()
     try:
         figure.savefig(buffer, format=fmt, dpi=DPI)
@@ -279,11 +283,4 @@ def _or_nan(value: float | None) -> float:
 def plot_memory(runs: Sequence[tuple[str, dict[str, Any]]], output: Path) -> Path:
     """Draw the memory analyses (`draw_memory`) and write the image to `output` atomically."""
     fmt = image_format(output)
-    figure = draw_memory(runs, *MEMORY_SIZE)
-    buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, format=fmt, dpi=DPI)
-    finally:
-        import_pyplot().close(figure)
-    atomic_write(output, lambda handle: handle.write(buffer.getvalue()))
-    return output
+    return save_figure(draw_memory(runs, *MEMORY_SIZE), output, fmt)
