@@ -157,7 +157,7 @@ MemoryPlotOption = Annotated[
     Path | None,
     typer.Option(
         help="Draw the --memory curves to this image: .png, .svg or .pdf (implies --memory; "
-        "needs 'charrnn[plot]'; default: none).",
+        "needs the plot extra; default: none).",
         show_default=False,
     ),
 ]
