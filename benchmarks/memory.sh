@@ -2,12 +2,12 @@
 # How far back it remembers (issue 32, docs/memory.md): the default `charrnn train` with each
 # cell (RNN, GRU, LSTM) for MAX_TIME on tiny Shakespeare, one after another, then one
 # `charrnn compare --memory` of the three: its JSON (memory.json), its tables (memory.txt) and
-# the curves (memory.png, needs 'charrnn[plot]') go to OUT, with each run's directory.
+# the curves (memory.png, needs the plot extra) go to OUT, with each run's directory.
 # Run it on a quiet machine: the figures of docs/memory.md and benchmarks/RESULTS.md come from
 #   MAX_TIME=90s benchmarks/memory.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CORPUS=${CORPUS:-/work/shared/data/tinyshakespeare.txt}
+CORPUS=${CORPUS:-$ROOT/../shared/data/tinyshakespeare.txt}
 CHARRNN=${CHARRNN:-$ROOT/.venv/bin/charrnn}
 OUT=${OUT:-/tmp/memory-bench}
 MAX_TIME=${MAX_TIME:-90s}
