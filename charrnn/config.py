@@ -888,6 +888,10 @@ class ServeConfig:
     )
     max_body: int = setting(1_000_000, "Largest request body in bytes.")
     max_prompt: int = setting(100_000, "Longest prompt (or text to score) in characters.")
+    max_response: int = setting(
+        16_000_000,
+        "Largest response in bytes, bounded from the request before any work (400 beyond).",
+    )
     request_timeout: float = setting(
         300.0, "Seconds a request may take before it is ended (10m, 1h understood).",
         parse=parse_duration,
@@ -920,7 +924,7 @@ def validate_serve_config(config: ServeConfig) -> None:
     _check(0 <= config.port <= 65535, f"port must be between 0 and 65535, got {config.port}")
     _check(config.name != "", "name cannot be empty")
     _check(config.api_key != "", "api-key cannot be empty")
-    for key in ("max_tokens", "max_n", "max_streams", "max_body", "max_prompt"):
+    for key in ("max_tokens", "max_n", "max_streams", "max_body", "max_prompt", "max_response"):
         value = getattr(config, key)
         _check(value >= 1, f"{key.replace('_', '-')} must be at least 1, got {value}")
     for key in ("request_timeout", "idle_timeout"):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import math
 import signal
 import socket
@@ -25,7 +26,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -37,19 +38,27 @@ from charrnn.model.checkpoint import Checkpoint
 from charrnn.model.network import CharRNN
 from charrnn.serve.engine import Completion, Engine, Full, Ticket, prompt_logprobs
 from charrnn.serve.protocol import (
+    GREEDY_BELOW,
+    SCORE_CHAR_BYTES,
     ApiError,
     CompletionRequest,
+    check_response_size,
     choice_object,
     completion_id,
     completion_object,
     read_completion,
     read_score,
+    response_bound,
     sse,
     usage_object,
 )  # fmt: skip
 from charrnn.text.preprocess import preprocess_text
 
 Loader = Callable[[], tuple[CharRNN, Checkpoint]]
+LOG = logging.getLogger("charrnn.serve")
+# Past a request's timeout, the seconds its last event or body still has to be written (a
+# client reading normally takes well under this).
+WRITE_GRACE = 5.0
 EVENT_INTERVAL = 0.05  # seconds between two events of one stream at most (20 ms: 0.69-0.74 of
 # `sample` at 32 clients; 50 ms: 0.79-0.88, benchmarks/RESULTS.md)
 
@@ -97,11 +106,15 @@ async def read_json(request: Request) -> Any:
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the request body is larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the request body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        LOG.warning("a client left while sending its request body (%d bytes came)", size)
+        raise ApiError(400, "the request body ended early") from None
     try:
         return json.loads(b"".join(chunks), parse_constant=_no_constant)
     except (ValueError, RecursionError):
@@ -110,6 +123,14 @@ async def read_json(request: Request) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+class Json(JSONResponse):
+    """A JSON response escaped to ASCII: a lone surrogate a client sent (in an unknown key, say)
+    cannot make it unencodable, and its size per character has a bound (`TEXT_BYTES`)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 # ----------------------------------------------------------------------------- routes
@@ -123,7 +144,7 @@ async def page(request: Request) -> Response:
 async def health(request: Request) -> Response:
     engine = _state(request).engine
     status = "loading" if engine is None else ("stopping" if engine.closing else "ready")
-    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
+    return Json({"status": status}, status_code=200 if status == "ready" else 503)
 
 
 def model_entry(state: ServerState) -> dict[str, Any]:
@@ -142,7 +163,7 @@ def model_entry(state: ServerState) -> dict[str, Any]:
 
 async def models(request: Request) -> Response:
     authorize(request)
-    return JSONResponse({"object": "list", "data": [model_entry(_state(request))]})
+    return Json({"object": "list", "data": [model_entry(_state(request))]})
 
 
 async def one_model(request: Request) -> Response:
@@ -151,7 +172,7 @@ async def one_model(request: Request) -> Response:
     if request.path_params["name"] != state.name:
         raise ApiError(404, f"the model {request.path_params['name']!r} does not exist",
                        "model", "not_found_error")  # fmt: skip
-    return JSONResponse(model_entry(state))
+    return Json(model_entry(state))
 
 
 async def score(request: Request) -> Response:
@@ -160,10 +181,13 @@ async def score(request: Request) -> Response:
     authorize(request)
     state = _state(request)
     text, per_char = read_score(await read_json(request), state.name, state.config)
-    state.ready()
+    engine = state.ready()
     assert state.model is not None and state.checkpoint is not None
+    if per_char:
+        check_response_size(len(text) * SCORE_CHAR_BYTES, state.config, "a shorter text")
     text = preprocess_text(text, state.checkpoint.config.data)
-    result = await asyncio.to_thread(score_text, state.model, state.checkpoint.vocab, text)
+    with _slots(engine, 1):
+        result = await asyncio.to_thread(score_text, state.model, state.checkpoint.vocab, text)
     if not result.per_char:
         raise ApiError(400, "the text has fewer than 2 characters the model knows", "text")
     body: dict[str, Any] = {
@@ -174,7 +198,25 @@ async def score(request: Request) -> Response:
         body["per_char"] = [
             {"char": char, "surprisal_bits": loss / math.log(2)} for char, loss in result.per_char
         ]
-    return JSONResponse(body)
+    return Json(body)
+
+
+@contextlib.contextmanager
+def _slots(engine: Engine, count: int) -> Iterator[None]:
+    """Hold `count` of the batcher's slots for work beside it; 429 when they are taken."""
+    try:
+        engine.reserve(count)
+    except Full:
+        raise _busy(engine) from None
+    try:
+        yield
+    finally:
+        engine.free(count)
+
+
+def _busy(engine: Engine) -> ApiError:
+    return ApiError(429, f"all {engine.max_streams} streams are busy; retry shortly",
+                    kind="rate_limit_error")  # fmt: skip
 
 
 async def completions(request: Request) -> Response:
@@ -183,22 +225,27 @@ async def completions(request: Request) -> Response:
     asked = read_completion(await read_json(request), state.name, state.config)
     engine = state.ready()
     primes = [_prime(state, prompt) for prompt in asked.prompts]
+    echoed = [len(shown) if asked.echo else 0 for _, shown in primes]
+    check_response_size(
+        response_bound(asked, echoed), state.config, "fewer choices or characters, less echo"
+    )
     jobs = [
         Completion(prime, _sample_config(state, asked, index * asked.n + j), asked.logprobs,
                    asked.stops)
         for index, (prime, _) in enumerate(primes) for j in range(asked.n)
     ]  # fmt: skip
-    echoes = [await _echo(state, asked, prime, shown) for prime, shown in primes]
+    deadline = asyncio.get_running_loop().time() + state.config.request_timeout
+    echoes = [await _echo(state, engine, asked, prime, shown) for prime, shown in primes]
     try:
         ticket = engine.submit(jobs)
     except Full:
-        raise ApiError(429, f"all {state.config.max_streams} streams are busy; retry shortly",
-                       kind="rate_limit_error") from None  # fmt: skip
-    reply = _Reply(state, asked, ticket, [echoes[i // asked.n] for i in range(len(jobs))])
+        raise _busy(engine) from None
+    reply = _Reply(state, asked, ticket, [echoes[i // asked.n] for i in range(len(jobs))],
+                   deadline)  # fmt: skip
     if asked.stream:
         return _EventStream(reply)
     try:
-        return JSONResponse(await reply.whole())
+        return _Whole(await reply.whole(), deadline)
     finally:
         reply.release()
 
@@ -220,19 +267,21 @@ def _prime(state: ServerState, prompt: str) -> tuple[str, str]:
 def _sample_config(state: ServerState, asked: CompletionRequest, choice: int) -> SampleConfig:
     """Choice i draws with seed + i, as `charrnn sample --num-samples` does."""
     seed = None if asked.seed is None else (asked.seed + choice) % 2**64
-    greedy = asked.temperature == 0  # as OpenAI's API reads temperature 0
+    # 0 is greedy, as OpenAI's API reads it; so is a temperature too small to scale by.
+    greedy = asked.temperature < GREEDY_BELOW
     config = SampleConfig(
         length=asked.max_tokens, temperature=DEFAULT_TEMPERATURE if greedy else asked.temperature,
         top_k=asked.top_k, top_p=asked.top_p, greedy=greedy, seed=seed,
         unknown=state.config.unknown,
     )  # fmt: skip
-    return config if asked.temperature != 0 else replace(config, top_k=None, top_p=None)
+    return replace(config, top_k=None, top_p=None) if greedy else config
 
 
 async def _echo(
-    state: ServerState, asked: CompletionRequest, prime: str, shown: str
+    state: ServerState, engine: Engine, asked: CompletionRequest, prime: str, shown: str
 ) -> tuple[str, list[Any]]:
-    """With `echo`: the prompt's text and, with `logprobs`, its characters' log-probabilities."""
+    """With `echo`: the prompt's text and, with `logprobs`, its characters' log-probabilities
+    (computed window by window beside the batcher, holding a slot meanwhile)."""
     if not asked.echo:
         return "", []
     if not asked.logprobs:
@@ -240,7 +289,8 @@ async def _echo(
     assert state.model is not None and state.checkpoint is not None
     vocab = state.checkpoint.vocab
     ids = prime_ids(vocab, prime, state.config.unknown)
-    marks = await asyncio.to_thread(prompt_logprobs, state.model, vocab, ids, asked.logprobs)
+    with _slots(engine, 1):
+        marks = await asyncio.to_thread(prompt_logprobs, state.model, vocab, ids, asked.logprobs)
     return shown, marks
 
 
@@ -291,9 +341,30 @@ def _by_choice(batch: list[tuple[int, Piece]]) -> dict[int, list[Piece]]:
     return grouped
 
 
+async def _send_by(deadline: float, respond: Any) -> None:
+    """Send a response, cut off at `deadline` (the request's timeout from its start): a client
+    that stops reading holds the connection no longer than one that waits for its text."""
+    left = deadline + WRITE_GRACE - asyncio.get_running_loop().time()
+    try:
+        await asyncio.wait_for(respond, max(left, 0.001))
+    except asyncio.TimeoutError:
+        LOG.warning("a client read its response too slowly; the connection is closed")
+
+
+class _Whole(Json):
+    """A whole completion, sent by the request's deadline."""
+
+    def __init__(self, content: Any, deadline: float) -> None:
+        super().__init__(content)
+        self.deadline = deadline
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await _send_by(self.deadline, super().__call__(scope, receive, send))
+
+
 class _EventStream(StreamingResponse):
     """Server-sent events that free the request's slots the moment the response ends, however
-    it ends: finished, failed, or the client gone (the next write fails)."""
+    it ends: finished, failed, timed out, or the client gone (the next write fails)."""
 
     def __init__(self, reply: _Reply) -> None:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -302,7 +373,7 @@ class _EventStream(StreamingResponse):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await _send_by(self.reply.deadline, super().__call__(scope, receive, send))
         finally:
             self.reply.release()
 
@@ -311,15 +382,16 @@ class _Reply:
     """A completion's choices filling in from the batcher, sent whole or as events."""
 
     def __init__(
-        self, state: ServerState, asked: CompletionRequest, ticket: Ticket, echoes: list[Any]
-    ) -> None:
-        self.state, self.asked, self.ticket = state, asked, ticket
+        self, state: ServerState, asked: CompletionRequest, ticket: Ticket, echoes: list[Any],
+        deadline: float,
+    ) -> None:  # fmt: skip
+        self.state, self.asked, self.ticket, self.deadline = state, asked, ticket, deadline
         self.choices = [_Choice(echo, asked.logprobs > 0) for echo in echoes]
         self.ident = completion_id()
         # At the time limit a marker joins the pieces (asyncio.wait_for around each get could
         # swallow the cancellation that a client's disconnect sends).
-        self.timer = asyncio.get_running_loop().call_later(
-            state.config.request_timeout, ticket.pieces.put_nowait, (-1, None)
+        self.timer = asyncio.get_running_loop().call_at(
+            deadline, ticket.pieces.put_nowait, (-1, None)
         )
 
     async def _batches(self) -> AsyncIterator[list[tuple[int, Piece]]]:
@@ -404,19 +476,22 @@ class _Reply:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    # A timed-out request would most likely time out again: the stock client must not silently
+    # send it once more.
+    headers = {"x-should-retry": "false"} if exc.status == 408 else None
+    return Json(exc.body(), status_code=exc.status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     error = ApiError(exc.status_code, str(exc.detail), kind=kind)
-    return JSONResponse(error.body(), status_code=exc.status_code)
+    return Json(error.body(), status_code=exc.status_code)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     error = ApiError(500, "internal error; the server goes on")
-    return JSONResponse(error.body(), status_code=500)
+    return Json(error.body(), status_code=500)
 
 
 def create_app(load: Loader, config: ServeConfig, name: str) -> Starlette:

@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
+from charrnn.analysis.scoring import EVAL_WINDOW, evaluating, forward_windows
 from charrnn.config import SampleConfig
 from charrnn.generation.streams import Piece, StreamBatch, symbol_text
 from charrnn.model.network import CharRNN, load_kernels
-from charrnn.text.corpus import Vocab
+from charrnn.text.corpus import Vocab, eval_windows
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Ticket:
     pieces: asyncio.Queue[tuple[int, Piece | None]] = field(default_factory=asyncio.Queue)
     streams: dict[int, int] = field(default_factory=dict)  # the worker's: stream -> choice
     released: bool = False
+    finished: int = 0  # choices whose text is all drawn: their slots are free (event loop side)
 
 
 class Full(Exception):
@@ -78,9 +80,7 @@ class Engine:
 
     def submit(self, completions: list[Completion]) -> Ticket:
         """Start `completions` in the next step; raises `Full` when the slots are taken."""
-        if self.open + len(completions) > self.max_streams or self.closing:
-            raise Full
-        self.open += len(completions)
+        self.reserve(len(completions))
         ticket = Ticket(completions)
         self._send("join", ticket)
         return ticket
@@ -89,8 +89,19 @@ class Engine:
         """Free a request's slots now; its unfinished streams leave before the next step."""
         if not ticket.released:
             ticket.released = True
-            self.open -= len(ticket.completions)
+            self.open -= len(ticket.completions) - ticket.finished
             self._send("leave", ticket)
+
+    def reserve(self, count: int) -> None:
+        """Take `count` slots (for streams, or for work beside the batch: a prompt's
+        log-probabilities, a text to score); raises `Full` when they are taken."""
+        if self.open + count > self.max_streams or self.closing:
+            raise Full
+        self.open += count
+
+    def free(self, count: int) -> None:
+        """Give back slots taken with `reserve` for work beside the batch."""
+        self.open -= count
 
     def close(self) -> None:
         """End every open stream (finish reason length) and refuse new ones; thread-safe."""
@@ -156,7 +167,9 @@ class Engine:
             pieces = self.batch.step()
         except Exception:  # a bug: fail the open requests, keep serving new ones
             self._fail(self.owners)
-            self.batch, self.owners = StreamBatch(self.model, self.vocab), {}
+            # Its ids go on: a failed request's late `leave` must not name a newcomer's stream.
+            self.batch = StreamBatch(self.model, self.vocab, self.batch.next_ident)
+            self.owners = {}
             return
         self._deliver(self.owners, pieces)
 
@@ -198,15 +211,19 @@ class Engine:
     def _post(self, out: list[tuple[Ticket, int, Piece | None]]) -> None:
         """Hand pieces to the event loop: in one call from the worker thread, or directly."""
         if self.threaded:
-            self.loop.call_soon_threadsafe(_hand_over, out)
+            self.loop.call_soon_threadsafe(self._hand_over, out)
         else:
-            _hand_over(out)
+            self._hand_over(out)
 
-
-def _hand_over(out: list[tuple[Ticket, int, Piece | None]]) -> None:
-    """On the event loop: queue each piece for the request it belongs to."""
-    for ticket, choice, piece in out:
-        if not ticket.released:
+    def _hand_over(self, out: list[tuple[Ticket, int, Piece | None]]) -> None:
+        """On the event loop: queue each piece for the request it belongs to; a choice whose
+        text is all drawn frees its slot now, whether or not its client has read it yet."""
+        for ticket, choice, piece in out:
+            if ticket.released:
+                continue
+            if piece is not None and piece.finish:
+                ticket.finished += 1
+                self.open -= 1
             ticket.pieces.put_nowait((choice, piece))
 
 
@@ -214,20 +231,23 @@ def prompt_logprobs(
     model: CharRNN, vocab: Vocab, ids: torch.Tensor, top: int
 ) -> list[tuple[str, float | None, dict[str, float] | None]]:
     """For `echo` with `logprobs`: each prompt character with the model's log-probability of
-    it and of the `top` best alternatives (None for the first, which nothing predicts)."""
+    it and of the `top` best alternatives (None for the first, which nothing predicts). The
+    prompt runs in `EVAL_WINDOW` windows, as `/v1/score` does, so its memory is a window's."""
     texts = [symbol_text(vocab, int(i)) for i in ids.tolist()]
     if not texts:
         return []
-    with torch.inference_mode():
-        logits, _ = model(ids.view(1, -1))
-        logprobs = torch.log_softmax(logits[0].double(), dim=-1)
     result: list[tuple[str, float | None, dict[str, float] | None]] = [(texts[0], None, None)]
-    for position in range(1, len(texts)):
-        row = logprobs[position - 1]
-        best = torch.topk(row, min(top, row.shape[0]))
-        alternatives = {
-            symbol_text(vocab, i): v
-            for v, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
-        }
-        result.append((texts[position], float(row[int(ids[position])]), alternatives))
+    windows = eval_windows(ids.cpu().numpy(), 1, EVAL_WINDOW)
+    device = model.head.weight.device
+    with evaluating(model), torch.inference_mode():
+        for window in forward_windows(model, windows, device):
+            logprobs = torch.log_softmax(window.logits[0].double(), dim=-1)
+            best = torch.topk(logprobs, min(top, logprobs.shape[-1]))
+            chosen = logprobs.gather(1, window.targets[0].view(-1, 1))[:, 0].tolist()
+            rows = zip(best.values.tolist(), best.indices.tolist(), chosen, strict=True)
+            for values, indices, value in rows:
+                alternatives = {
+                    symbol_text(vocab, i): v for v, i in zip(values, indices, strict=True)
+                }
+                result.append((texts[len(result)], value, alternatives))
     return result

@@ -20,6 +20,17 @@ COMPLETION_FIELDS = {
     "logprobs", "echo", "top_k", "user", "stream_options",
 }  # fmt: skip
 SCORE_FIELDS = {"model", "text", "per_char"}
+# A temperature below this draws greedily: 1 / temperature scales the logits, and past this
+# their float32 values overflow (inf - inf is NaN, whose argmax is garbage).
+GREEDY_BELOW = 1e-6
+# Upper bounds on a response's bytes per character (JSON escaped to ASCII: "\ud83d\ude00" is
+# 12 bytes), from which its size is bounded before any work: the text; each log-probability
+# mark (token, logprob, offset, separators); each alternative a mark lists.
+TEXT_BYTES = 12
+MARK_BYTES = 56
+ALTERNATIVE_BYTES = 44
+SCORE_CHAR_BYTES = 64  # {"char": ..., "surprisal_bits": ...} per scored character
+CHOICE_BYTES = 512  # a choice's fixed fields
 
 
 class ApiError(Exception):
@@ -76,9 +87,15 @@ def _number(body: dict[str, Any], key: str, default: float | None) -> Any:
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"{key} must be a finite number", key)
-    return float(value)
+    try:
+        number = float(value)  # an integer of 400 digits overflows
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise _bad(f"{key} must be a finite number", key)
+    return number
 
 
 def _boolean(body: dict[str, Any], key: str) -> bool:
@@ -172,6 +189,26 @@ def read_score(body: Any, name: str, limits: ServeConfig) -> tuple[str, bool]:
     if len(text) > limits.max_prompt:
         raise _bad(f"text is longer than {limits.max_prompt} characters", "text")
     return text, _boolean(body, "per_char")
+
+
+def response_bound(asked: CompletionRequest, echoed: list[int]) -> int:
+    """The most bytes a completion's response can take (`echoed`: each prompt's echoed
+    characters, 0 without echo): what `max_response` is compared with before any work. A
+    stream's events carry the same; their framing (at most 20 events a second) is not counted."""
+    per_char = TEXT_BYTES
+    if asked.logprobs:
+        per_char += MARK_BYTES + ALTERNATIVE_BYTES * asked.logprobs
+    chars = sum(echo + asked.max_tokens for echo in echoed) * asked.n
+    return chars * per_char + len(echoed) * asked.n * CHOICE_BYTES
+
+
+def check_response_size(bound: int, limits: ServeConfig, hint: str) -> None:
+    """A 400 when a response could be larger than `max_response` bytes."""
+    if bound > limits.max_response:
+        raise _bad(
+            f"the response could reach {bound} bytes, over this server's {limits.max_response}"
+            f" ({hint})", "max_tokens",
+        )  # fmt: skip
 
 
 def completion_id() -> str:
