@@ -33,7 +33,7 @@ from starlette.routing import Route
 from charrnn.analysis.scoring import score_text
 from charrnn.config import DEFAULT_TEMPERATURE, SampleConfig, ServeConfig
 from charrnn.errors import ServeError, UsageError
-from charrnn.generation.streams import Piece, known_prime, prime_ids
+from charrnn.generation.streams import Piece, known_prime, prime_ids, symbol_text
 from charrnn.model.checkpoint import Checkpoint
 from charrnn.model.network import CharRNN
 from charrnn.serve.engine import Completion, Engine, Full, Ticket, prompt_logprobs
@@ -50,15 +50,16 @@ from charrnn.serve.protocol import (
     read_score,
     response_bound,
     sse,
+    symbol_bytes,
     usage_object,
 )  # fmt: skip
 from charrnn.text.preprocess import preprocess_text
 
 Loader = Callable[[], tuple[CharRNN, Checkpoint]]
 LOG = logging.getLogger("charrnn.serve")
-# Past a request's timeout, the seconds its last event or body still has to be written (a
-# client reading normally takes well under this).
-WRITE_GRACE = 5.0
+# Past a request's timeout, the share of it (at most 5 s) its last event or body still has to
+# be written: a client reading normally takes well under this.
+WRITE_GRACE = 0.5
 EVENT_INTERVAL = 0.05  # seconds between two events of one stream at most (20 ms: 0.69-0.74 of
 # `sample` at 32 clients; 50 ms: 0.79-0.88, benchmarks/RESULTS.md)
 
@@ -74,6 +75,7 @@ class ServerState:
     engine: Engine | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     load_error: Exception | None = None
+    char_bytes: int = 12  # the most one drawn character takes in a response (its vocabulary's)
     stop_server: Callable[[], None] = lambda: None
 
     def ready(self) -> Engine:
@@ -225,27 +227,28 @@ async def completions(request: Request) -> Response:
     asked = read_completion(await read_json(request), state.name, state.config)
     engine = state.ready()
     primes = [_prime(state, prompt) for prompt in asked.prompts]
-    echoed = [len(shown) if asked.echo else 0 for _, shown in primes]
-    check_response_size(
-        response_bound(asked, echoed), state.config, "fewer choices or characters, less echo"
-    )
+    echoed = [shown if asked.echo else "" for _, shown in primes]
+    bound = response_bound(asked, echoed, state.char_bytes)
+    check_response_size(bound, state.config, "fewer choices or characters, less echo")
     jobs = [
         Completion(prime, _sample_config(state, asked, index * asked.n + j), asked.logprobs,
                    asked.stops)
         for index, (prime, _) in enumerate(primes) for j in range(asked.n)
     ]  # fmt: skip
-    deadline = asyncio.get_running_loop().time() + state.config.request_timeout
+    timeout = state.config.request_timeout
+    deadline = asyncio.get_running_loop().time() + timeout
+    cutoff = deadline + min(5.0, WRITE_GRACE * timeout)  # the response must be written by then
     echoes = [await _echo(state, engine, asked, prime, shown) for prime, shown in primes]
     try:
         ticket = engine.submit(jobs)
     except Full:
         raise _busy(engine) from None
     reply = _Reply(state, asked, ticket, [echoes[i // asked.n] for i in range(len(jobs))],
-                   deadline)  # fmt: skip
+                   deadline, cutoff)  # fmt: skip
     if asked.stream:
         return _EventStream(reply)
     try:
-        return _Whole(await reply.whole(), deadline)
+        return _Whole(await reply.whole(), cutoff)
     finally:
         reply.release()
 
@@ -342,9 +345,9 @@ def _by_choice(batch: list[tuple[int, Piece]]) -> dict[int, list[Piece]]:
 
 
 async def _send_by(deadline: float, respond: Any) -> None:
-    """Send a response, cut off at `deadline` (the request's timeout from its start): a client
-    that stops reading holds the connection no longer than one that waits for its text."""
-    left = deadline + WRITE_GRACE - asyncio.get_running_loop().time()
+    """Send a response, cut off at `deadline` (the request's timeout from its start, and a
+    grace): a client that stops reading holds its connection no longer than one that waits."""
+    left = deadline - asyncio.get_running_loop().time()
     try:
         await asyncio.wait_for(respond, max(left, 0.001))
     except asyncio.TimeoutError:
@@ -354,12 +357,12 @@ async def _send_by(deadline: float, respond: Any) -> None:
 class _Whole(Json):
     """A whole completion, sent by the request's deadline."""
 
-    def __init__(self, content: Any, deadline: float) -> None:
+    def __init__(self, content: Any, cutoff: float) -> None:
         super().__init__(content)
-        self.deadline = deadline
+        self.cutoff = cutoff
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await _send_by(self.deadline, super().__call__(scope, receive, send))
+        await _send_by(self.cutoff, super().__call__(scope, receive, send))
 
 
 class _EventStream(StreamingResponse):
@@ -373,7 +376,7 @@ class _EventStream(StreamingResponse):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            await _send_by(self.reply.deadline, super().__call__(scope, receive, send))
+            await _send_by(self.reply.cutoff, super().__call__(scope, receive, send))
         finally:
             self.reply.release()
 
@@ -383,9 +386,9 @@ class _Reply:
 
     def __init__(
         self, state: ServerState, asked: CompletionRequest, ticket: Ticket, echoes: list[Any],
-        deadline: float,
+        deadline: float, cutoff: float,
     ) -> None:  # fmt: skip
-        self.state, self.asked, self.ticket, self.deadline = state, asked, ticket, deadline
+        self.state, self.asked, self.ticket, self.cutoff = state, asked, ticket, cutoff
         self.choices = [_Choice(echo, asked.logprobs > 0) for echo in echoes]
         self.ident = completion_id()
         # At the time limit a marker joins the pieces (asyncio.wait_for around each get could
@@ -508,6 +511,8 @@ def create_app(load: Loader, config: ServeConfig, name: str) -> Starlette:
                 state.stop_server()
                 return
             vocab = state.checkpoint.vocab
+            widest = max(symbol_bytes(symbol_text(vocab, i)) for i in range(vocab.size))
+            state.char_bytes = widest
             state.engine = Engine(state.model, vocab, config.max_streams, config.batcher)
 
         loading = asyncio.create_task(load_model())

@@ -23,12 +23,12 @@ SCORE_FIELDS = {"model", "text", "per_char"}
 # A temperature below this draws greedily: 1 / temperature scales the logits, and past this
 # their float32 values overflow (inf - inf is NaN, whose argmax is garbage).
 GREEDY_BELOW = 1e-6
-# Upper bounds on a response's bytes per character (JSON escaped to ASCII: "\ud83d\ude00" is
-# 12 bytes), from which its size is bounded before any work: the text; each log-probability
-# mark (token, logprob, offset, separators); each alternative a mark lists.
-TEXT_BYTES = 12
-MARK_BYTES = 56
-ALTERNATIVE_BYTES = 44
+# Upper bounds on a response's bytes (JSON escaped to ASCII), from which its size is bounded
+# before any work. Per character drawn: its text (`char_bytes`, the vocabulary's widest symbol
+# escaped); with log-probabilities a mark (the token, a float of at most 24 characters, an
+# offset and separators) and each alternative (a key and a float).
+MARK_BYTES = 40
+ALTERNATIVE_BYTES = 30
 SCORE_CHAR_BYTES = 64  # {"char": ..., "surprisal_bits": ...} per scored character
 CHOICE_BYTES = 512  # a choice's fixed fields
 
@@ -191,15 +191,22 @@ def read_score(body: Any, name: str, limits: ServeConfig) -> tuple[str, bool]:
     return text, _boolean(body, "per_char")
 
 
-def response_bound(asked: CompletionRequest, echoed: list[int]) -> int:
-    """The most bytes a completion's response can take (`echoed`: each prompt's echoed
-    characters, 0 without echo): what `max_response` is compared with before any work. A
-    stream's events carry the same; their framing (at most 20 events a second) is not counted."""
-    per_char = TEXT_BYTES
-    if asked.logprobs:
-        per_char += MARK_BYTES + ALTERNATIVE_BYTES * asked.logprobs
-    chars = sum(echo + asked.max_tokens for echo in echoed) * asked.n
-    return chars * per_char + len(echoed) * asked.n * CHOICE_BYTES
+def response_bound(asked: CompletionRequest, echoed: list[str], char_bytes: int) -> int:
+    """The most bytes a completion's response can take: `echoed` is each prompt's echo (empty
+    without), `char_bytes` the most one drawn character takes. `max_response` is compared with
+    it before any work; a stream's events carry the same, their framing not counted."""
+    mark = MARK_BYTES + char_bytes + (ALTERNATIVE_BYTES + char_bytes) * asked.logprobs
+    per_char = char_bytes + (mark if asked.logprobs else 0)
+    total = 0
+    for echo in echoed:
+        echo_bytes = len(json.dumps(echo)) + (mark * len(echo) if asked.logprobs else 0)
+        total += asked.n * (echo_bytes + asked.max_tokens * per_char + CHOICE_BYTES)
+    return total
+
+
+def symbol_bytes(text: str) -> int:
+    """The bytes one symbol takes in a response's JSON (escaped to ASCII)."""
+    return len(json.dumps(text)) - 2
 
 
 def check_response_size(bound: int, limits: ServeConfig, hint: str) -> None:
