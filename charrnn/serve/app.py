@@ -393,18 +393,19 @@ class _Reply:
         self.ident = completion_id()
         # At the time limit a marker joins the pieces (asyncio.wait_for around each get could
         # swallow the cancellation that a client's disconnect sends).
-        self.timer = asyncio.get_running_loop().call_at(
-            deadline, ticket.pieces.put_nowait, (-1, None)
-        )
+        self.timer = asyncio.get_running_loop().call_at(deadline, self._time_up)
+
+    def _time_up(self) -> None:
+        self.ticket.pieces.append((-1, None))
+        self.ticket.ready.set()
 
     async def _batches(self) -> AsyncIterator[list[tuple[int, Piece]]]:
         """The pieces that have come, a batch at a time, until every choice has finished."""
         open_choices = len(self.choices)
-        pieces = self.ticket.pieces
+        ticket = self.ticket
         while open_choices:
-            batch = [await pieces.get()]
-            while not pieces.empty():  # what else has come: one write for all of it
-                batch.append(pieces.get_nowait())
+            await ticket.ready.wait()
+            batch = Engine.take(ticket)  # all that has come: one write for all of it
             for choice, piece in batch:
                 if choice < 0:
                     limit = self.state.config.request_timeout

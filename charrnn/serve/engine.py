@@ -38,10 +38,12 @@ class Completion:
 @dataclass(eq=False)
 class Ticket:
     """One request's completions as the event loop sees them: `pieces` receives
-    `(choice, Piece)`, or `(choice, None)` after a failure of the worker."""
+    `(choice, Piece)`, or `(choice, None)` after a failure of the worker, and `ready` is set
+    when it has some (a list and an event: a queue's per-item work showed in the profile)."""
 
     completions: list[Completion]
-    pieces: asyncio.Queue[tuple[int, Piece | None]] = field(default_factory=asyncio.Queue)
+    pieces: list[tuple[int, Piece | None]] = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
     streams: dict[int, int] = field(default_factory=dict)  # the worker's: stream -> choice
     released: bool = False
     finished: int = 0  # choices whose text is all drawn: their slots are free (event loop side)
@@ -224,7 +226,15 @@ class Engine:
             if piece is not None and piece.finish:
                 ticket.finished += 1
                 self.open -= 1
-            ticket.pieces.put_nowait((choice, piece))
+            ticket.pieces.append((choice, piece))
+            ticket.ready.set()
+
+    @staticmethod
+    def take(ticket: Ticket) -> list[tuple[int, Piece | None]]:
+        """The pieces a ticket has received since the last call (on the event loop)."""
+        taken, ticket.pieces = ticket.pieces, []
+        ticket.ready.clear()
+        return taken
 
 
 def prompt_logprobs(
