@@ -74,11 +74,13 @@ def _has_taskset() -> bool:
     return subprocess.run(["which", "taskset"], capture_output=True).returncode == 0
 
 
-def sample_speed(run: Path, clients: int, length: int) -> float:
-    """chars/s of `charrnn sample --num-samples CLIENTS` on the server's core (load excluded)."""
+def sample_speed(run: Path, clients: int, length: int) -> tuple[float, float]:
+    """chars/s of `charrnn sample --num-samples CLIENTS` on the server's core (load excluded),
+    per second of wall time and per second of its CPU time."""
     argv = [sys.executable, "-m", "benchmarks.serve", "sample", str(run), str(clients), str(length)]
     done = subprocess.run(pinned(SERVER_CORE, argv), capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
+    wall, cpu = done.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
 
 
 def _sample_child(run: str, clients: int, length: int) -> None:
@@ -87,9 +89,9 @@ def _sample_child(run: str, clients: int, length: int) -> None:
 
     config = SampleConfig(length=length, num_samples=clients, seed=0)
     pieces = sample_command(Path(run) / "best.pt", PROMPT, config, "cpu", threads=THREADS)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     drawn = sum(len(piece) for _, piece in pieces) - clients * len(PROMPT)
-    print(drawn / (time.perf_counter() - started))
+    print(drawn / (time.perf_counter() - started), drawn / (time.process_time() - cpu))
 
 
 class Server:
@@ -113,6 +115,11 @@ class Server:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
         return int(line.split()[1]) * 1024
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (all its threads, user and system)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.terminate()

@@ -91,13 +91,6 @@ class UnknownPolicy(Choice):
     SKIP = "skip"
 
 
-class Batcher(Choice):
-    """`serve --batcher`: where the batched steps of every open completion run."""
-
-    THREAD = "thread"  # a worker thread: torch computes while the event loop serves
-    LOOP = "loop"  # a task on the event loop, between its other work
-
-
 class UnitState(Choice):
     """`inspect --state`: which value of a unit colours the text."""
 
@@ -904,11 +897,6 @@ class ServeConfig:
         "Prompt characters the model never saw: an error (a 400), or skipped.",
         choices=UnknownPolicy,
     )
-    batcher: str = setting(  # measured: benchmarks/RESULTS.md, section serve
-        Batcher.LOOP.value,
-        "Where the batched steps run: the event loop, between its other work, or a thread.",
-        choices=Batcher,
-    )
 
 
 def read_serve_config(values: dict[str, Any]) -> ServeConfig:
@@ -936,10 +924,6 @@ def validate_serve_config(config: ServeConfig) -> None:
     _check(
         config.unknown in UnknownPolicy.values(),
         f"unknown policy '{config.unknown}'; choose {' or '.join(UnknownPolicy.values())}",
-    )
-    _check(
-        config.batcher in Batcher.values(),
-        f"unknown batcher '{config.batcher}'; choose {' or '.join(Batcher.values())}",
     )
 
 

@@ -308,6 +308,20 @@ class _Choice:
         self.sent_marks = 0
         self.generated = 0
 
+    def add_all(self, pieces: list[Piece]) -> str:
+        """Take a batch of this choice's pieces; their text."""
+        if self.logprobs:
+            for piece in pieces:
+                self.add(piece)
+            return "".join([piece.text for piece in pieces])
+        text = "".join([piece.text for piece in pieces])  # the common case, without a loop
+        self.text.append(text)
+        self.generated += len(text)
+        self.length += len(text)
+        if pieces[-1].finish:
+            self.finish = pieces[-1].finish
+        return text
+
     def add(self, piece: Piece) -> None:
         if piece.draw is not None:
             self.pending.append(piece.draw)
@@ -335,13 +349,6 @@ class _Choice:
             "tokens": [m[0] for m in marks], "token_logprobs": [m[1] for m in marks],
             "top_logprobs": [m[2] for m in marks], "text_offset": offsets,
         }  # fmt: skip
-
-
-def _by_choice(batch: list[tuple[int, Piece]]) -> dict[int, list[Piece]]:
-    grouped: dict[int, list[Piece]] = {}
-    for choice, piece in batch:
-        grouped.setdefault(choice, []).append(piece)
-    return grouped
 
 
 async def _send_by(deadline: float, respond: Any) -> None:
@@ -396,25 +403,24 @@ class _Reply:
         self.timer = asyncio.get_running_loop().call_at(deadline, self._time_up)
 
     def _time_up(self) -> None:
-        self.ticket.pieces.append((-1, None))
+        self.ticket.timed_out = True
         self.ticket.ready.set()
 
-    async def _batches(self) -> AsyncIterator[list[tuple[int, Piece]]]:
-        """The pieces that have come, a batch at a time, until every choice has finished."""
-        open_choices = len(self.choices)
+    async def _batches(self) -> AsyncIterator[list[list[Piece]]]:
+        """Each choice's pieces that have come, a batch at a time, until every choice has
+        finished."""
         ticket = self.ticket
-        while open_choices:
+        done = False
+        while not done:
             await ticket.ready.wait()
-            batch = Engine.take(ticket)  # all that has come: one write for all of it
-            for choice, piece in batch:
-                if choice < 0:
-                    limit = self.state.config.request_timeout
-                    raise ApiError(408, f"the request took longer than {limit:g} s")
-                if piece is None:
-                    raise ApiError(500, "generation failed; the server goes on")
-                if piece.finish:
-                    open_choices -= 1
-            yield batch  # type: ignore[misc]
+            done = ticket.finished == len(self.choices)  # (counted as the pieces came)
+            batch = ticket.take()  # all that has come: one write for all of it
+            if ticket.failed:
+                raise ApiError(500, "generation failed; the server goes on")
+            if ticket.timed_out and not done:
+                limit = self.state.config.request_timeout
+                raise ApiError(408, f"the request took longer than {limit:g} s")
+            yield batch
 
     def release(self) -> None:
         """Free the slots (at once; the batcher drops the streams before its next step)."""
@@ -429,8 +435,9 @@ class _Reply:
 
     async def whole(self) -> dict[str, Any]:
         async for batch in self._batches():
-            for choice, piece in batch:
-                self.choices[choice].add(piece)
+            for choice, pieces in zip(self.choices, batch, strict=True):
+                if pieces:
+                    choice.add_all(pieces)
         choices = [
             choice_object(i, "".join(c.text), c.finish, c.logprob_object(0, 0))
             for i, c in enumerate(self.choices)
@@ -445,12 +452,11 @@ class _Reply:
                 yield self._chunk(echoed)
             async for batch in self._batches():
                 events = []
-                for index, pieces in _by_choice(batch).items():
-                    choice = self.choices[index]
+                for index, (choice, pieces) in enumerate(zip(self.choices, batch, strict=True)):
+                    if not pieces:
+                        continue
                     start, offset = len(choice.marks), choice.length
-                    for piece in pieces:
-                        choice.add(piece)
-                    text = "".join(piece.text for piece in pieces)
+                    text = choice.add_all(pieces)
                     if text or choice.finish:  # one event for what came of this choice
                         events.append(self._chunk([(index, choice, text, start, offset)]))
                 if events:
@@ -514,7 +520,7 @@ def create_app(load: Loader, config: ServeConfig, name: str) -> Starlette:
             vocab = state.checkpoint.vocab
             widest = max(symbol_bytes(symbol_text(vocab, i)) for i in range(vocab.size))
             state.char_bytes = widest
-            state.engine = Engine(state.model, vocab, config.max_streams, config.batcher)
+            state.engine = Engine(state.model, vocab, config.max_streams)
 
         loading = asyncio.create_task(load_model())
         app.state.loading = loading

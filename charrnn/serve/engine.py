@@ -1,18 +1,16 @@
 """The server's batcher: one `StreamBatch` steps every open completion together.
 
 Requests join and leave between steps; after each step all the pieces drawn go to their
-requests at once. The steps run as a task on the event loop between its other work (`--batcher
-loop`, the default: one client keeps single-stream speed) or on a worker thread (`thread`: torch
-releases the interpreter lock while it computes, so a long step never stalls the loop); the
-load test in benchmarks/serve.py measures both.
+requests at once. The steps run as a task on the event loop, one step between rounds of its
+other work. A worker thread instead (torch releases the interpreter lock while it computes) cost
+the same CPU time per character at 32 clients and lost 40% with one client; it looked faster on
+a busy core only because two threads get two shares of it (benchmarks/RESULTS.md, serve).
 """
 
 from __future__ import annotations
 
 import asyncio
 import queue
-import sys
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,30 +35,38 @@ class Completion:
 
 @dataclass(eq=False)
 class Ticket:
-    """One request's completions as the event loop sees them: `pieces` receives
-    `(choice, Piece)`, or `(choice, None)` after a failure of the worker, and `ready` is set
-    when it has some (a list and an event: a queue's per-item work showed in the profile)."""
+    """One request's completions as the event loop sees them: `pieces[choice]` receives that
+    choice's pieces as they are drawn, and `ready` is set when there is news (pieces, a failed
+    step, the time limit). Lists and an event, not a queue: a queue's work per piece showed in
+    the profile at 32 clients."""
 
     completions: list[Completion]
-    pieces: list[tuple[int, Piece | None]] = field(default_factory=list)
+    pieces: list[list[Piece]] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    streams: dict[int, int] = field(default_factory=dict)  # the worker's: stream -> choice
+    streams: dict[int, int] = field(default_factory=dict)  # stream -> choice
     released: bool = False
-    finished: int = 0  # choices whose text is all drawn: their slots are free (event loop side)
+    finished: int = 0  # choices whose text is all drawn: their slots are free
+    failed: bool = False  # a step failed while it was open
+    timed_out: bool = False
+
+    def __post_init__(self) -> None:
+        self.pieces = [[] for _ in self.completions]
+
+    def take(self) -> list[list[Piece]]:
+        """Each choice's pieces received since the last call."""
+        taken, self.pieces = self.pieces, [[] for _ in self.completions]
+        self.ready.clear()
+        return taken
 
 
 class Full(Exception):
     """More streams were asked for than `max_streams` allows now."""
 
 
-SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
-
-
 class Engine:
-    """Owns the model's `StreamBatch` and what steps it: a worker thread (`thread`), or a task
-    on the event loop (`loop`), which then runs the steps between its other work."""
+    """Owns the model's `StreamBatch` and the task on the event loop that steps it."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab, max_streams: int, batcher: str) -> None:
+    def __init__(self, model: CharRNN, vocab: Vocab, max_streams: int) -> None:
         self.model, self.vocab, self.max_streams = model, vocab, max_streams
         self.open = 0  # streams admitted and not released (event loop side)
         self.closing = False
@@ -70,15 +76,7 @@ class Engine:
         load_kernels(model)  # a lone client's stream then steps compiled from its first character
         self.owners: dict[int, Ticket] = {}  # stream -> its ticket (the stepping side's)
         self.wake = asyncio.Event()
-        self.threaded = batcher == "thread"
-        if self.threaded:
-            # The worker gives the interpreter lock up for every torch call; a short switch
-            # interval gets it back soon when the event loop thread holds it meanwhile.
-            sys.setswitchinterval(SWITCH_INTERVAL)
-            self.worker = threading.Thread(target=self._work, name="charrnn-serve", daemon=True)
-            self.worker.start()
-        else:
-            self.task = asyncio.ensure_future(self._drive())
+        self.task = asyncio.ensure_future(self._drive())
 
     def submit(self, completions: list[Completion]) -> Ticket:
         """Start `completions` in the next step; raises `Full` when the slots are taken."""
@@ -113,37 +111,28 @@ class Engine:
     def stop(self) -> None:
         """End the stepping."""
         self._send("stop", None)
-        if self.threaded:
-            self.worker.join(timeout=10)
 
     def _send(self, kind: str, ticket: Ticket | None) -> None:
         self.inbox.put((kind, ticket))
-        if not self.threaded:
-            self.loop.call_soon_threadsafe(self.wake.set)
+        self.loop.call_soon_threadsafe(self.wake.set)  # safe from a signal handler too
 
     # ------------------------------------------------------------------ the stepping side
-
-    def _work(self) -> None:
-        """The worker thread: wait while idle, else step."""
-        torch.set_grad_enabled(False)
-        while self._handle(block=not self.batch.active):
-            self._step()
 
     async def _drive(self) -> None:
         """The task on the event loop: step, then let the loop run its other work."""
         while True:
-            if not self.batch.active and self.inbox.empty():
+            if not self.owners and self.inbox.empty():
                 self.wake.clear()
                 await self.wake.wait()
-            if not self._handle(block=False):
+            if not self.inbox.empty() and not self._handle():
                 return
-            with torch.no_grad():
+            if self.owners:  # (streams that have left are dropped at the next step)
                 self._step()
             await asyncio.sleep(0)
 
-    def _handle(self, block: bool) -> bool:
+    def _handle(self) -> bool:
         """Apply the joins, leaves and closes sent since the last step; False to stop."""
-        messages = [self.inbox.get()] if block else []
+        messages = []
         while True:
             try:
                 messages.append(self.inbox.get_nowait())
@@ -163,12 +152,12 @@ class Engine:
         return True
 
     def _step(self) -> None:
-        if not self.batch.active:
-            return
         try:
             pieces = self.batch.step()
         except Exception:  # a bug: fail the open requests, keep serving new ones
-            self._fail(self.owners)
+            for ticket in self.owners.values():
+                ticket.failed = True
+                ticket.ready.set()
             # Its ids go on: a failed request's late `leave` must not name a newcomer's stream.
             self.batch = StreamBatch(self.model, self.vocab, self.batch.next_ident)
             self.owners = {}
@@ -187,16 +176,20 @@ class Engine:
             owners[stream] = ticket
 
     def _deliver(self, owners: dict[int, Ticket], pieces: list[Piece]) -> None:
-        """Hand a step's pieces to the event loop in one call."""
-        out = []
+        """Hand a step's pieces to their requests; a choice whose text is all drawn frees its
+        slot now, whether or not its client has read it yet."""
         for piece in pieces:
             ticket = owners.get(piece.stream)
-            if ticket is not None:
-                out.append((ticket, ticket.streams[piece.stream], piece))
-                if piece.finish:
-                    owners.pop(piece.stream)
-        if out:
-            self._post(out)
+            if ticket is None:
+                continue
+            if piece.finish:
+                del owners[piece.stream]
+                if not ticket.released:
+                    ticket.finished += 1
+                    self.open -= 1
+            if not ticket.released:
+                ticket.pieces[ticket.streams[piece.stream]].append(piece)
+                ticket.ready.set()
 
     def _end_all(self, batch: StreamBatch, owners: dict[int, Ticket]) -> None:
         """Finish every open stream now (the server is stopping)."""
@@ -205,36 +198,6 @@ class Engine:
         for stream in list(owners):
             batch.leave(stream)
         owners.clear()
-
-    def _fail(self, owners: dict[int, Ticket]) -> None:
-        out = [(ticket, ticket.streams[stream], None) for stream, ticket in owners.items()]
-        self._post(out)
-
-    def _post(self, out: list[tuple[Ticket, int, Piece | None]]) -> None:
-        """Hand pieces to the event loop: in one call from the worker thread, or directly."""
-        if self.threaded:
-            self.loop.call_soon_threadsafe(self._hand_over, out)
-        else:
-            self._hand_over(out)
-
-    def _hand_over(self, out: list[tuple[Ticket, int, Piece | None]]) -> None:
-        """On the event loop: queue each piece for the request it belongs to; a choice whose
-        text is all drawn frees its slot now, whether or not its client has read it yet."""
-        for ticket, choice, piece in out:
-            if ticket.released:
-                continue
-            if piece is not None and piece.finish:
-                ticket.finished += 1
-                self.open -= 1
-            ticket.pieces.append((choice, piece))
-            ticket.ready.set()
-
-    @staticmethod
-    def take(ticket: Ticket) -> list[tuple[int, Piece | None]]:
-        """The pieces a ticket has received since the last call (on the event loop)."""
-        taken, ticket.pieces = ticket.pieces, []
-        ticket.ready.clear()
-        return taken
 
 
 def prompt_logprobs(
