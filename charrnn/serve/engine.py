@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,9 @@ class Ticket:
 
 class Full(Exception):
     """More streams were asked for than `max_streams` allows now."""
+
+
+STEP_SLICE = 0.002  # seconds of steps between two rounds of the event loop
 
 
 class Engine:
@@ -126,8 +130,14 @@ class Engine:
                 await self.wake.wait()
             if not self.inbox.empty() and not self._handle():
                 return
-            if self.owners:  # (streams that have left are dropped at the next step)
+            # Steps for a slice of time, then the loop's other work: a round of the loop per
+            # step (a poll of the sockets) showed in the profile at 32 clients; a request
+            # joining waits one slice at most.
+            until = time.perf_counter() + STEP_SLICE
+            while self.owners and self.inbox.empty():  # (streams that left drop at a step)
                 self._step()
+                if time.perf_counter() >= until:
+                    break
             await asyncio.sleep(0)
 
     def _handle(self) -> bool:
