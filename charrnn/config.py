@@ -882,7 +882,7 @@ class ServeConfig:
     max_body: int = setting(1_000_000, "Largest request body in bytes.")
     max_prompt: int = setting(100_000, "Longest prompt (or text to score) in characters.")
     max_response: int = setting(
-        8_000_000,
+        4_000_000,
         "Largest response in bytes, bounded from the request before any work (400 beyond).",
     )
     request_timeout: float = setting(

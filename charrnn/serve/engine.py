@@ -55,7 +55,9 @@ class Ticket:
 
     def take(self) -> list[list[Piece]]:
         """Each choice's pieces received since the last call."""
-        taken, self.pieces = self.pieces, [[] for _ in self.completions]
+        taken = [bucket[:] for bucket in self.pieces]
+        for bucket in self.pieces:  # the same lists: the batcher holds them
+            bucket.clear()
         self.ready.clear()
         return taken
 
@@ -78,7 +80,8 @@ class Engine:
         self.loop = asyncio.get_running_loop()
         self.batch = StreamBatch(model, vocab)
         load_kernels(model)  # a lone client's stream then steps compiled from its first character
-        self.owners: dict[int, Ticket] = {}  # stream -> its ticket (the stepping side's)
+        # stream -> its ticket and the list its pieces go to
+        self.owners: dict[int, tuple[Ticket, list[Piece]]] = {}
         self.wake = asyncio.Event()
         self.task = asyncio.ensure_future(self._drive())
 
@@ -165,7 +168,7 @@ class Engine:
         try:
             pieces = self.batch.step()
         except Exception:  # a bug: fail the open requests, keep serving new ones
-            for ticket in self.owners.values():
+            for ticket, _ in self.owners.values():
                 ticket.failed = True
                 ticket.ready.set()
             # Its ids go on: a failed request's late `leave` must not name a newcomer's stream.
@@ -174,7 +177,9 @@ class Engine:
             return
         self._deliver(self.owners, pieces)
 
-    def _join(self, batch: StreamBatch, ticket: Ticket, owners: dict[int, Ticket]) -> None:
+    def _join(
+        self, batch: StreamBatch, ticket: Ticket, owners: dict[int, tuple[Ticket, list[Piece]]]
+    ) -> None:
         if ticket.released:
             return
         for choice, completion in enumerate(ticket.completions):
@@ -183,25 +188,26 @@ class Engine:
                 stops=completion.stops,
             )  # fmt: skip
             ticket.streams[stream] = choice
-            owners[stream] = ticket
+            owners[stream] = (ticket, ticket.pieces[choice])
 
-    def _deliver(self, owners: dict[int, Ticket], pieces: list[Piece]) -> None:
+    def _deliver(self, owners: dict[int, tuple[Ticket, list[Piece]]], pieces: list[Piece]) -> None:
         """Hand a step's pieces to their requests; a choice whose text is all drawn frees its
-        slot now, whether or not its client has read it yet."""
+        slot now, whether or not its client has read it yet. (A released request's streams
+        left `owners` before this step: its leave is handled first.)"""
         for piece in pieces:
-            ticket = owners.get(piece.stream)
-            if ticket is None:
+            owner = owners.get(piece.stream)
+            if owner is None:
                 continue
+            ticket, bucket = owner
+            bucket.append(piece)
+            ticket.ready.set()
             if piece.finish:
                 del owners[piece.stream]
                 if not ticket.released:
                     ticket.finished += 1
                     self.open -= 1
-            if not ticket.released:
-                ticket.pieces[ticket.streams[piece.stream]].append(piece)
-                ticket.ready.set()
 
-    def _end_all(self, batch: StreamBatch, owners: dict[int, Ticket]) -> None:
+    def _end_all(self, batch: StreamBatch, owners: dict[int, tuple[Ticket, list[Piece]]]) -> None:
         """Finish every open stream now (the server is stopping)."""
         pieces = [Piece(stream, "", "length") for stream in owners]
         self._deliver(owners, pieces)
