@@ -264,9 +264,16 @@ def test_a_timed_out_request_says_do_not_retry_and_a_reader_that_stops_frees_its
 
 
 def test_a_choice_frees_its_slot_when_its_text_is_drawn_not_when_it_is_read(run):
-    server = Server(run, "--max-streams", "2", "--max-response", "100000000")
+    server = Server(run, "--max-streams", "2", "--max-response", "100000000",
+                    "--max-tokens", "10000000")  # fmt: skip
     try:
-        long = {"model": NAME, "prompt": "a", "max_tokens": 4096, "stream": True}
+        long = {
+            "model": NAME,
+            "prompt": "a",
+            "max_tokens": 10_000_000,
+            "stream": True,
+            "stop": ["\u0000"],
+        }  # (a stop string: a character a step, not runs)
         with httpx.stream("POST", server.url + "/v1/completions", json=long, timeout=60) as one:
             next(one.iter_lines())  # one slot streams
             # A client that never reads a response larger than the socket buffers: its text is
@@ -274,10 +281,14 @@ def test_a_choice_frees_its_slot_when_its_text_is_drawn_not_when_it_is_read(run)
             body = {"model": NAME, "prompt": prompt_of(run, 100_000), "max_tokens": 50,
                     "stream": True, "echo": True, "logprobs": 5}  # fmt: skip
             host, port = server.url.removeprefix("http://").split(":")
-            stuck = socket.create_connection((host, int(port)), timeout=10)
+            stuck = socket.socket()
+            stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # no autotuning
+            stuck.connect((host, int(port)))
             data = _dump(body)
             stuck.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d"
                           b"\r\n\r\n%s" % (len(data), data))  # fmt: skip
+            # Its response has begun (it holds a slot; nothing past these bytes is read).
+            assert stuck.recv(64).startswith(b"HTTP/1.1 200")
             started = time.monotonic()
             while (reply := post(server, {"model": NAME, "prompt": "a"})).status_code == 429:
                 assert time.monotonic() - started < 20, "a drawn choice kept its slot"
@@ -350,3 +361,41 @@ def test_a_failed_step_fails_its_requests_and_the_next_ones_are_served_at_once(r
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_a_failed_requests_late_release_never_names_a_newcomers_stream(run):
+    """After a failed step the batcher starts a new batch; the failed request's release comes
+    after a newcomer has joined it, and must not end the newcomer's stream."""
+    import asyncio
+
+    from charrnn.serve.engine import Completion, Engine
+
+    model, checkpoint = load_model(run / "best.pt")
+    poison = checkpoint.vocab.encode("z")[0]
+    embed = model.embed
+
+    class Poisoned(type(embed)):
+        def forward(self, ids):  # noqa: ANN001, ANN202
+            if bool((ids == poison).any()):
+                raise RuntimeError("a step that fails")
+            return super().forward(ids)
+
+    embed.__class__ = Poisoned
+    config = SampleConfig(length=40, seed=4, temperature=1.0)
+
+    async def scenario() -> str:
+        engine = Engine(model, checkpoint.vocab, max_streams=8)
+        bad = engine.submit([Completion("the z", config)])
+        while not bad.failed:
+            await asyncio.sleep(0.01)
+        good = engine.submit([Completion("the ", config)])
+        engine.release(bad)  # after the newcomer's join: the batcher reads both in this order
+        text = ""
+        while good.finished < 1:
+            await good.ready.wait()
+            text += "".join(piece.text for piece in good.take()[0])
+        engine.stop()
+        return text
+
+    text = asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+    assert text == alone(run, "the ", length=40, seed=4, temperature=1.0)

@@ -359,6 +359,8 @@ async def _send_by(deadline: float, respond: Any) -> None:
         await asyncio.wait_for(respond, max(left, 0.001))
     except asyncio.TimeoutError:
         LOG.warning("a client read its response too slowly; the connection is closed")
+    except asyncio.CancelledError:  # only the server's shutdown, done waiting for this client
+        LOG.warning("a response still being written was cut off by the shutdown")
 
 
 class _Whole(Json):
