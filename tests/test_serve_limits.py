@@ -252,6 +252,10 @@ def test_a_timed_out_request_says_do_not_retry_and_a_reader_that_stops_frees_its
         started = time.monotonic()
         time.sleep(0.5)
         assert post(server, {"model": NAME, "prompt": "a"}).status_code == 429
+        # Scoring and echoed log-probabilities share the same slots.
+        scored = httpx.post(server.url + "/v1/score", json={"text": "the lazy dog"}, timeout=60)
+        echoed = post(server, {"model": NAME, "prompt": "the", "echo": True, "logprobs": 1})
+        assert scored.status_code == echoed.status_code == 429
         while (reply := post(server, {"model": NAME, "prompt": "a"})).status_code == 429:
             assert time.monotonic() - started < 8, "a client that never reads kept its slot"
             time.sleep(0.1)
