@@ -91,13 +91,6 @@ class UnknownPolicy(Choice):
     SKIP = "skip"
 
 
-class Batcher(Choice):
-    """`serve --batcher`: where the batched steps of every open completion run."""
-
-    THREAD = "thread"  # a worker thread: torch computes while the event loop serves
-    LOOP = "loop"  # a task on the event loop, between its other work
-
-
 class UnitState(Choice):
     """`inspect --state`: which value of a unit colours the text."""
 
@@ -888,6 +881,10 @@ class ServeConfig:
     )
     max_body: int = setting(1_000_000, "Largest request body in bytes.")
     max_prompt: int = setting(100_000, "Longest prompt (or text to score) in characters.")
+    max_response: int = setting(
+        4_000_000,
+        "Largest response in bytes, bounded from the request before any work (400 beyond).",
+    )
     request_timeout: float = setting(
         300.0, "Seconds a request may take before it is ended (10m, 1h understood).",
         parse=parse_duration,
@@ -899,11 +896,6 @@ class ServeConfig:
         UnknownPolicy.ERROR.value,
         "Prompt characters the model never saw: an error (a 400), or skipped.",
         choices=UnknownPolicy,
-    )
-    batcher: str = setting(  # measured: benchmarks/RESULTS.md, section serve
-        Batcher.LOOP.value,
-        "Where the batched steps run: the event loop, between its other work, or a thread.",
-        choices=Batcher,
     )
 
 
@@ -920,7 +912,7 @@ def validate_serve_config(config: ServeConfig) -> None:
     _check(0 <= config.port <= 65535, f"port must be between 0 and 65535, got {config.port}")
     _check(config.name != "", "name cannot be empty")
     _check(config.api_key != "", "api-key cannot be empty")
-    for key in ("max_tokens", "max_n", "max_streams", "max_body", "max_prompt"):
+    for key in ("max_tokens", "max_n", "max_streams", "max_body", "max_prompt", "max_response"):
         value = getattr(config, key)
         _check(value >= 1, f"{key.replace('_', '-')} must be at least 1, got {value}")
     for key in ("request_timeout", "idle_timeout"):
@@ -932,10 +924,6 @@ def validate_serve_config(config: ServeConfig) -> None:
     _check(
         config.unknown in UnknownPolicy.values(),
         f"unknown policy '{config.unknown}'; choose {' or '.join(UnknownPolicy.values())}",
-    )
-    _check(
-        config.batcher in Batcher.values(),
-        f"unknown batcher '{config.batcher}'; choose {' or '.join(Batcher.values())}",
     )
 
 

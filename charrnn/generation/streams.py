@@ -9,6 +9,12 @@ A stream's text depends only on its own prime, options and seed, never on which 
 share the batch: its noise comes from its own generator in chunks sized by its own length and
 the vocabulary, and temperature scales its own row. Draws use the Gumbel-max trick: the argmax of
 logits plus Gumbel noise is a draw from the softmax, and a masked (-inf) logit never wins.
+
+A prime runs once however many streams share it (at batch 1; its state is then repeated), and
+through the recurrent layers only, `PRIME_WINDOW` characters per step: a long prime costs one
+window of work per step, so the streams already drawing go on while it primes, and its memory is
+one window's. Every path that samples (`charrnn sample`, the API, the server) primes here, so a
+prime's state is the same to the bit on each.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ STREAM_NOISE = 1 << 14
 # A lone stream on the compiled kernels draws up to this many characters per step (one call):
 # a few milliseconds, so streams still join and leave promptly, and Ctrl-C stops it at once.
 RUN_CHARS = 32
+# Prime characters run per step (batch 1, recurrent layers only): bounds a step's time and a
+# prime's memory (a window's activations), not the result.
+PRIME_WINDOW = 512
 
 
 def filter_logits(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
@@ -199,19 +208,30 @@ class _Stream:
         return int(kept[0].add_(self._next_noise()).argmax())
 
 
+class _Priming:
+    """Streams of one prime (after one starting state) on their way in: the prime runs once for
+    all of them, a window per step; `done` of its ids have run."""
+
+    def __init__(self, members: list[_Stream]) -> None:
+        self.members, self.ids, self.state = members, members[0].ids, members[0].state
+        self.done = 0
+
+
 class StreamBatch:
     """Streams stepped together; `join` and `leave` between `step` calls."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab) -> None:
+    def __init__(self, model: CharRNN, vocab: Vocab, first_ident: int = 0) -> None:
         self.model, self.vocab = model.eval(), vocab
         self.device = model.head.weight.device
         # Outside inference mode: the rows are updated in place between a caller's yields.
         self.stepper = Stepper(model, model.initial_state(0))
         self.streams: list[_Stream] = []  # row i of the stepper is streams[i]
         self.joining: list[_Stream] = []
+        self.priming: list[_Priming] = []  # primes under way, a window a step
         self.leaving: set[int] = set()
         self.fed: torch.Tensor | None = None  # the ids drawn last, not yet fed to the rows
-        self.next_ident = 0
+        self.next_ident = first_ident  # a new batch after a failed one goes on numbering
+        self._last_prime: tuple[tuple[str, str], torch.Tensor] | None = None
         self._scale: float | torch.Tensor = 1.0
         self._scales = np.ones(0, dtype=np.float32)  # each row's, for the compiled draw
         self._filtered: list[_Stream] = []
@@ -232,7 +252,7 @@ class StreamBatch:
 
         Raises `UsageError` for an empty stop string or, under `config.unknown` error, a
         character of the prime the model never saw (`config` itself is trusted: validated)."""
-        ids = prime_ids(self.vocab, prime, config.unknown).to(self.device)
+        ids = self._prime_ids(prime, config.unknown)
         if any(not stop for stop in stops):
             raise UsageError("stop text cannot be empty")
         head_bias = self.stepper.head_bias
@@ -242,6 +262,16 @@ class StreamBatch:
         self.next_ident += 1
         self.joining.append(stream)
         return stream.ident
+
+    def _prime_ids(self, prime: str, policy: str) -> torch.Tensor:
+        """The prime's ids on the device; streams joining one after another with one prime share
+        one tensor (and so run it once)."""
+        key = (prime, policy)
+        if self._last_prime is not None and self._last_prime[0] == key:
+            return self._last_prime[1]
+        ids = prime_ids(self.vocab, prime, policy).to(self.device)
+        self._last_prime = (key, ids)
+        return ids
 
     def join_samples(
         self, prime: str, config: SampleConfig, state: State | None = None
@@ -263,7 +293,8 @@ class StreamBatch:
     def active(self) -> int:
         """Streams that joined and have not left or finished."""
         gone = self.leaving
-        return sum(1 for s in self.streams + self.joining if s.ident not in gone)
+        priming = [s for p in self.priming for s in p.members]
+        return sum(1 for s in self.streams + self.joining + priming if s.ident not in gone)
 
     def final_state(self, ident: int) -> State:
         """The state of a stream after every symbol it drew (batch 1), until the next step."""
@@ -288,14 +319,14 @@ class StreamBatch:
         self.unstepped.clear()
         if self.leaving:
             self._drop()
-        if self.fed is not None and not self.joining and self._runs():
+        if self.fed is not None and not self.joining and not self.priming and self._runs():
             return self._draw_run()
         if self.fed is not None and self.streams:
             self.stepper.advance(self.fed)
         self.fed = None
-        pieces: list[Piece] = []
         if self.joining:
-            pieces = self._admit()
+            self._admit()
+        pieces = self._prime() if self.priming else []
         if not self.streams:
             return pieces
         ids = self._draw()
@@ -305,6 +336,9 @@ class StreamBatch:
     def _drop(self) -> None:
         kept = [s for s in self.streams if s.ident not in self.leaving]
         self.joining = [s for s in self.joining if s.ident not in self.leaving]
+        for priming in self.priming:
+            priming.members = [s for s in priming.members if s.ident not in self.leaving]
+        self.priming = [p for p in self.priming if p.members]
         self.leaving = set()
         if len(kept) == len(self.streams):
             return
@@ -314,36 +348,50 @@ class StreamBatch:
             self.fed = self.fed[rows]
         self._arrange(kept)
 
-    def _admit(self) -> list[Piece]:
-        """Run the joining streams' primes (shared primes once) and add their rows."""
-        joining, self.joining = self.joining, []
-        done = [Piece(s.ident, "", "length") for s in joining if s.config.length == 0]
-        for stream in (s for s in joining if s.config.length == 0):
-            self.unstepped[stream.ident] = self._prime_state([stream])
-        joining = [s for s in joining if s.config.length > 0]
-        groups: dict[tuple[tuple[int, ...], int], list[_Stream]] = {}
-        for stream in joining:  # streams of one prime after one state run the prime once
-            key = (tuple(stream.ids.tolist()), id(stream.state))
-            groups.setdefault(key, []).append(stream)
+    def _admit(self) -> None:
+        """Group the joining streams by prime and starting state: each group primes once."""
+        groups: dict[tuple[int, int], list[_Stream]] = {}
+        for stream in self.joining:
+            groups.setdefault((id(stream.ids), id(stream.state)), []).append(stream)
+        self.joining, self._last_prime = [], None
+        self.priming += [_Priming(members) for members in groups.values()]
+
+    def _prime(self) -> list[Piece]:
+        """Run one window of every prime under way; the streams whose prime has run get their
+        rows (or, asking for no characters, their state and finish)."""
+        done: list[Piece] = []
         added: list[_Stream] = []
-        for members in groups.values():
-            self.stepper.append_rows(self._prime_state(members))
-            added += members
-        for stream in added:
-            stream.state = None  # held in the stepper's rows now
-        self._arrange(self.streams + added)
+        for priming in self.priming:
+            state = self._prime_window(priming)
+            if state is None:
+                continue
+            for stream in priming.members:
+                stream.state = None  # held in the stepper's rows or `unstepped` now
+                if stream.config.length == 0:
+                    self.unstepped[stream.ident] = state
+                    done.append(Piece(stream.ident, "", "length"))
+            members = [s for s in priming.members if s.config.length > 0]
+            if members:
+                self.stepper.append_rows(repeat_rows(state, len(members)))
+                added += members
+        self.priming = [p for p in self.priming if p.done >= 0]
+        if added:
+            self._arrange(self.streams + added)
         return done
 
-    def _prime_state(self, members: list[_Stream]) -> State:
-        """The state after the prime that `members` share, one row each (in `step`'s
-        inference mode)."""
-        first, count = members[0], len(members)
-        state = first.state
-        if state is not None and count > 1:
-            state = repeat_rows(state, count)
-        if first.ids.numel():
-            return self.model(first.ids.view(1, -1).expand(count, -1), state)[1]
-        return state if state is not None else self.model.initial_state(count)
+    def _prime_window(self, priming: _Priming) -> State | None:
+        """Run the next window of a prime (batch 1, recurrent layers only, in `step`'s
+        inference mode); the state after the whole prime once it has run, else None."""
+        window = priming.ids[priming.done : priming.done + PRIME_WINDOW]
+        if window.numel():
+            state = priming.state
+            _, priming.state = self.model.rnn(self.model.embed(window.view(1, -1)), state)
+            priming.done += window.numel()
+        if priming.done < priming.ids.numel():
+            return None
+        priming.done = -1  # finished: leaves `priming`
+        state = priming.state
+        return state if state is not None else self.model.initial_state(1)
 
     def _arrange(self, streams: list[_Stream]) -> None:
         """Record the streams in row order and what each draw needs of them."""

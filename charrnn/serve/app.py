@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import math
 import signal
 import socket
@@ -25,31 +26,40 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from charrnn.analysis.scoring import score_text
 from charrnn.config import DEFAULT_TEMPERATURE, SampleConfig, ServeConfig
 from charrnn.errors import ServeError, UsageError
-from charrnn.generation.streams import Piece, known_prime, prime_ids
+from charrnn.generation.streams import Piece, known_prime, prime_ids, symbol_text
 from charrnn.model.checkpoint import Checkpoint
 from charrnn.model.network import CharRNN
 from charrnn.serve.engine import Completion, Engine, Full, Ticket, prompt_logprobs
 from charrnn.serve.protocol import (
+    GREEDY_BELOW,
+    SCORE_CHAR_BYTES,
     ApiError,
     CompletionRequest,
+    check_response_size,
     choice_object,
     completion_id,
     completion_object,
     read_completion,
     read_score,
+    response_bound,
     sse,
+    symbol_bytes,
     usage_object,
 )  # fmt: skip
 from charrnn.text.preprocess import preprocess_text
 
 Loader = Callable[[], tuple[CharRNN, Checkpoint]]
+LOG = logging.getLogger("charrnn.serve")
+# Past a request's timeout, the share of it (at most 5 s) its last event or body still has to
+# be written: a client reading normally takes well under this.
+WRITE_GRACE = 0.5
 EVENT_INTERVAL = 0.05  # seconds between two events of one stream at most (20 ms: 0.69-0.74 of
 # `sample` at 32 clients; 50 ms: 0.79-0.88, benchmarks/RESULTS.md)
 
@@ -65,6 +75,7 @@ class ServerState:
     engine: Engine | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     load_error: Exception | None = None
+    char_bytes: int = 12  # the most one drawn character takes in a response (its vocabulary's)
     stop_server: Callable[[], None] = lambda: None
 
     def ready(self) -> Engine:
@@ -97,11 +108,15 @@ async def read_json(request: Request) -> Any:
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the request body is larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the request body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"the request body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        LOG.warning("a client left while sending its request body (%d bytes came)", size)
+        raise ApiError(400, "the request body ended early") from None
     try:
         return json.loads(b"".join(chunks), parse_constant=_no_constant)
     except (ValueError, RecursionError):
@@ -110,6 +125,14 @@ async def read_json(request: Request) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+class Json(JSONResponse):
+    """A JSON response escaped to ASCII: a lone surrogate a client sent (in an unknown key, say)
+    cannot make it unencodable, and its size per character has a bound (`TEXT_BYTES`)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 # ----------------------------------------------------------------------------- routes
@@ -123,7 +146,7 @@ async def page(request: Request) -> Response:
 async def health(request: Request) -> Response:
     engine = _state(request).engine
     status = "loading" if engine is None else ("stopping" if engine.closing else "ready")
-    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
+    return Json({"status": status}, status_code=200 if status == "ready" else 503)
 
 
 def model_entry(state: ServerState) -> dict[str, Any]:
@@ -142,7 +165,7 @@ def model_entry(state: ServerState) -> dict[str, Any]:
 
 async def models(request: Request) -> Response:
     authorize(request)
-    return JSONResponse({"object": "list", "data": [model_entry(_state(request))]})
+    return Json({"object": "list", "data": [model_entry(_state(request))]})
 
 
 async def one_model(request: Request) -> Response:
@@ -151,7 +174,7 @@ async def one_model(request: Request) -> Response:
     if request.path_params["name"] != state.name:
         raise ApiError(404, f"the model {request.path_params['name']!r} does not exist",
                        "model", "not_found_error")  # fmt: skip
-    return JSONResponse(model_entry(state))
+    return Json(model_entry(state))
 
 
 async def score(request: Request) -> Response:
@@ -160,10 +183,13 @@ async def score(request: Request) -> Response:
     authorize(request)
     state = _state(request)
     text, per_char = read_score(await read_json(request), state.name, state.config)
-    state.ready()
+    engine = state.ready()
     assert state.model is not None and state.checkpoint is not None
+    if per_char:
+        check_response_size(len(text) * SCORE_CHAR_BYTES, state.config, "a shorter text")
     text = preprocess_text(text, state.checkpoint.config.data)
-    result = await asyncio.to_thread(score_text, state.model, state.checkpoint.vocab, text)
+    with _slots(engine, 1):
+        result = await asyncio.to_thread(score_text, state.model, state.checkpoint.vocab, text)
     if not result.per_char:
         raise ApiError(400, "the text has fewer than 2 characters the model knows", "text")
     body: dict[str, Any] = {
@@ -174,7 +200,25 @@ async def score(request: Request) -> Response:
         body["per_char"] = [
             {"char": char, "surprisal_bits": loss / math.log(2)} for char, loss in result.per_char
         ]
-    return JSONResponse(body)
+    return Json(body)
+
+
+@contextlib.contextmanager
+def _slots(engine: Engine, count: int) -> Iterator[None]:
+    """Hold `count` of the batcher's slots for work beside it; 429 when they are taken."""
+    try:
+        engine.reserve(count)
+    except Full:
+        raise _busy(engine) from None
+    try:
+        yield
+    finally:
+        engine.free(count)
+
+
+def _busy(engine: Engine) -> ApiError:
+    return ApiError(429, f"all {engine.max_streams} streams are busy; retry shortly",
+                    kind="rate_limit_error")  # fmt: skip
 
 
 async def completions(request: Request) -> Response:
@@ -183,22 +227,28 @@ async def completions(request: Request) -> Response:
     asked = read_completion(await read_json(request), state.name, state.config)
     engine = state.ready()
     primes = [_prime(state, prompt) for prompt in asked.prompts]
+    echoed = [shown if asked.echo else "" for _, shown in primes]
+    bound = response_bound(asked, echoed, state.char_bytes)
+    check_response_size(bound, state.config, "fewer choices or characters, less echo")
     jobs = [
         Completion(prime, _sample_config(state, asked, index * asked.n + j), asked.logprobs,
                    asked.stops)
         for index, (prime, _) in enumerate(primes) for j in range(asked.n)
     ]  # fmt: skip
-    echoes = [await _echo(state, asked, prime, shown) for prime, shown in primes]
+    timeout = state.config.request_timeout
+    deadline = asyncio.get_running_loop().time() + timeout
+    cutoff = deadline + min(5.0, WRITE_GRACE * timeout)  # the response must be written by then
+    echoes = [await _echo(state, engine, asked, prime, shown) for prime, shown in primes]
     try:
         ticket = engine.submit(jobs)
     except Full:
-        raise ApiError(429, f"all {state.config.max_streams} streams are busy; retry shortly",
-                       kind="rate_limit_error") from None  # fmt: skip
-    reply = _Reply(state, asked, ticket, [echoes[i // asked.n] for i in range(len(jobs))])
+        raise _busy(engine) from None
+    reply = _Reply(state, asked, ticket, [echoes[i // asked.n] for i in range(len(jobs))],
+                   deadline, cutoff)  # fmt: skip
     if asked.stream:
         return _EventStream(reply)
     try:
-        return JSONResponse(await reply.whole())
+        return _Whole(await reply.whole(), cutoff)
     finally:
         reply.release()
 
@@ -220,19 +270,21 @@ def _prime(state: ServerState, prompt: str) -> tuple[str, str]:
 def _sample_config(state: ServerState, asked: CompletionRequest, choice: int) -> SampleConfig:
     """Choice i draws with seed + i, as `charrnn sample --num-samples` does."""
     seed = None if asked.seed is None else (asked.seed + choice) % 2**64
-    greedy = asked.temperature == 0  # as OpenAI's API reads temperature 0
+    # 0 is greedy, as OpenAI's API reads it; so is a temperature too small to scale by.
+    greedy = asked.temperature < GREEDY_BELOW
     config = SampleConfig(
         length=asked.max_tokens, temperature=DEFAULT_TEMPERATURE if greedy else asked.temperature,
         top_k=asked.top_k, top_p=asked.top_p, greedy=greedy, seed=seed,
         unknown=state.config.unknown,
     )  # fmt: skip
-    return config if asked.temperature != 0 else replace(config, top_k=None, top_p=None)
+    return replace(config, top_k=None, top_p=None) if greedy else config
 
 
 async def _echo(
-    state: ServerState, asked: CompletionRequest, prime: str, shown: str
+    state: ServerState, engine: Engine, asked: CompletionRequest, prime: str, shown: str
 ) -> tuple[str, list[Any]]:
-    """With `echo`: the prompt's text and, with `logprobs`, its characters' log-probabilities."""
+    """With `echo`: the prompt's text and, with `logprobs`, its characters' log-probabilities
+    (computed window by window beside the batcher, holding a slot meanwhile)."""
     if not asked.echo:
         return "", []
     if not asked.logprobs:
@@ -240,7 +292,8 @@ async def _echo(
     assert state.model is not None and state.checkpoint is not None
     vocab = state.checkpoint.vocab
     ids = prime_ids(vocab, prime, state.config.unknown)
-    marks = await asyncio.to_thread(prompt_logprobs, state.model, vocab, ids, asked.logprobs)
+    with _slots(engine, 1):
+        marks = await asyncio.to_thread(prompt_logprobs, state.model, vocab, ids, asked.logprobs)
     return shown, marks
 
 
@@ -254,6 +307,20 @@ class _Choice:
         self.marks: list[Any] = list(echo[1])  # (token, logprob, top) of released characters
         self.sent_marks = 0
         self.generated = 0
+
+    def add_all(self, pieces: list[Piece]) -> str:
+        """Take a batch of this choice's pieces; their text."""
+        if self.logprobs:
+            for piece in pieces:
+                self.add(piece)
+            return "".join([piece.text for piece in pieces])
+        text = "".join([piece.text for piece in pieces])  # the common case, without a loop
+        self.text.append(text)
+        self.generated += len(text)
+        self.length += len(text)
+        if pieces[-1].finish:
+            self.finish = pieces[-1].finish
+        return text
 
     def add(self, piece: Piece) -> None:
         if piece.draw is not None:
@@ -284,16 +351,32 @@ class _Choice:
         }  # fmt: skip
 
 
-def _by_choice(batch: list[tuple[int, Piece]]) -> dict[int, list[Piece]]:
-    grouped: dict[int, list[Piece]] = {}
-    for choice, piece in batch:
-        grouped.setdefault(choice, []).append(piece)
-    return grouped
+async def _send_by(deadline: float, respond: Any) -> None:
+    """Send a response, cut off at `deadline` (the request's timeout from its start, and a
+    grace): a client that stops reading holds its connection no longer than one that waits."""
+    left = deadline - asyncio.get_running_loop().time()
+    try:
+        await asyncio.wait_for(respond, max(left, 0.001))
+    except asyncio.TimeoutError:
+        LOG.warning("a client read its response too slowly; the connection is closed")
+    except asyncio.CancelledError:  # only the server's shutdown, done waiting for this client
+        LOG.warning("a response still being written was cut off by the shutdown")
+
+
+class _Whole(Json):
+    """A whole completion, sent by the request's deadline."""
+
+    def __init__(self, content: Any, cutoff: float) -> None:
+        super().__init__(content)
+        self.cutoff = cutoff
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await _send_by(self.cutoff, super().__call__(scope, receive, send))
 
 
 class _EventStream(StreamingResponse):
     """Server-sent events that free the request's slots the moment the response ends, however
-    it ends: finished, failed, or the client gone (the next write fails)."""
+    it ends: finished, failed, timed out, or the client gone (the next write fails)."""
 
     def __init__(self, reply: _Reply) -> None:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -302,7 +385,7 @@ class _EventStream(StreamingResponse):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await _send_by(self.reply.cutoff, super().__call__(scope, receive, send))
         finally:
             self.reply.release()
 
@@ -311,34 +394,35 @@ class _Reply:
     """A completion's choices filling in from the batcher, sent whole or as events."""
 
     def __init__(
-        self, state: ServerState, asked: CompletionRequest, ticket: Ticket, echoes: list[Any]
-    ) -> None:
-        self.state, self.asked, self.ticket = state, asked, ticket
+        self, state: ServerState, asked: CompletionRequest, ticket: Ticket, echoes: list[Any],
+        deadline: float, cutoff: float,
+    ) -> None:  # fmt: skip
+        self.state, self.asked, self.ticket, self.cutoff = state, asked, ticket, cutoff
         self.choices = [_Choice(echo, asked.logprobs > 0) for echo in echoes]
         self.ident = completion_id()
         # At the time limit a marker joins the pieces (asyncio.wait_for around each get could
         # swallow the cancellation that a client's disconnect sends).
-        self.timer = asyncio.get_running_loop().call_later(
-            state.config.request_timeout, ticket.pieces.put_nowait, (-1, None)
-        )
+        self.timer = asyncio.get_running_loop().call_at(deadline, self._time_up)
 
-    async def _batches(self) -> AsyncIterator[list[tuple[int, Piece]]]:
-        """The pieces that have come, a batch at a time, until every choice has finished."""
-        open_choices = len(self.choices)
-        pieces = self.ticket.pieces
-        while open_choices:
-            batch = [await pieces.get()]
-            while not pieces.empty():  # what else has come: one write for all of it
-                batch.append(pieces.get_nowait())
-            for choice, piece in batch:
-                if choice < 0:
-                    limit = self.state.config.request_timeout
-                    raise ApiError(408, f"the request took longer than {limit:g} s")
-                if piece is None:
-                    raise ApiError(500, "generation failed; the server goes on")
-                if piece.finish:
-                    open_choices -= 1
-            yield batch  # type: ignore[misc]
+    def _time_up(self) -> None:
+        self.ticket.timed_out = True
+        self.ticket.ready.set()
+
+    async def _batches(self) -> AsyncIterator[list[list[Piece]]]:
+        """Each choice's pieces that have come, a batch at a time, until every choice has
+        finished."""
+        ticket = self.ticket
+        done = False
+        while not done:
+            await ticket.ready.wait()
+            done = ticket.finished == len(self.choices)  # (counted as the pieces came)
+            batch = ticket.take()  # all that has come: one write for all of it
+            if ticket.failed:
+                raise ApiError(500, "generation failed; the server goes on")
+            if ticket.timed_out and not done:
+                limit = self.state.config.request_timeout
+                raise ApiError(408, f"the request took longer than {limit:g} s")
+            yield batch
 
     def release(self) -> None:
         """Free the slots (at once; the batcher drops the streams before its next step)."""
@@ -353,8 +437,9 @@ class _Reply:
 
     async def whole(self) -> dict[str, Any]:
         async for batch in self._batches():
-            for choice, piece in batch:
-                self.choices[choice].add(piece)
+            for choice, pieces in zip(self.choices, batch, strict=True):
+                if pieces:
+                    choice.add_all(pieces)
         choices = [
             choice_object(i, "".join(c.text), c.finish, c.logprob_object(0, 0))
             for i, c in enumerate(self.choices)
@@ -369,12 +454,11 @@ class _Reply:
                 yield self._chunk(echoed)
             async for batch in self._batches():
                 events = []
-                for index, pieces in _by_choice(batch).items():
-                    choice = self.choices[index]
+                for index, (choice, pieces) in enumerate(zip(self.choices, batch, strict=True)):
+                    if not pieces:
+                        continue
                     start, offset = len(choice.marks), choice.length
-                    for piece in pieces:
-                        choice.add(piece)
-                    text = "".join(piece.text for piece in pieces)
+                    text = choice.add_all(pieces)
                     if text or choice.finish:  # one event for what came of this choice
                         events.append(self._chunk([(index, choice, text, start, offset)]))
                 if events:
@@ -404,19 +488,22 @@ class _Reply:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    # A timed-out request would most likely time out again: the stock client must not silently
+    # send it once more.
+    headers = {"x-should-retry": "false"} if exc.status == 408 else None
+    return Json(exc.body(), status_code=exc.status, headers=headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     error = ApiError(exc.status_code, str(exc.detail), kind=kind)
-    return JSONResponse(error.body(), status_code=exc.status_code)
+    return Json(error.body(), status_code=exc.status_code)
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     error = ApiError(500, "internal error; the server goes on")
-    return JSONResponse(error.body(), status_code=500)
+    return Json(error.body(), status_code=500)
 
 
 def create_app(load: Loader, config: ServeConfig, name: str) -> Starlette:
@@ -433,7 +520,9 @@ def create_app(load: Loader, config: ServeConfig, name: str) -> Starlette:
                 state.stop_server()
                 return
             vocab = state.checkpoint.vocab
-            state.engine = Engine(state.model, vocab, config.max_streams, config.batcher)
+            widest = max(symbol_bytes(symbol_text(vocab, i)) for i in range(vocab.size))
+            state.char_bytes = widest
+            state.engine = Engine(state.model, vocab, config.max_streams)
 
         loading = asyncio.create_task(load_model())
         app.state.loading = loading

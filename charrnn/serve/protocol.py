@@ -20,6 +20,17 @@ COMPLETION_FIELDS = {
     "logprobs", "echo", "top_k", "user", "stream_options",
 }  # fmt: skip
 SCORE_FIELDS = {"model", "text", "per_char"}
+# A temperature below this draws greedily: 1 / temperature scales the logits, and past this
+# their float32 values overflow (inf - inf is NaN, whose argmax is garbage).
+GREEDY_BELOW = 1e-6
+# Upper bounds on a response's bytes (JSON escaped to ASCII), from which its size is bounded
+# before any work. Per character drawn: its text (`char_bytes`, the vocabulary's widest symbol
+# escaped); with log-probabilities a mark (the token, a float of at most 24 characters, an
+# offset and separators) and each alternative (a key and a float).
+MARK_BYTES = 40
+ALTERNATIVE_BYTES = 30
+SCORE_CHAR_BYTES = 64  # {"char": ..., "surprisal_bits": ...} per scored character
+CHOICE_BYTES = 512  # a choice's fixed fields
 
 
 class ApiError(Exception):
@@ -76,9 +87,15 @@ def _number(body: dict[str, Any], key: str, default: float | None) -> Any:
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"{key} must be a finite number", key)
-    return float(value)
+    try:
+        number = float(value)  # an integer of 400 digits overflows
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise _bad(f"{key} must be a finite number", key)
+    return number
 
 
 def _boolean(body: dict[str, Any], key: str) -> bool:
@@ -172,6 +189,33 @@ def read_score(body: Any, name: str, limits: ServeConfig) -> tuple[str, bool]:
     if len(text) > limits.max_prompt:
         raise _bad(f"text is longer than {limits.max_prompt} characters", "text")
     return text, _boolean(body, "per_char")
+
+
+def response_bound(asked: CompletionRequest, echoed: list[str], char_bytes: int) -> int:
+    """The most bytes a completion's response can take: `echoed` is each prompt's echo (empty
+    without), `char_bytes` the most one drawn character takes. `max_response` is compared with
+    it before any work; a stream's events carry the same, their framing not counted."""
+    mark = MARK_BYTES + char_bytes + (ALTERNATIVE_BYTES + char_bytes) * asked.logprobs
+    per_char = char_bytes + (mark if asked.logprobs else 0)
+    total = 0
+    for echo in echoed:
+        echo_bytes = len(json.dumps(echo)) + (mark * len(echo) if asked.logprobs else 0)
+        total += asked.n * (echo_bytes + asked.max_tokens * per_char + CHOICE_BYTES)
+    return total
+
+
+def symbol_bytes(text: str) -> int:
+    """The bytes one symbol takes in a response's JSON (escaped to ASCII)."""
+    return len(json.dumps(text)) - 2
+
+
+def check_response_size(bound: int, limits: ServeConfig, hint: str) -> None:
+    """A 400 when a response could be larger than `max_response` bytes."""
+    if bound > limits.max_response:
+        raise _bad(
+            f"the response could reach {bound} bytes, over this server's {limits.max_response}"
+            f" ({hint})", "max_tokens",
+        )  # fmt: skip
 
 
 def completion_id() -> str:
