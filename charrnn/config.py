@@ -18,7 +18,7 @@ import re
 import sys
 import typing
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -806,6 +806,18 @@ class SampleConfig:
         "Beam search with N beams: the most likely text (by mean log-probability per "
         "character) instead of a random one; 0 samples.",
     )
+
+
+# A temperature below this draws greedily, however it was given: 1 / temperature scales the
+# logits, and past this their float32 values overflow (inf - inf is NaN, whose argmax is garbage).
+GREEDY_BELOW = 1e-6
+
+
+def as_drawn(config: SampleConfig) -> SampleConfig:
+    """`config` as a draw reads it: a temperature below `GREEDY_BELOW` is `greedy`."""
+    if config.greedy or config.temperature >= GREEDY_BELOW:
+        return config
+    return replace(config, greedy=True)
 
 
 def validate_sample_config(config: SampleConfig) -> None:

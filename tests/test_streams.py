@@ -271,3 +271,12 @@ def test_fifty_thousand_characters_from_the_server_are_the_api_and_batched_text(
         server.terminate()
         server.communicate(timeout=60)
     assert "ab" + answer["choices"][0]["text"] == api
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-300, 5e-7])
+def test_a_temperature_too_small_to_scale_by_draws_the_greedy_text(temperature):
+    # 1 / 1e-40 overflows float32: the logits became inf - inf = NaN and the text garbage.
+    model = make_model("lstm")
+    greedy = alone(model, "ab", SampleConfig(length=200, greedy=True))
+    tiny = alone(model, "ab", SampleConfig(length=200, temperature=temperature, seed=3))
+    assert tiny == greedy

@@ -28,7 +28,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from charrnn.config import SampleConfig
+from charrnn.config import SampleConfig, as_drawn
 from charrnn.errors import UsageError
 from charrnn.model.network import CharRNN, State, Stepper, repeat_rows
 from charrnn.text.corpus import Vocab
@@ -151,6 +151,7 @@ class _Stream:
         self, ident: int, config: SampleConfig, ids: torch.Tensor, state: State | None,
         head_bias: torch.Tensor, logprobs: int, vocab: Vocab, stops: tuple[str, ...],
     ) -> None:  # fmt: skip
+        config = as_drawn(config)  # a temperature too small to scale by is greedy
         self.ident, self.config, self.ids, self.state = ident, config, ids, state
         self.logprobs, self.drawn, self.row = logprobs, 0, -1
         self.decode = symbol_decoder(vocab)

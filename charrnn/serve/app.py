@@ -31,14 +31,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from charrnn.analysis.scoring import score_text
-from charrnn.config import DEFAULT_TEMPERATURE, SampleConfig, ServeConfig
+from charrnn.config import DEFAULT_TEMPERATURE, GREEDY_BELOW, SampleConfig, ServeConfig
 from charrnn.errors import ServeError, UsageError
 from charrnn.generation.streams import Piece, known_prime, prime_ids, symbol_text
 from charrnn.model.checkpoint import Checkpoint
 from charrnn.model.network import CharRNN
 from charrnn.serve.engine import Completion, Engine, Full, Ticket, prompt_logprobs
 from charrnn.serve.protocol import (
-    GREEDY_BELOW,
     SCORE_CHAR_BYTES,
     ApiError,
     CompletionRequest,
@@ -271,7 +270,7 @@ def _sample_config(state: ServerState, asked: CompletionRequest, choice: int) ->
     """Choice i draws with seed + i, as `charrnn sample --num-samples` does."""
     seed = None if asked.seed is None else (asked.seed + choice) % 2**64
     # 0 is greedy, as OpenAI's API reads it; so is a temperature too small to scale by.
-    greedy = asked.temperature < GREEDY_BELOW
+    greedy = asked.temperature < GREEDY_BELOW  # the rule every draw follows (config.as_drawn)
     config = SampleConfig(
         length=asked.max_tokens, temperature=DEFAULT_TEMPERATURE if greedy else asked.temperature,
         top_k=asked.top_k, top_p=asked.top_p, greedy=greedy, seed=seed,

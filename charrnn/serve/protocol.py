@@ -20,9 +20,6 @@ COMPLETION_FIELDS = {
     "logprobs", "echo", "top_k", "user", "stream_options",
 }  # fmt: skip
 SCORE_FIELDS = {"model", "text", "per_char"}
-# A temperature below this draws greedily: 1 / temperature scales the logits, and past this
-# their float32 values overflow (inf - inf is NaN, whose argmax is garbage).
-GREEDY_BELOW = 1e-6
 # Upper bounds on a response's bytes (JSON escaped to ASCII), from which its size is bounded
 # before any work. Per character drawn: its text (`char_bytes`, the vocabulary's widest symbol
 # escaped); with log-probabilities a mark (the token, a float of at most 24 characters, an
