@@ -152,8 +152,8 @@ def test_bf16_is_chosen_by_the_cpus_instructions_and_the_shape_only():
     assert precision_by_rule(lstm, 32, "AMX-BF16")[0] == "bf16"
     precision, reason = precision_by_rule(lstm, 32, None)  # AVX2, or AVX512 without BF16
     assert precision == "fp32" and reason == "this CPU has no bf16 instructions"
-    assert precision_by_rule(gru, 32, "AVX512-BF16")[0] == "fp32"  # 0.7-1.06x measured
-    assert precision_by_rule(gru, 128, "AVX512-BF16")[0] == "bf16"  # 1.6-2.0x
+    assert precision_by_rule(gru, 32, "AVX512-BF16")[0] == "bf16"  # 1.20-1.32x measured quietly
+    assert precision_by_rule(gru, 16, "AVX512-BF16")[0] == "fp32"  # 1 x 128 at 32: 0.96x
     assert precision_by_rule(ModelConfig(cell="rnn", hidden=128), 32, "AVX512-BF16")[0] == "fp32"
     small = ModelConfig(cell="lstm", hidden=16)
     precision, reason = precision_by_rule(small, 32, "AVX512-BF16")

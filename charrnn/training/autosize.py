@@ -439,10 +439,11 @@ def precision_shape(shapes: Sequence[Shape], vocab_size: int) -> Shape:
 # at least `BF16_GAIN` times faster: hidden x batch (the rows and width of each recurrent
 # product) at least this, per cell. Read from `python -m benchmarks.run --only precision` on a
 # Zen 4 with AVX512-BF16 (benchmarks/RESULTS.md, "--precision auto by rule"; window 32, one
-# thread): an LSTM gained 1.2-1.7x from 1 x 128 at batch 32 and 1 x 256 at batch 8 up; a GRU
-# only from 512 units at 32 (1 x 256 at 128: 1.6-2.0x, at 32: 0.7-1.06x); an RNN from 256
-# units (1.2-1.3x; 128: 0.9x); a minGRU 1.1-1.4x from 128. Smaller than measured: fp32.
-BF16_MIN_WORK = {"lstm": 256 * 8, "gru": 512 * 32, "rnn": 256 * 32, "mingru": 128 * 32}
+# thread; the thresholds from three quiet passes): an LSTM gained 1.2-1.8x from 1 x 128 at batch
+# 32 and 1 x 256 at batch 8 up; a GRU from 256 units at 32 (1.20-1.32x; 128: 0.96x); an RNN
+# from 256 units (1.15-1.24x; 128: 0.86x); a minGRU from 256 units (1.25-1.47x; 128: 0.98-1.11x,
+# too near 1.1 to count). Smaller than measured: fp32.
+BF16_MIN_WORK = {"lstm": 256 * 8, "gru": 256 * 32, "rnn": 256 * 32, "mingru": 256 * 32}
 
 
 def precision_by_rule(
