@@ -303,18 +303,11 @@ def test_a_choice_frees_its_slot_when_its_text_is_drawn_not_when_it_is_read(run)
         server.stop()
 
 
-def test_a_failed_step_fails_its_requests_and_the_next_ones_are_served_at_once(run):
-    """A model whose priming raises on one character: that request's step fails for real; the
-    requests after it are served at once, their stream ids never a failed one's."""
-    import asyncio
-
-    import uvicorn
-
-    from charrnn.serve.app import create_app, listening_socket
-
+def poisoned_model(run):  # noqa: ANN001, ANN201
+    """The run's model, whose every step that reads a "z" raises: a real failure inside a
+    batched step (the embedding is the step's first operation)."""
     model, checkpoint = load_model(run / "best.pt")
-    vocab = checkpoint.vocab
-    poison = vocab.encode("z")[0]
+    poison = checkpoint.vocab.encode("z")[0]
     embed = model.embed
 
     class Poisoned(type(embed)):
@@ -324,6 +317,19 @@ def test_a_failed_step_fails_its_requests_and_the_next_ones_are_served_at_once(r
             return super().forward(ids)
 
     embed.__class__ = Poisoned
+    return model, checkpoint
+
+
+def test_a_failed_step_fails_its_requests_and_the_next_ones_are_served_at_once(run):
+    """A model whose priming raises on one character: that request's step fails for real; the
+    requests after it are served at once, their stream ids never a failed one's."""
+    import asyncio
+
+    import uvicorn
+
+    from charrnn.serve.app import create_app, listening_socket
+
+    model, checkpoint = poisoned_model(run)
     config = ServeConfig(port=0, request_timeout=30.0)
     app = create_app(lambda: (model, checkpoint), config, NAME)
     sock = listening_socket("127.0.0.1", 0)
@@ -374,17 +380,7 @@ def test_a_failed_requests_late_release_never_names_a_newcomers_stream(run):
 
     from charrnn.serve.engine import Completion, Engine
 
-    model, checkpoint = load_model(run / "best.pt")
-    poison = checkpoint.vocab.encode("z")[0]
-    embed = model.embed
-
-    class Poisoned(type(embed)):
-        def forward(self, ids):  # noqa: ANN001, ANN202
-            if bool((ids == poison).any()):
-                raise RuntimeError("a step that fails")
-            return super().forward(ids)
-
-    embed.__class__ = Poisoned
+    model, checkpoint = poisoned_model(run)
     config = SampleConfig(length=40, seed=4, temperature=1.0)
 
     async def scenario() -> str:
