@@ -362,9 +362,11 @@ class StreamBatch:
         rows (or, asking for no characters, their state and finish)."""
         done: list[Piece] = []
         added: list[_Stream] = []
+        under_way: list[_Priming] = []
         for priming in self.priming:
             state = self._prime_window(priming)
             if state is None:
+                under_way.append(priming)
                 continue
             for stream in priming.members:
                 stream.state = None  # held in the stepper's rows or `unstepped` now
@@ -375,7 +377,7 @@ class StreamBatch:
             if members:
                 self.stepper.append_rows(repeat_rows(state, len(members)))
                 added += members
-        self.priming = [p for p in self.priming if p.done >= 0]
+        self.priming = under_way
         if added:
             self._arrange(self.streams + added)
         return done
@@ -390,7 +392,6 @@ class StreamBatch:
             priming.done += window.numel()
         if priming.done < priming.ids.numel():
             return None
-        priming.done = -1  # finished: leaves `priming`
         state = priming.state
         return state if state is not None else self.model.initial_state(1)
 

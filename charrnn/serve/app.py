@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from charrnn.analysis.scoring import score_text
-from charrnn.config import DEFAULT_TEMPERATURE, GREEDY_BELOW, SampleConfig, ServeConfig
+from charrnn.config import SampleConfig, ServeConfig, as_drawn
 from charrnn.errors import ServeError, UsageError
 from charrnn.generation.streams import Piece, known_prime, prime_ids, symbol_text
 from charrnn.model.checkpoint import Checkpoint
@@ -267,16 +267,14 @@ def _prime(state: ServerState, prompt: str) -> tuple[str, str]:
 
 
 def _sample_config(state: ServerState, asked: CompletionRequest, choice: int) -> SampleConfig:
-    """Choice i draws with seed + i, as `charrnn sample --num-samples` does."""
+    """Choice i draws with seed + i, as `charrnn sample --num-samples` does. A temperature of 0
+    (greedy, as OpenAI's API reads it) or too small to scale by is greedy (`as_drawn`, the rule
+    every draw follows)."""
     seed = None if asked.seed is None else (asked.seed + choice) % 2**64
-    # 0 is greedy, as OpenAI's API reads it; so is a temperature too small to scale by.
-    greedy = asked.temperature < GREEDY_BELOW  # the rule every draw follows (config.as_drawn)
-    config = SampleConfig(
-        length=asked.max_tokens, temperature=DEFAULT_TEMPERATURE if greedy else asked.temperature,
-        top_k=asked.top_k, top_p=asked.top_p, greedy=greedy, seed=seed,
-        unknown=state.config.unknown,
-    )  # fmt: skip
-    return replace(config, top_k=None, top_p=None) if greedy else config
+    return as_drawn(SampleConfig(
+        length=asked.max_tokens, temperature=asked.temperature, top_k=asked.top_k,
+        top_p=asked.top_p, seed=seed, unknown=state.config.unknown,
+    ))  # fmt: skip
 
 
 async def _echo(
