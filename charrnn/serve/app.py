@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from charrnn.analysis.scoring import score_text
-from charrnn.config import SampleConfig, ServeConfig, as_drawn
+from charrnn.config import SampleConfig, ServeConfig
 from charrnn.errors import ServeError, UsageError
 from charrnn.generation.streams import Piece, known_prime, prime_ids, symbol_text
 from charrnn.model.checkpoint import Checkpoint
@@ -268,13 +268,13 @@ def _prime(state: ServerState, prompt: str) -> tuple[str, str]:
 
 def _sample_config(state: ServerState, asked: CompletionRequest, choice: int) -> SampleConfig:
     """Choice i draws with seed + i, as `charrnn sample --num-samples` does. A temperature of 0
-    (greedy, as OpenAI's API reads it) or too small to scale by is greedy (`as_drawn`, the rule
-    every draw follows)."""
+    (greedy, as OpenAI's API reads it) or too small to scale by is drawn greedily by the
+    stream (`config.as_drawn`, the rule every path follows)."""
     seed = None if asked.seed is None else (asked.seed + choice) % 2**64
-    return as_drawn(SampleConfig(
+    return SampleConfig(
         length=asked.max_tokens, temperature=asked.temperature, top_k=asked.top_k,
         top_p=asked.top_p, seed=seed, unknown=state.config.unknown,
-    ))  # fmt: skip
+    )  # fmt: skip
 
 
 async def _echo(
